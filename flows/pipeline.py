@@ -1,0 +1,100 @@
+"""The `zero-chatgpt` flow: it only wires stages, in the order of the ChatGPT route.
+
+Each stage is a cached Prefect task (see `tasks/`); this flow resolves the config once (so a bad key fails
+before any work), runs the stages up to `until`, and writes `<root>/latest.json` as each stage finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.filesystems import LocalFileSystem
+from prefect.logging import get_run_logger
+
+from tasks.clean import clean_task
+from tasks.dedup import dedup_task
+from tasks.shard import shard_task
+from tasks.train_tokenizer import train_tokenizer_task
+from zero_chatgpt.artifacts import read_manifest, write_json_atomic
+from zero_chatgpt.config import ConfigError, load_config
+from zero_chatgpt.console import print_stage_row, print_table_header
+
+# Stages this flow runs, in order. Later stages join this list as they are built.
+PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard")
+
+
+class PipelineRun:
+    """Runs stage tasks in order, skipping those after `until`, and keeps latest.json current."""
+
+    def __init__(self, config: dict[str, Any], root: Path, until: str | None, force: set[str]) -> None:
+        self.config = config
+        self.root = root
+        self.force = force
+        self.planned = PIPELINE_STAGES[: PIPELINE_STAGES.index(until) + 1] if until else PIPELINE_STAGES
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.storage = _result_storage(root)
+
+    def stage(self, stage_task: Any, **upstream: dict[str, str] | None) -> dict[str, str] | None:
+        """Run one stage task (cached by fingerprint); returns its record, or None past `until`."""
+        name = stage_task.name
+        if name not in self.planned:
+            return None
+        started = time.perf_counter()
+        state = stage_task.with_options(result_storage=self.storage)(
+            config=self.config, upstream=upstream, root=str(self.root), force=name in self.force,
+            return_state=True)
+        record = state.result()  # raises the stage's own error when it failed
+        seconds = time.perf_counter() - started
+        status = "cached" if state.name == "Cached" else record.get("status", "ran")
+        metrics = (read_manifest(record["path"]) or {}).get("metrics", {})
+        self.latest[name] = {"path": record["path"], "status": status, "seconds": round(seconds, 3),
+                             "fingerprint": record["fingerprint"]}
+        write_json_atomic(self.root / "latest.json", self.latest)
+        print_stage_row(name, status, seconds, metrics)
+        get_run_logger().info("stage %s %s in %.1fs -> %s", name, status, seconds, record["path"])
+        return record
+
+
+def _result_storage(root: Path) -> LocalFileSystem:
+    """Prefect results and cache records live under the root, so a root is one self-contained cache."""
+    storage = LocalFileSystem(basepath=str(root / ".prefect-results"))
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    # Prefect only accepts result storage saved server-side; one block per root, overwritten each run.
+    storage.save(name=f"zero-chatgpt-results-{digest}", overwrite=True)
+    return storage
+
+
+def _stage_names(value: str | list[str] | None, what: str) -> list[str]:
+    if value is None:
+        return []
+    names = [part.strip() for part in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [name for name in names if name not in PIPELINE_STAGES]
+    if unknown:
+        raise ConfigError(f"{what}: unknown stage(s) {unknown}; stages of this pipeline: {list(PIPELINE_STAGES)}")
+    return names
+
+
+@flow(name="zero-chatgpt", description="Raw text to an aligned chat model, one cached stage at a time.")
+def zero_chatgpt(
+    preset: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    root: str = "runs",
+    until: str | None = None,
+    force: list[str] | str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the pipeline for `preset` (+ nested `overrides`) into `root`, up to `until`, rerunning `force`."""
+    config = load_config(preset, overrides).model_dump(mode="json")
+    until_names = _stage_names(until, "until")
+    run = PipelineRun(config, Path(root).resolve(), until_names[0] if until_names else None,
+                      set(_stage_names(force, "force")))
+    print_table_header()
+
+    clean = run.stage(clean_task)
+    dedup = run.stage(dedup_task, clean=clean)
+    tokenizer = run.stage(train_tokenizer_task, dedup=dedup)
+    run.stage(shard_task, dedup=dedup, train_tokenizer=tokenizer)
+    return run.latest

@@ -1,0 +1,21 @@
+"""Prefect task for the `dedup` stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data_process.dedup import dedup_corpus
+from tasks.parallel import prefect_map
+from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.config import PipelineConfig
+
+DEDUP = StageSpec("dedup", version="1", config_keys=("dedup",), upstream=("clean",))
+
+
+@stage_task(DEDUP)
+def dedup_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
+    """Drop exact and MinHash near-duplicate documents, keeping one per cluster."""
+    cfg = PipelineConfig.model_validate(config)
+    return run_stage(DEDUP, config, upstream, root, force, lambda out_dir: dedup_corpus(
+        cfg.dedup, Path(upstream["clean"]["path"]), out_dir, cfg.run.seed, prefect_map(cfg.resources, "dedup")))

@@ -1,0 +1,22 @@
+"""Prefect task for the `shard` stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data_process.shard import shard_corpus
+from tasks.parallel import prefect_map
+from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.config import PipelineConfig
+
+SHARD = StageSpec("shard", version="1", config_keys=("shard",), upstream=("dedup", "train_tokenizer"))
+
+
+@stage_task(SHARD)
+def shard_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
+    """Tokenise the deduplicated corpus into train/val `.bin` shards."""
+    cfg = PipelineConfig.model_validate(config)
+    return run_stage(SHARD, config, upstream, root, force, lambda out_dir: shard_corpus(
+        cfg.shard, Path(upstream["dedup"]["path"]), Path(upstream["train_tokenizer"]["path"]), out_dir,
+        cfg.run.seed, prefect_map(cfg.resources, "shard")))

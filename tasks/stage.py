@@ -1,0 +1,107 @@
+"""What every stage task shares: its spec, its Prefect cache key, and the call into the artifact contract.
+
+A stage task receives the whole resolved config as a plain dict, the upstream records and the root; it
+fingerprints only the config keys its spec names (so changing `pretrain` never reruns `clean`). Prefect's
+cache key is that fingerprint, but only while the artifact dir still holds its manifest: a cached record whose
+dir is gone, or a forced stage, gets no key and so runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+
+from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's identity: name, code version (bump it when outputs change), the config keys it reads
+    (dotted paths into the resolved config) and the upstream stages it consumes."""
+
+    name: str
+    version: str
+    config_keys: tuple[str, ...]
+    upstream: tuple[str, ...] = ()
+
+    def config_section(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The part of the resolved config this stage depends on, keyed by dotted path."""
+        section = {}
+        for dotted in self.config_keys:
+            value: Any = config
+            for part in dotted.split("."):
+                value = value[part]
+            section[dotted] = value
+        return section
+
+    def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]]) -> str:
+        """The stage fingerprint for this config and these upstream artifacts."""
+        upstream_fps = {name: record["fingerprint"] for name, record in upstream.items()}
+        return fingerprint(self.name, self.version, self.config_section(config), upstream_fps,
+                           int(config["run"]["seed"]))
+
+
+def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]], str | None]:
+    def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+        if parameters.get("force"):
+            return None
+        fp = spec.fingerprint(parameters["config"], parameters["upstream"])
+        if not is_complete(artifact_dir(parameters["root"], spec.name, fp), fp):
+            return None  # the manifest on disk is the source of truth: no artifact, no cache hit
+        # The root is in the key because a cached record holds absolute paths: a copied root must not
+        # hand back paths into the original.
+        root_digest = hashlib.sha256(str(Path(parameters["root"]).resolve()).encode()).hexdigest()[:8]
+        return f"{spec.name}-{fp}-{root_digest}"
+
+    return cache_key
+
+
+def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
+    """Decorate a thin stage function as a Prefect task keyed by the stage fingerprint."""
+    options = {"name": spec.name, "cache_key_fn": _cache_key_for(spec), "persist_result": True,
+               "task_run_name": spec.name, **task_options}
+    return task(**options)
+
+
+def run_stage(
+    spec: StageSpec,
+    config: dict[str, Any],
+    upstream: dict[str, dict[str, str]],
+    root: str,
+    force: bool,
+    body: Callable[[Any], dict[str, Any]],
+) -> dict[str, Any]:
+    """Build (or reuse) the stage's artifact; returns the small record `{stage, path, fingerprint, status}`."""
+    missing = set(spec.upstream) - set(upstream)
+    if missing:
+        raise ValueError(f"stage {spec.name} needs upstream artifacts {sorted(missing)}")
+    logger = _logger()
+    result = build_artifact(
+        stage=spec.name,
+        version=spec.version,
+        config=spec.config_section(config),
+        upstream={name: upstream[name] for name in spec.upstream},
+        seed=int(config["run"]["seed"]),
+        root=root,
+        body=body,
+        force=force,
+    )
+    if result.status == "cached":
+        logger.info("%s: reusing artifact %s", spec.name, result.path)
+    else:
+        logger.info("%s: built %s in %.1fs; metrics %s", spec.name, result.path, result.seconds, result.metrics)
+    return {**result.record(), "status": result.status}
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run (a script calling the task's .fn): plain logging
+        return logging.getLogger("zero_chatgpt.tasks")

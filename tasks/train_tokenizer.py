@@ -1,0 +1,20 @@
+"""Prefect task for the `train_tokenizer` stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tasks.stage import StageSpec, run_stage, stage_task
+from tokenizer.train import train_tokenizer
+from zero_chatgpt.config import PipelineConfig
+
+TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_tokenizer",), upstream=("dedup",))
+
+
+@stage_task(TRAIN_TOKENIZER)
+def train_tokenizer_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
+    """Train the sentencepiece BPE tokenizer and export it as a Hugging Face fast tokenizer."""
+    cfg = PipelineConfig.model_validate(config)
+    return run_stage(TRAIN_TOKENIZER, config, upstream, root, force, lambda out_dir: train_tokenizer(
+        cfg.train_tokenizer, Path(upstream["dedup"]["path"]), out_dir, cfg.run.seed))

@@ -1,0 +1,23 @@
+"""Hermetic Prefect for every test: a temporary PREFECT_HOME, no outside API, one test server per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Set before anything imports prefect: its settings are read once.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="zcg-prefect-home-")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A throwaway Prefect API server (temporary database) shared by the tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

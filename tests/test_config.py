@@ -1,0 +1,72 @@
+"""The config tree: presets load, typos and wrong types fail naming the key, overrides land where they say."""
+
+from __future__ import annotations
+
+import pytest
+
+from zero_chatgpt.cli import main
+from zero_chatgpt.config import ConfigError, load_config, overrides_from_set_options, preset_names
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "full"])
+def test_every_preset_loads(preset):
+    config = load_config(preset)
+    assert config.data.sources, "every preset needs a data source"
+
+
+def test_presets_differ_in_scale():
+    tiny, full = load_config("tiny"), load_config("full")
+    assert set(preset_names()) >= {"tiny", "small", "full"}
+    assert full.train_tokenizer.vocab_size == 32000
+    assert full.pretrain.model.max_seq_len == 1024
+    assert full.pretrain.model.num_layers >= 24 > tiny.pretrain.model.num_layers
+    assert tiny.run.device == "cpu"
+
+
+def test_unknown_key_names_the_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", set_options=["clean.min_lenght=5"])
+    message = str(err.value)
+    assert "clean.min_lenght" in message and "min_length" in message
+
+
+def test_wrong_type_and_bad_choice_name_the_key():
+    with pytest.raises(ConfigError, match=r"pretrain\.optim\.max_steps"):
+        load_config("tiny", set_options=["pretrain.optim.max_steps=lots"])
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.kind.*'jsonl'"):
+        load_config("tiny", overrides={"data": {"sources": [{"kind": "csv"}]}})
+
+
+def test_dotted_overrides_parse_yaml_values_and_list_indices():
+    config = load_config("tiny", set_options=[
+        "pretrain.optim.max_steps=7", "pretrain.optim.lr=1e-4", "clean.strip_citations=false",
+        "data.demo.languages=[en]"])
+    assert config.pretrain.optim.max_steps == 7 and config.pretrain.optim.lr == pytest.approx(1e-4)
+    assert config.clean.strip_citations is False and config.data.demo.languages == ["en"]
+    indexed = load_config("tiny", overrides=overrides_from_set_options(["data.sources.0.limit=3"]))
+    assert indexed.data.sources[0].limit == 3 and indexed.data.sources[0].kind == "demo"
+
+
+def test_user_file_with_base_overrides_a_subset(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("base: tiny\nclean:\n  min_length: 99\n", encoding="utf-8")
+    config = load_config(str(user))
+    assert config.clean.min_length == 99
+    assert config.pretrain.model.hidden_size == load_config("tiny").pretrain.model.hidden_size
+
+
+def test_base_cycle_and_missing_preset_are_clear(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n", encoding="utf-8")
+    b.write_text("base: a.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(a))
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+
+
+def test_config_show_prints_resolved_config_and_rejects_typos(capsys):
+    assert main(["config", "show", "--preset", "tiny", "--set", "dedup.threshold=0.8"]) == 0
+    assert "threshold: 0.8" in capsys.readouterr().out
+    assert main(["config", "show", "--set", "dedup.thresold=0.8"]) == 2
+    assert "dedup.thresold" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""The flow end to end: cached reruns, config changes invalidate only downstream, deleted artifacts rebuild."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.pipeline import PIPELINE_STAGES
+from zero_chatgpt.artifacts import read_manifest
+from zero_chatgpt.cli import main
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+# Training stages are shortened here: these tests are about caching, not about model quality.
+FAST = ["pretrain.optim.max_steps=20", "pretrain.optim.eval_every=10", "pretrain.optim.checkpoint_every=10"]
+
+
+def run_cli(root: Path, *extra: str) -> tuple[dict, float]:
+    started = time.perf_counter()
+    assert main(["run", "--preset", "tiny", "--root", str(root), *extra]) == 0
+    seconds = time.perf_counter() - started
+    return json.loads((root / "latest.json").read_text(encoding="utf-8")), seconds
+
+
+def statuses(latest: dict) -> dict[str, str]:
+    return {stage: entry["status"] for stage, entry in latest.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory, prefect_api):
+    """One real run of the tiny preset; tests copy it instead of paying for it again."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    latest, seconds = run_cli(root, *[f"--set={s}" for s in FAST])
+    return root, latest, seconds
+
+
+def copy_root(tiny_root, tmp_path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(tiny_root[0], root)
+    return root
+
+
+def test_first_run_builds_every_stage(tiny_root):
+    root, latest, _ = tiny_root
+    assert list(latest) == list(PIPELINE_STAGES)
+    assert set(statuses(latest).values()) == {"ran"}
+    for stage, entry in latest.items():
+        manifest = read_manifest(entry["path"])
+        assert manifest is not None and manifest["stage"] == stage
+        assert Path(entry["path"]).parent == root / stage
+        assert manifest["fingerprint"].startswith(Path(entry["path"]).name)
+
+
+def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root):
+    root, first, first_seconds = tiny_root
+    manifests_before = {s: (Path(e["path"]) / "manifest.json").stat().st_mtime_ns for s, e in first.items()}
+    latest, seconds = run_cli(root, *[f"--set={s}" for s in FAST])
+    assert set(statuses(latest).values()) == {"cached"}
+    assert {s: e["path"] for s, e in latest.items()} == {s: e["path"] for s, e in first.items()}
+    manifests_after = {s: (Path(e["path"]) / "manifest.json").stat().st_mtime_ns for s, e in latest.items()}
+    assert manifests_after == manifests_before, "a cached run must not rewrite any artifact"
+    assert seconds < first_seconds / 2, (seconds, first_seconds)
+
+
+def test_changing_a_clean_rule_reruns_clean_and_everything_after(tiny_root, tmp_path):
+    root = copy_root(tiny_root, tmp_path)
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "clean.min_length=25")
+    assert set(statuses(latest).values()) == {"ran"}
+    assert latest["clean"]["path"] != tiny_root[1]["clean"]["path"]
+
+
+def test_changing_dedup_keeps_clean_cached(tiny_root, tmp_path):
+    root = copy_root(tiny_root, tmp_path)
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "dedup.threshold=0.8")
+    stages = statuses(latest)
+    assert stages["clean"] == "cached"
+    assert all(stages[s] == "ran" for s in PIPELINE_STAGES[1:]), stages
+
+
+def test_deleting_one_artifact_rebuilds_exactly_that_stage(tiny_root, tmp_path):
+    root = copy_root(tiny_root, tmp_path)
+    victim = PIPELINE_STAGES[1]
+    shutil.rmtree(root / victim)
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST])
+    expected = {stage: ("ran" if stage == victim else "cached") for stage in PIPELINE_STAGES}
+    assert statuses(latest) == expected
+
+
+def test_until_and_force(tiny_root, tmp_path):
+    root = copy_root(tiny_root, tmp_path)
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--until", "dedup", "--force", "clean")
+    assert statuses(latest) == {"clean": "ran", "dedup": "cached"}
+
+
+def test_unknown_stage_and_bad_key_fail_before_any_work(tmp_path, capsys):
+    assert main(["run", "--root", str(tmp_path), "--until", "nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert main(["run", "--root", str(tmp_path), "--set", "clean.no_such_rule=1"]) == 2
+    assert "clean.no_such_rule" in capsys.readouterr().err
+    assert not (tmp_path / "clean").exists()
+
+
+def test_broken_jsonl_rows_are_quarantined_and_no_good_row_is_lost(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    good = [f"Document number {i} talks about the river towns of the northern valley in some detail." for i in
+            range(12)]
+    lines = [json.dumps({"id": f"g{i}", "text": text}).encode() for i, text in enumerate(good[:6])]
+    lines += [b'{"id": "broken", "text": "unterminated', b'{"id": "nofield"}', b'\xff\xfe\xfa not utf-8',
+              json.dumps({"id": "empty", "text": "   "}).encode(), json.dumps({"id": "num", "text": 42}).encode()]
+    lines += [json.dumps({"id": f"g{i}", "text": text}).encode() for i, text in enumerate(good[6:], start=6)]
+    corpus.write_bytes(b"\n".join(lines) + b"\n")
+    root = tmp_path / "root"
+    source = {"kind": "jsonl", "path": str(corpus), "text_field": "text", "id_field": "id"}
+    assert main(["run", "--root", str(root), "--until", "clean",
+                 "--set", f"data.sources=[{json.dumps(source)}]"]) == 0
+    latest = json.loads((root / "latest.json").read_text())
+    clean_dir = Path(latest["clean"]["path"])
+    metrics = read_manifest(clean_dir)["metrics"]
+    assert metrics["quarantined"] == 5 and metrics["docs_in"] == 17
+    kept = pq.read_table(sorted(clean_dir.glob("part_*.parquet"))).to_pylist()
+    assert sorted(row["id"] for row in kept) == sorted(f"g{i}" for i in range(12))
+    rejected = pq.read_table(clean_dir / "rejected.parquet").to_pylist()
+    assert sorted(row["line"] for row in rejected if row["rule"] == "quarantine") == [7, 8, 9, 10, 11]

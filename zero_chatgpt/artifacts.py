@@ -1,0 +1,169 @@
+"""The stage contract: fingerprints, artifact dirs built atomically, and `manifest.json` written last.
+
+An artifact is `<root>/<stage>/<fingerprint[:12]>/` holding a `manifest.json`; a dir without one is not an
+artifact (a crash leaves only a `.tmp-*` sibling, which the next run removes). Nothing here imports Prefect:
+the same functions serve the Prefect tasks, the tests and anyone scripting a stage by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+
+# Packages whose versions go into every manifest (lineage: what produced this artifact).
+_TRACKED_PACKAGES = ("zero-chatgpt", "torch", "transformers", "prefect", "datasketch", "sentencepiece",
+                     "tokenizers", "pyarrow", "numpy", "deepspeed")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal configs hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def fingerprint(stage: str, version: str, config: dict[str, Any], upstream: dict[str, str], seed: int) -> str:
+    """sha256 over stage name, stage version, resolved config section, upstream fingerprints and seed."""
+    payload = canonical_json(
+        {"stage": stage, "version": version, "config": config, "upstream": dict(sorted(upstream.items())),
+         "seed": seed}
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def artifact_dir(root: str | Path, stage: str, fp: str) -> Path:
+    """Where the artifact with this fingerprint lives."""
+    return Path(root) / stage / fp[:12]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    """The manifest of an artifact dir, or None when the dir is not a finished artifact."""
+    manifest = Path(path) / MANIFEST
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(path: str | Path, fp: str | None = None) -> bool:
+    """True when the dir holds a manifest (with this fingerprint, if one is given)."""
+    manifest = read_manifest(path)
+    return manifest is not None and (fp is None or manifest.get("fingerprint") == fp)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    versions = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage run produced: where, under which fingerprint, and whether it ran or was reused."""
+
+    stage: str
+    path: str
+    fingerprint: str
+    status: str  # "ran" or "cached"
+    seconds: float
+    metrics: dict[str, Any]
+
+    def record(self) -> dict[str, str]:
+        """The small record that crosses task boundaries."""
+        return {"stage": self.stage, "path": self.path, "fingerprint": self.fingerprint}
+
+
+def build_artifact(
+    stage: str,
+    version: str,
+    config: dict[str, Any],
+    upstream: dict[str, dict[str, str]],
+    seed: int,
+    root: str | Path,
+    body: Callable[[Path], dict[str, Any]],
+    force: bool = False,
+) -> StageResult:
+    """Reuse the artifact with this fingerprint, or run `body(tmp_dir) -> metrics` and publish it atomically.
+
+    `upstream` maps stage name -> record (`{stage, path, fingerprint}`) of each input artifact. The body
+    writes into a temporary sibling dir; the manifest goes in last and the dir is renamed into place, so
+    an interrupted run never leaves something that looks finished.
+    """
+    upstream_fps = {name: rec["fingerprint"] for name, rec in upstream.items()}
+    fp = fingerprint(stage, version, config, upstream_fps, seed)
+    final = artifact_dir(root, stage, fp)
+    if not force:
+        manifest = read_manifest(final)
+        if manifest is not None and manifest.get("fingerprint") == fp:
+            return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}))
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir()
+    started_at = time.time()
+    started = time.perf_counter()
+    try:
+        metrics = body(tmp) or {}
+        seconds = time.perf_counter() - started
+        manifest = {
+            "stage": stage,
+            "version": version,
+            "fingerprint": fp,
+            "config": config,
+            "seed": seed,
+            "upstream": {name: {"fingerprint": rec["fingerprint"], "path": rec["path"]}
+                         for name, rec in upstream.items()},
+            "metrics": metrics,
+            "timings": {"started_at": started_at, "seconds": seconds},
+            "packages": package_versions(),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if final.exists():
+            # A forced rerun, or a dir left without a manifest: replace it whole.
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return StageResult(stage, str(final), fp, "ran", seconds, metrics)
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete temporary dirs that earlier, interrupted runs of this same artifact left behind."""
+    for leftover in final.parent.glob(f".tmp-{final.name}-*"):
+        pid_text = leftover.name.split("-")[-2]
+        if pid_text.isdigit() and _process_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue  # another live process is building it right now
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,108 @@
+"""`zero-chatgpt`: run the pipeline, serve it as a Prefect deployment, show the resolved config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from zero_chatgpt.config import ConfigError, config_to_yaml, load_config, overrides_from_set_options, preset_names
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="tiny",
+                        help=f"preset name ({', '.join(preset_names())}) or a YAML file (may say `base: tiny`)")
+    parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set pretrain.optim.max_steps=200 (repeatable)")
+
+
+def _preset_argument(preset: str) -> str:
+    """Preset files are passed on as absolute paths, so the flow resolves them wherever it runs."""
+    path = Path(preset)
+    return str(path.resolve()) if path.suffix in (".yaml", ".yml") or path.is_file() else preset
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # Resolve the whole config here first: a bad key fails before Prefect or any stage starts.
+    load_config(args.preset, set_options=args.set_options)
+    from flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
+    from zero_chatgpt.artifacts import read_manifest
+    from zero_chatgpt.console import print_summary
+
+    for name in [args.until, *args.force]:
+        if name is not None and name not in PIPELINE_STAGES:
+            raise ConfigError(f"unknown stage {name!r}; stages of this pipeline: {list(PIPELINE_STAGES)}")
+    root = Path(args.root).resolve()
+    latest = zero_chatgpt(
+        preset=_preset_argument(args.preset),
+        overrides=overrides_from_set_options(args.set_options),
+        root=str(root),
+        until=args.until,
+        force=args.force or None,
+    )
+    metrics = {stage: (read_manifest(entry["path"]) or {}).get("metrics", {}) for stage, entry in latest.items()}
+    print_summary(latest, metrics)
+    print(f"latest: {root / 'latest.json'}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows.pipeline import zero_chatgpt
+
+    zero_chatgpt.serve(name=args.name, parameters={"root": str(Path(args.root).resolve())})
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    config = load_config(args.preset, set_options=args.set_options)
+    if args.json:
+        print(json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        print(config_to_yaml(config), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="zero-chatgpt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline locally (cached stages are reused)")
+    _add_config_options(run)
+    run.add_argument("--root", default="runs", help="artifact root directory (default: ./runs)")
+    run.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="rebuild this stage even if its artifact exists (repeatable)")
+    run.set_defaults(handler=_cmd_run)
+
+    serve = commands.add_parser("serve", help="serve flow `zero-chatgpt` as deployment `full`")
+    serve.add_argument("--name", default="full", help="deployment name (default: full)")
+    serve.add_argument("--root", default="runs", help="default artifact root of deployment runs")
+    serve.set_defaults(handler=_cmd_serve)
+
+    config = commands.add_parser("config", help="inspect configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the resolved config")
+    _add_config_options(show)
+    show.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    show.set_defaults(handler=_cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `zero-chatgpt` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"zero-chatgpt: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zero-chatgpt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""The one typed config tree: a section per stage, plus `data`, `run` and `resources`.
+
+Every model forbids unknown keys, so a typo fails before any work starts, with a message that names the
+dotted key and the keys that are allowed there (see `load_config`). Presets live in `configs/*.yaml`; a
+user file may say `base: tiny` and override any subset; `--set a.b.c=value` overrides one leaf.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGES = (
+    "clean",
+    "dedup",
+    "train_tokenizer",
+    "shard",
+    "pretrain",
+    "sft",
+    "build_prefs",
+    "train_rm",
+    "ppo",
+    "evaluate",
+    "report",
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+class SourceBase(Section):
+    """Where rows come from. `kind` picks the reader; local kinds need `path` (a glob), `hf` needs `name`."""
+
+    kind: Literal["demo", "jsonl", "parquet", "text", "hf"]
+    path: str | None = Field(None, description="glob of local files (jsonl, parquet, text)")
+    name: str | None = Field(None, description="Hugging Face dataset name (kind hf, only used when online)")
+    subset: str | None = Field(None, description="Hugging Face dataset config name")
+    split: str = Field("train", description="Hugging Face dataset split")
+    id_field: str | None = Field(None, description="field holding a stable row id; else `<file>:<line>`")
+    limit: int | None = Field(None, ge=1, description="read at most this many rows from the source")
+
+    @model_validator(mode="after")
+    def _location_given(self) -> "SourceBase":
+        if self.kind in ("jsonl", "parquet", "text") and not self.path:
+            raise ValueError(f"a '{self.kind}' source needs `path` (a file or glob)")
+        if self.kind == "hf" and not self.name:
+            raise ValueError("an 'hf' source needs `name` (the dataset name)")
+        return self
+
+
+class TextSource(SourceBase):
+    """A pretraining text source: one document per row (per line for `text` files)."""
+
+    text_field: str = "text"
+
+
+class SftSource(SourceBase):
+    """A supervised fine-tuning source of prompt/response rows."""
+
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+
+
+class PrefSource(SourceBase):
+    """A preference source of prompt/chosen/rejected rows, merged into `build_prefs`."""
+
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+
+
+class DemoCorpusConfig(Section):
+    """Size of the embedded, generated demo world (the default data of every preset)."""
+
+    num_entities: int = Field(120, ge=8, description="fictional places described by the corpus")
+    docs_per_entity: int = Field(4, ge=1, description="encyclopedia-style documents written per place and language")
+    languages: list[Literal["en", "zh"]] = ["en", "zh"]
+    heldout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of fact questions kept for evaluation")
+    exact_duplicate_fraction: float = Field(
+        0.03, ge=0.0, le=0.5, description="share of documents repeated verbatim under a new id (for dedup to find)"
+    )
+    near_duplicate_fraction: float = Field(
+        0.04, ge=0.0, le=0.5, description="share of documents repeated with a small edit (for MinHash dedup to find)"
+    )
+    junk_docs_per_rule: int = Field(
+        4, ge=0, description="planted junk documents per cleaning rule and language (too short, whitespace, keywords)"
+    )
+    sft_questions_per_fact: int = Field(
+        2, ge=1, le=3, description="differently worded SFT questions per (place, fact, language)"
+    )
+
+
+class DataConfig(Section):
+    """All data sources of the run."""
+
+    sources: list[TextSource] = Field(default_factory=lambda: [TextSource(kind="demo")])
+    sft_sources: list[SftSource] = Field(default_factory=lambda: [SftSource(kind="demo")])
+    pref_sources: list[PrefSource] = Field(default_factory=list)
+    demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+class CleanConfig(Section):
+    """Document cleaning rules, after Zero-Chatgpt's: every dropped row is kept with its rule."""
+
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFKC"
+    keep_cjk_punctuation: bool = Field(
+        True,
+        description="under NFKC keep full-width CJK punctuation (，！？：；（）～) and the ellipsis … as written, "
+        "so cleaned Chinese text reads like the SFT data instead of turning into ASCII commas and '...'",
+    )
+    min_length: int = Field(20, ge=0, description="minimum length in CJK characters plus non-CJK words")
+    max_whitespace_ratio: float = Field(0.3, gt=0.0, le=1.0, description="drop docs with more whitespace than this")
+    strip_citations: bool = Field(True, description="remove citation marks like [1] and [1-2]")
+    max_punctuation_run: int = Field(3, ge=1, description="collapse longer runs of one punctuation mark to this")
+    section_keywords: list[str] = Field(
+        default_factory=lambda: ["人物简介", "人物经历", "产品介绍", "产品特点", "Early life", "Product overview"],
+        description="headings that mark person / product introductions",
+    )
+    max_section_keyword_hits: int = Field(2, ge=1, description="drop docs with at least this many keyword hits")
+    docs_per_shard: int = Field(20000, ge=100, description="rows per output parquet shard")
+
+
+class DedupConfig(Section):
+    """Exact, then MinHash LSH near-duplicate removal."""
+
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (signature length)")
+    threshold: float = Field(0.7, gt=0.0, lt=1.0, description="Jaccard similarity that counts as a duplicate")
+    shingle: Literal["auto", "char", "word"] = Field("auto", description="auto: char n-grams for CJK text")
+    cjk_char_share: float = Field(
+        0.3, gt=0.0, le=1.0, description="auto shingles: char n-grams when this share of visible chars is CJK"
+    )
+    char_ngram: int = Field(5, ge=1, description="characters per shingle of CJK text")
+    word_ngram: int = Field(3, ge=1, description="words per shingle of other text")
+    bands: int | None = Field(None, ge=1, description="LSH bands; derived from threshold when unset")
+    rows: int | None = Field(None, ge=1, description="LSH rows per band; derived from threshold when unset")
+    docs_per_shard: int = Field(5000, ge=100, description="documents per signature task")
+
+
+class TrainTokenizerConfig(Section):
+    """sentencepiece BPE with byte fallback, exported as a Hugging Face fast tokenizer."""
+
+    vocab_size: int = Field(6000, ge=300, description="pieces in all, with 256 byte pieces and 5 special tokens")
+    max_sample_chars: int = Field(20_000_000, ge=10_000, description="cap on the shuffled training sample")
+    character_coverage: float = Field(
+        0.9995, gt=0.9, le=1.0, description="share of sample characters that get their own piece (upper bound)"
+    )
+    max_char_share: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="at most this share of the learnable vocab goes to single characters; character_coverage is "
+        "lowered to fit and rarer characters fall back to bytes",
+    )
+    max_sentence_length: int = Field(8192, ge=256, description="training lines are cut to this many UTF-8 bytes")
+    heldout_docs: int = Field(
+        200, ge=0, description="documents kept out of the sample to measure characters per token (at most 10%)"
+    )
+
+
+class ShardConfig(Section):
+    """Tokenised `.bin` shards."""
+
+    val_fraction: float = Field(0.02, gt=0.0, lt=0.5, description="share of documents held out for validation")
+    tokens_per_shard: int = Field(50_000_000, ge=1000)
+    docs_per_batch: int = Field(1000, ge=1, description="documents per tokenizer batch call")
+
+
+class ModelConfig(Section):
+    """LLaMA-style decoder size."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; defaults to num_heads")
+    intermediate_size: int | None = Field(None, ge=8, description="MLP width; derived from hidden_size when unset")
+    max_seq_len: int = Field(256, ge=16, description="context length in tokens")
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimConfig(Section):
+    """Optimiser and schedule shared by every training stage."""
+
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    warmup_steps: int = Field(50, ge=0)
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch per rank")
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class PretrainConfig(Section):
+    """Causal-LM pretraining on the token shards."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+class SftConfig(Section):
+    """Supervised fine-tuning with loss on response tokens only."""
+
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, max_steps=300))
+    max_seq_len: int = Field(256, ge=16)
+    rlhf_prompt_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share of SFT rows held out as RLHF prompts")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+
+
+class BuildPrefsConfig(Section):
+    """Preference pairs: chosen = reference answer, rejected = the SFT model's own sample."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class TrainRmConfig(Section):
+    """Reward model with a scalar head, pairwise loss."""
+
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=200))
+    freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+
+
+class PpoConfig(Section):
+    """PPO with a frozen reference, critic initialised from the reward model."""
+
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0, max_steps=40))
+    rollout_batch_size: int = Field(32, ge=1)
+    ppo_epochs: int = Field(2, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    kl_coef: float = Field(0.05, ge=0.0)
+    adaptive_kl: bool = False
+    target_kl: float = Field(6.0, gt=0.0, description="bound on mean per-sequence KL to the reference")
+    reward_clip: float = Field(5.0, gt=0.0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    clip_range: float = Field(0.2, gt=0.0)
+    value_clip_range: float = Field(0.2, gt=0.0)
+    ptx_coef: float = Field(0.0, ge=0.0, description="weight of the pretraining loss mixed in (PPO-ptx)")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank on the actor; 0 trains all weights")
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of actor weights; 0 disables")
+
+
+class EvaluateConfig(Section):
+    """Evaluation of the trained models."""
+
+    max_prompts: int = Field(100, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    task_files: list[str] = Field(default_factory=list, description="globs of JSONL task files scored by likelihood")
+    few_shot: int = Field(0, ge=0)
+
+
+class ReportConfig(Section):
+    """The report card."""
+
+    plots: bool = True
+
+
+# ----------------------------------------------------------------------------------------------- run-wide
+
+
+class RunConfig(Section):
+    """Run-wide settings that change results (the seed is part of every fingerprint)."""
+
+    seed: int = 1234
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ResourcesConfig(Section):
+    """Where and how wide work runs. Not part of any fingerprint: it changes speed, not results."""
+
+    task_runner: Literal["processes", "threads", "dask", "ray"] = "processes"
+    workers: int | None = Field(None, ge=1, description="parallel data workers; defaults to the CPU count")
+    address: str | None = Field(None, description="Dask scheduler or Ray cluster address for data stages")
+    ranks: int = Field(1, ge=1, description="training processes per node; > 1 uses the launcher")
+    nodes: int = Field(1, ge=1)
+    hostfile: str | None = None
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+    zero_stage: Literal[0, 1, 2, 3] = 0
+
+    def data_workers(self) -> int:
+        """Number of parallel data workers to use on this machine."""
+        return self.workers or max(1, os.cpu_count() or 1)
+
+
+class PipelineConfig(Section):
+    """The whole resolved config of one pipeline run."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    train_tokenizer: TrainTokenizerConfig = Field(default_factory=TrainTokenizerConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    build_prefs: BuildPrefsConfig = Field(default_factory=BuildPrefsConfig)
+    train_rm: TrainRmConfig = Field(default_factory=TrainRmConfig)
+    ppo: PpoConfig = Field(default_factory=PpoConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in `configs/`."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve_preset_path(preset: str, relative_to: Path | None = None) -> Path:
+    """A preset name (`tiny`) or a YAML file path; relative `base:` paths resolve next to the including file."""
+    candidate = Path(preset)
+    if relative_to is not None and not candidate.is_absolute():
+        beside = relative_to.parent / candidate
+        if beside.is_file():
+            return beside
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"config file {candidate} does not exist")
+        return candidate
+    named = PRESETS_DIR / f"{preset}.yaml"
+    if not named.is_file():
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {preset_names()} or give a YAML file path")
+    return named
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, merging nested mappings; lists and scalars are replaced whole."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_preset_dict(preset: str, _seen: tuple[Path, ...] = (), _from: Path | None = None) -> dict[str, Any]:
+    """The raw mapping of a preset, with its `base:` chain merged in (base first)."""
+    path = resolve_preset_path(preset, _from).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"`base:` cycle: {chain}")
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a preset name or a file path, got {base!r}")
+    return deep_merge(load_preset_dict(base, (*_seen, path), path), raw)
+
+
+def parse_set_option(assignment: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], parsed value). Values are read as YAML (`3`, `1e-3`, `[a, b]`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. pretrain.optim.max_steps=200")
+    key, raw_value = assignment.split("=", 1)
+    keys = [part for part in key.strip().split(".")]
+    if not key.strip() or any(not part for part in keys):
+        raise ConfigError(f"--set {assignment!r}: the key must be dotted names like clean.min_length")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return keys, value
+
+
+def overrides_from_set_options(assignments: list[str]) -> dict[str, Any]:
+    """Nested override mapping from a list of `--set a.b=value` strings (later ones win)."""
+    nested: dict[str, Any] = {}
+    for assignment in assignments:
+        keys, value = parse_set_option(assignment)
+        nested = deep_merge(nested, _nest(keys, value))
+    return nested
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _apply_list_indices(tree: Any, overrides: Any, where: str) -> Any:
+    """Apply overrides whose keys are list indices (`data.sources.0.path=...`) onto lists in `tree`."""
+    if not isinstance(overrides, dict):
+        return overrides
+    if isinstance(tree, list) and overrides and all(str(k).isdigit() for k in overrides):
+        updated = copy.deepcopy(tree)
+        for index_text, value in overrides.items():
+            index = int(index_text)
+            if index >= len(updated):
+                raise ConfigError(f"{where}.{index}: the list has only {len(updated)} entries")
+            updated[index] = _apply_list_indices(updated[index], value, f"{where}.{index}")
+        return updated
+    base = tree if isinstance(tree, dict) else {}
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        merged[key] = _apply_list_indices(base.get(key), value, f"{where}.{key}" if where else str(key))
+    return merged
+
+
+def _allowed_here(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """Walk the model tree along an error location; return the dotted parent key and its allowed field names."""
+    model: Any = PipelineConfig
+    parent: list[str] = []
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            parent.append(str(part))
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            # A tagged union branch name or similar: keep walking with what we have.
+            continue
+        parent.append(str(part))
+        annotation = fields[part].annotation
+        model = _model_in(annotation) or model
+    return ".".join(parent), sorted(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `list[TextSource]` or `ModelConfig | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    dotted = ".".join(str(part) for part in loc) or "<top level>"
+    if error.get("type") == "extra_forbidden":
+        parent, allowed = _allowed_here(loc)
+        where = f" in `{parent}`" if parent else ""
+        return f"unknown key `{dotted}`{where}; allowed keys: {', '.join(allowed)}"
+    message = error.get("msg", "invalid value")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"`{dotted}`: {message}{shown}"
+
+
+def validate_config(raw: dict[str, Any]) -> PipelineConfig:
+    """A `PipelineConfig` from a raw mapping, or a `ConfigError` that names every bad key."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [_describe(e) for e in err.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(
+    preset: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    set_options: list[str] | None = None,
+) -> PipelineConfig:
+    """Resolve preset (name or file, with `base:` chain), then nested overrides, then `--set` options."""
+    raw = load_preset_dict(preset)
+    for layer in (overrides or {}, overrides_from_set_options(set_options or [])):
+        raw = _apply_list_indices(raw, layer, "")
+    return validate_config(raw)
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    """The resolved config as YAML, in stage order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+__all__ = [
+    "STAGES",
+    "ConfigError",
+    "PipelineConfig",
+    "TextSource",
+    "SftSource",
+    "PrefSource",
+    "load_config",
+    "validate_config",
+    "config_to_yaml",
+    "preset_names",
+]

@@ -1,0 +1,57 @@
+"""The stage table a run prints as it goes: stage, ran/cached, seconds, key metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# The one number that says whether a stage did its job, shown in the table and the report.
+KEY_METRICS = {
+    "clean": "docs_out",
+    "dedup": "docs_out",
+    "train_tokenizer": "vocab_size",
+    "shard": "train_tokens",
+    "pretrain": "val_loss",
+    "sft": "val_loss",
+    "build_prefs": "pairs",
+    "train_rm": "val_accuracy",
+    "ppo": "reward_after",
+    "evaluate": "win_rate_vs_sft",
+}
+
+_console = Console(highlight=False, soft_wrap=True)
+_ROW = "{:<16} {:<7} {:>9} {}"
+
+
+def key_metric_text(stage: str, metrics: dict[str, Any]) -> str:
+    """`name=value` of the stage's key metric, or '' when it has none."""
+    name = KEY_METRICS.get(stage)
+    if name is None or name not in metrics:
+        return ""
+    value = metrics[name]
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{name}={shown}"
+
+
+def print_table_header() -> None:
+    """The header line of the live stage table."""
+    _console.print(_ROW.format("stage", "status", "seconds", "key metric"), style="bold")
+
+
+def print_stage_row(stage: str, status: str, seconds: float, metrics: dict[str, Any]) -> None:
+    """One finished stage, printed the moment it finishes."""
+    style = "green" if status == "ran" else "cyan"
+    _console.print(_ROW.format(stage, status, f"{seconds:.1f}", key_metric_text(stage, metrics)), style=style)
+
+
+def print_summary(latest: dict[str, dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> None:
+    """The whole run as one table."""
+    table = Table(title="zero-chatgpt run")
+    for column in ("stage", "status", "seconds", "key metric", "artifact"):
+        table.add_column(column)
+    for stage, entry in latest.items():
+        table.add_row(stage, entry["status"], f"{entry['seconds']:.1f}",
+                      key_metric_text(stage, metrics.get(stage, {})), entry["path"])
+    _console.print(table)
