@@ -1,0 +1,500 @@
+"""The `clean` stage: normalise and filter raw documents, keeping every dropped row with its reason.
+
+Rules follow Zero-Chatgpt's corpus cleaning, written as small functions: transforms take text and return
+new text; filters take text and return `(keep, reason)`. `clean_text` runs the transforms, then the
+filters, and names the first rule that drops a document.
+
+Output in `out_dir`:
+
+- `part_00000.parquet`, ...: columns `id`, `text`, `source` (strings), at most `docs_per_shard` rows each,
+  in source order, then file order, then line order;
+- `rejected.parquet`: columns `id`, `source`, `line` (int, null when unknown), `rule` (a cleaning rule or
+  `quarantine`), `reason`, `text` (the raw row or text): every input row that is not in a part file.
+
+Ids are unique in the output: a row whose id an earlier good row (in that order) already used is
+quarantined as `duplicate_id`, never merged. Work is split per source file through `parallel_map`; each
+worker writes its own part files into `out_dir/_work/`, which are then renamed into the single
+`part_XXXXX` sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from data_process.sources import (
+    SourceError,
+    describe_source,
+    expand_source_files,
+    is_quarantined,
+    read_text_rows,
+    reason_kind,
+)
+from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
+from zero_chatgpt.parallel import ParallelMap, serial_map
+
+logger = logging.getLogger(__name__)
+
+DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("line", pa.int64()),
+    ("rule", pa.string()), ("reason", pa.string()), ("text", pa.string()),
+])
+REJECTED_FILE = "rejected.parquet"
+QUARANTINE_RULE = "quarantine"
+_WORK_DIR = "_work"
+_REJECTED_FLUSH_ROWS = 10_000
+
+# ------------------------------------------------------------------------------------------- transforms
+
+# Full-width punctuation that NFKC would turn into ASCII (，-> ,  …-> ...). Chinese prose keeps these.
+_CJK_PUNCTUATION_RE = re.compile("([，！？：；（）～…])")
+# Han ideographs (with extensions and compatibility forms) and Japanese kana: each counts as one unit of length.
+_CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\U00020000-\U0002fa1f]")
+_WORD_RE = re.compile(r"[^\W_]+")
+# Citation marks: [1], [12], [1-2], [1,3], [1, 3, 5], [1–3] (en dash), [1，2]. Three digits at most, so
+# a bracketed year such as [2023] is kept.
+_CITATION_RE = re.compile(r"\[\s*\d{1,3}(?:\s*[-–,，、]\s*\d{1,3})*\s*\]")
+_REPEATED_MARK_RE = re.compile(r"([^\w\s])\1+")
+# Marks written twice as a single Chinese punctuation mark (…… ellipsis, —— dash): runs collapse to a pair.
+_PAIRED_MARKS = frozenset("…—")
+# "..." is an ordinary ellipsis whatever max_punctuation_run says.
+_MIN_KEPT_RUN = {".": 3}
+
+
+def normalize_unicode(text: str, form: str, keep_cjk_punctuation: bool = True) -> str:
+    """Unicode normal form `form` (NFC / NFKC / none); under NFKC optionally leave CJK punctuation as written."""
+    if form == "none":
+        return text
+    if form != "NFKC" or not keep_cjk_punctuation:
+        return unicodedata.normalize(form, text)
+    # re.split with a capture group puts the protected marks at odd indices.
+    pieces = _CJK_PUNCTUATION_RE.split(text)
+    return "".join(piece if i % 2 else unicodedata.normalize(form, piece) for i, piece in enumerate(pieces))
+
+
+def normalize_newlines(text: str) -> str:
+    """Windows and old Mac line ends become `\\n`; leading and trailing whitespace goes."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def strip_citations(text: str) -> str:
+    """Remove citation marks such as `[1]`, `[1-2]`, `[1,3]` (encyclopedia footnote references)."""
+    return _CITATION_RE.sub("", text)
+
+
+def _is_punctuation(char: str) -> bool:
+    return unicodedata.category(char).startswith("P") or char in "~～"
+
+
+def collapse_punctuation_runs(text: str, max_run: int) -> str:
+    """Shorten runs of one repeated punctuation mark (`!!!!!`, `。。。。`) to `max_run` marks.
+
+    `……` and `——` are single Chinese marks written with two characters: their runs shrink to one pair.
+    `...` is kept as an ellipsis. Symbols that are not punctuation (`====`, `$$$`) are left alone.
+    """
+
+    def shorten(match: re.Match[str]) -> str:
+        run = match.group(0)
+        mark = match.group(1)
+        if not _is_punctuation(mark):
+            return run
+        keep = 2 if mark in _PAIRED_MARKS else max(max_run, _MIN_KEPT_RUN.get(mark, 0))
+        return mark * min(len(run), keep)
+
+    return _REPEATED_MARK_RE.sub(shorten, text)
+
+
+def apply_transforms(text: str, cfg: CleanConfig) -> str:
+    """Every text transform of the config, in order: unicode, citations, punctuation runs, line ends."""
+    text = normalize_unicode(text, cfg.unicode_form, cfg.keep_cjk_punctuation)
+    if cfg.strip_citations:
+        text = strip_citations(text)
+    text = collapse_punctuation_runs(text, cfg.max_punctuation_run)
+    return normalize_newlines(text)
+
+
+# -------------------------------------------------------------------------------------------- filters
+
+
+def length_units(text: str) -> int:
+    """Length as CJK characters plus non-CJK words (`"北京 is big"` -> 2 + 2 = 4)."""
+    cjk = len(_CJK_RE.findall(text))
+    words = len(_WORD_RE.findall(_CJK_RE.sub(" ", text)))
+    return cjk + words
+
+
+def filter_empty(text: str, cfg: CleanConfig) -> tuple[bool, str]:
+    """Drop documents that cleaning emptied (e.g. a row that held only citation marks)."""
+    return (True, "") if text.strip() else (False, "empty after cleaning")
+
+
+def filter_min_length(text: str, cfg: CleanConfig) -> tuple[bool, str]:
+    """Drop documents shorter than `min_length` CJK characters plus non-CJK words."""
+    units = length_units(text)
+    if units < cfg.min_length:
+        return False, f"{units} CJK characters + words < min_length {cfg.min_length}"
+    return True, ""
+
+
+def filter_whitespace(text: str, cfg: CleanConfig) -> tuple[bool, str]:
+    """Drop documents whose share of whitespace characters exceeds `max_whitespace_ratio` (tables, layout)."""
+    if not text:
+        return True, ""
+    ratio = sum(map(str.isspace, text)) / len(text)
+    if ratio > cfg.max_whitespace_ratio:
+        return False, f"whitespace ratio {ratio:.2f} > {cfg.max_whitespace_ratio}"
+    return True, ""
+
+
+def filter_section_keywords(text: str, cfg: CleanConfig) -> tuple[bool, str]:
+    """Drop person / product introductions: documents with `max_section_keyword_hits`+ section headings."""
+    folded = text.casefold()
+    hits = {keyword: folded.count(keyword.casefold()) for keyword in cfg.section_keywords if keyword}
+    total = sum(hits.values())
+    if total >= cfg.max_section_keyword_hits:
+        found = ", ".join(f"{k}x{n}" for k, n in hits.items() if n)
+        return False, f"{total} section keyword hits >= {cfg.max_section_keyword_hits} ({found})"
+    return True, ""
+
+
+# Rule name -> filter, in the order they are tried. The names are the keys of the `dropped` metric.
+FILTERS: dict[str, Callable[[str, CleanConfig], tuple[bool, str]]] = {
+    "empty": filter_empty,
+    "min_length": filter_min_length,
+    "whitespace": filter_whitespace,
+    "section_keywords": filter_section_keywords,
+}
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    """The cleaned text, or the rule that dropped the document and why."""
+
+    text: str
+    rule: str | None = None
+    reason: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return self.rule is None
+
+
+def clean_text(text: str, cfg: CleanConfig) -> CleanResult:
+    """Transform one document, then run the filters; the first failing filter names the drop."""
+    cleaned = apply_transforms(text, cfg)
+    for rule, keep_document in FILTERS.items():
+        keep, reason = keep_document(cleaned, cfg)
+        if not keep:
+            return CleanResult(cleaned, rule, reason)
+    return CleanResult(cleaned)
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class CleanUnit:
+    """One piece of work: one file of a source (or a whole source for demo, hf and `limit` sources)."""
+
+    index: int
+    source_index: int
+    source: TextSource
+    files: tuple[str, ...] | None
+    demo: DemoCorpusConfig
+    cfg: CleanConfig
+    seed: int
+    work_dir: str
+
+    def prefix(self) -> str:
+        return f"u{self.index:05d}"
+
+
+@dataclass
+class UnitSummary:
+    """What a worker reports back: small counts and file names, never the rows themselves."""
+
+    index: int
+    source_index: int
+    parts: list[dict[str, Any]] = field(default_factory=list)  # [{"file", "rows", "chars"}] in order
+    rejected_file: str | None = None
+    ids_file: str | None = None
+    docs_in: int = 0
+    good_in: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    quarantine_reasons: Counter = field(default_factory=Counter)
+
+
+def _id_hash(doc_id: str) -> int:
+    """A 64-bit digest of an id: duplicates are found by sorting numbers, not by holding every string."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class _RejectedWriter:
+    """Streams rejected rows into one parquet file in batches."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, doc_id: str | None, source: str, line: int | None, rule: str, reason: str, text: str) -> None:
+        self.rows.append({"id": doc_id, "source": source, "line": line, "rule": rule, "reason": reason,
+                          "text": text})
+        self.count += 1
+        if len(self.rows) >= _REJECTED_FLUSH_ROWS:
+            self.flush()
+
+    def add_table(self, table: pa.Table) -> None:
+        """Append already-built rejected rows (a worker's file) without a round trip through Python dicts."""
+        self.flush()
+        self._write(table.cast(REJECTED_SCHEMA))
+        self.count += table.num_rows
+
+    def flush(self) -> None:
+        if self.rows:
+            self._write(pa.Table.from_pylist(self.rows, schema=REJECTED_SCHEMA))
+            self.rows = []
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, REJECTED_SCHEMA)
+        self._writer.write_table(table)
+
+    def close(self) -> bool:
+        """Finish the file; False when nothing was written (no file exists)."""
+        self.flush()
+        if self._writer is None:
+            return False
+        self._writer.close()
+        return True
+
+
+def clean_unit(unit: CleanUnit) -> UnitSummary:
+    """Worker: read one unit's rows, clean them, write its part files and rejected rows under `work_dir`.
+
+    Besides the parts, writes `<prefix>_ids.parquet` with one row per good input row (`id`, `line`,
+    `kept`, `id_hash`) so the parent can find duplicate ids across all units without reading the texts.
+    """
+    work = Path(unit.work_dir)
+    summary = UnitSummary(unit.index, unit.source_index)
+    rejected = _RejectedWriter(work / f"{unit.prefix()}_rejected.parquet")
+    files = [Path(f) for f in unit.files] if unit.files is not None else None
+    rows = read_text_rows(unit.source, unit.demo, unit.seed, files=files, require_rows=False)
+    kept_rows: list[dict[str, str]] = []
+    ids: dict[str, list[Any]] = {"id": [], "line": [], "kept": [], "id_hash": []}
+
+    def write_part() -> None:
+        name = f"{unit.prefix()}_part_{len(summary.parts):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(kept_rows, schema=DOC_SCHEMA), work / name)
+        summary.parts.append({"file": name, "rows": len(kept_rows), "chars": sum(len(r["text"]) for r in kept_rows)})
+        kept_rows.clear()
+
+    for row in rows:
+        summary.docs_in += 1
+        if is_quarantined(row):
+            summary.quarantine_reasons[reason_kind(row["reason"])] += 1
+            rejected.add(None, row["source"], row["line"], QUARANTINE_RULE, row["reason"], row["raw"])
+            continue
+        summary.good_in += 1
+        result = clean_text(row["text"], unit.cfg)
+        ids["id"].append(row["id"])
+        ids["line"].append(row["line"])
+        ids["kept"].append(result.kept)
+        ids["id_hash"].append(_id_hash(row["id"]))
+        if not result.kept:
+            summary.dropped[result.rule] += 1
+            rejected.add(row["id"], row["source"], row["line"], result.rule, result.reason, row["text"])
+            continue
+        summary.kept += 1
+        kept_rows.append({"id": row["id"], "text": result.text, "source": row["source"]})
+        if len(kept_rows) >= unit.cfg.docs_per_shard:
+            write_part()
+    if kept_rows:
+        write_part()
+    if rejected.close():
+        summary.rejected_file = rejected.path.name
+    if ids["id"]:
+        summary.ids_file = f"{unit.prefix()}_ids.parquet"
+        table = pa.table({"id": pa.array(ids["id"], pa.string()), "line": pa.array(ids["line"], pa.int64()),
+                          "kept": pa.array(ids["kept"], pa.bool_()), "id_hash": pa.array(ids["id_hash"], pa.uint64())})
+        pq.write_table(table, work / summary.ids_file)
+    logger.info("clean: %s %s: %d rows in, %d kept", describe_source(unit.source),
+                ",".join(unit.files) if unit.files else "", summary.docs_in, summary.kept)
+    return summary
+
+
+def plan_units(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, seed: int,
+               work_dir: Path) -> list[CleanUnit]:
+    """One unit per file of each local source; demo, hf and `limit` sources are one unit each.
+
+    A `limit` caps the good rows of the whole source, so its files must be read in order by one worker.
+    Missing paths raise `SourceError` here, before any work starts.
+    """
+    units: list[CleanUnit] = []
+    for source_index, source in enumerate(sources):
+        files = [str(p) for p in expand_source_files(source)]
+        if source.kind in ("demo", "hf") or source.limit is not None:
+            groups: list[tuple[str, ...] | None] = [tuple(files) if files else None]
+        else:
+            groups = [(f,) for f in files]
+        for group in groups:
+            units.append(CleanUnit(len(units), source_index, source, group, demo, cfg, seed, str(work_dir)))
+    return units
+
+
+def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, dict[int, tuple[str, int]]]:
+    """Kept rows whose id was already used by an earlier good row (in source, file, line order).
+
+    Returns {unit index: {kept-row ordinal within the unit: (id, line)}}. The first occurrence wins even
+    when a cleaning rule dropped it: an id names one input row.
+    """
+    tables = {s.index: pq.read_table(work / s.ids_file, columns=["id_hash", "kept"]) for s in summaries
+              if s.ids_file}
+    if not tables:
+        return {}
+    order = [s.index for s in summaries if s.index in tables]
+    hashes = np.concatenate([tables[i].column("id_hash").to_numpy() for i in order])
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] > 1)  # global positions sharing a hash with another row
+    if candidates.size == 0:
+        return {}
+    starts = np.cumsum([0] + [tables[i].num_rows for i in order])
+    ids_files = {s.index: s.ids_file for s in summaries}
+    seen: set[str] = set()
+    duplicates: dict[int, dict[int, tuple[str, int]]] = {}
+    loaded: dict[int, tuple[pa.Table, np.ndarray]] = {}
+    for position in candidates:  # ascending, i.e. input order
+        slot = int(np.searchsorted(starts, position, side="right") - 1)
+        unit_index = order[slot]
+        row = int(position - starts[slot])
+        if unit_index not in loaded:
+            table = pq.read_table(work / ids_files[unit_index])
+            kept = table.column("kept").to_numpy(zero_copy_only=False)
+            # kept_before[i]: how many kept rows precede row i, i.e. row i's position among the unit's parts.
+            loaded[unit_index] = (table, np.cumsum(kept) - kept)
+        table, kept_before = loaded[unit_index]
+        doc_id = table.column("id")[row].as_py()
+        if doc_id not in seen:
+            seen.add(doc_id)
+        elif table.column("kept")[row].as_py():
+            duplicates.setdefault(unit_index, {})[int(kept_before[row])] = (doc_id, table.column("line")[row].as_py())
+    return duplicates
+
+
+def _remove_duplicates(summary: UnitSummary, duplicates: dict[int, tuple[str, int]], work: Path,
+                       rejected: _RejectedWriter) -> int:
+    """Rewrite the unit's parts without the duplicate rows, quarantining them; returns how many moved."""
+    moved = 0
+    part_start = 0  # kept-row ordinal of the part's first row
+    for part in summary.parts:
+        in_part = sorted(o - part_start for o in duplicates if part_start <= o < part_start + part["rows"])
+        first_ordinal, part_start = part_start, part_start + part["rows"]
+        if not in_part:
+            continue
+        table = pq.read_table(work / part["file"])
+        for row in in_part:
+            doc_id, line = duplicates[first_ordinal + row]
+            rejected.add(doc_id, table.column("source")[row].as_py(), line, QUARANTINE_RULE,
+                         f"duplicate_id: id {doc_id!r} was already used by an earlier row",
+                         table.column("text")[row].as_py())
+        mask = np.ones(table.num_rows, dtype=bool)
+        mask[in_part] = False
+        table = table.filter(pa.array(mask))
+        pq.write_table(table, work / part["file"])
+        part["rows"] = table.num_rows
+        part["chars"] = sum(len(t) for t in table.column("text").to_pylist())
+        moved += len(in_part)
+    return moved
+
+
+def clean_corpus(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, out_dir: Path, seed: int,
+                 parallel_map: ParallelMap = serial_map) -> dict[str, Any]:
+    """Clean every text source into `out_dir` (see the module docstring for the layout); returns metrics.
+
+    Metrics: `docs_in`, `docs_out`, `dropped` ({rule: count}), `quarantined`, `quarantine_reasons`
+    ({reason kind: count}), `chars_out`, `shards`, `units`, `sources` (per-source in/out counts).
+    Raises `SourceError` for a source with no matching file or no valid row.
+    """
+    out_dir = Path(out_dir)
+    work = out_dir / _WORK_DIR
+    if work.exists():
+        shutil.rmtree(work)  # leftovers of an interrupted run in the same dir
+    work.mkdir(parents=True)
+    units = plan_units(sources, demo, cfg, seed, work)
+    summaries = list(parallel_map(clean_unit, units))
+
+    for source_index, source in enumerate(sources):
+        if sum(s.good_in for s in summaries if s.source_index == source_index) == 0:
+            raise SourceError(f"{describe_source(source)}: no valid rows (every row was quarantined or the "
+                              "source is empty); see the quarantine reasons in the logs")
+
+    duplicates = _find_duplicate_ids(summaries, work)
+    rejected = _RejectedWriter(out_dir / REJECTED_FILE)
+    quarantine_reasons: Counter = Counter()
+    for summary in summaries:
+        if summary.rejected_file:
+            for batch in pq.ParquetFile(work / summary.rejected_file).iter_batches(_REJECTED_FLUSH_ROWS):
+                rejected.add_table(pa.Table.from_batches([batch]))
+        quarantine_reasons.update(summary.quarantine_reasons)
+        if summary.index in duplicates:
+            moved = _remove_duplicates(summary, duplicates[summary.index], work, rejected)
+            quarantine_reasons["duplicate_id"] += moved
+            summary.kept -= moved
+    if not rejected.close():
+        pq.write_table(REJECTED_SCHEMA.empty_table(), out_dir / REJECTED_FILE)
+
+    shards = _rename_parts(summaries, work, out_dir)
+    shutil.rmtree(work)
+
+    dropped = {rule: sum(s.dropped[rule] for s in summaries) for rule in FILTERS}
+    metrics: dict[str, Any] = {
+        "docs_in": sum(s.docs_in for s in summaries),
+        "docs_out": sum(s.kept for s in summaries),
+        "dropped": dropped,
+        "quarantined": sum(quarantine_reasons.values()),
+        "quarantine_reasons": dict(sorted(quarantine_reasons.items())),
+        "chars_out": sum(p["chars"] for s in summaries for p in s.parts),
+        "shards": shards,
+        "units": len(units),
+        "sources": [
+            {"source": describe_source(source),
+             "docs_in": sum(s.docs_in for s in summaries if s.source_index == i),
+             "docs_out": sum(s.kept for s in summaries if s.source_index == i)}
+            for i, source in enumerate(sources)
+        ],
+    }
+    accounted = metrics["docs_out"] + sum(dropped.values()) + metrics["quarantined"]
+    # Nothing may be lost silently: every input row is kept, dropped by a rule, or quarantined.
+    assert metrics["docs_in"] == accounted, f"clean lost rows: {metrics['docs_in']} in, {accounted} accounted"
+    if metrics["docs_out"] == 0:
+        logger.warning("clean: every document was dropped; see %s", out_dir / REJECTED_FILE)
+    logger.info("clean: %d docs in, %d out, dropped %s, quarantined %d", metrics["docs_in"], metrics["docs_out"],
+                {k: v for k, v in dropped.items() if v}, metrics["quarantined"])
+    return metrics
+
+
+def _rename_parts(summaries: list[UnitSummary], work: Path, out_dir: Path) -> int:
+    """Move the workers' non-empty parts into one `part_XXXXX.parquet` sequence, in unit order."""
+    names = [part["file"] for s in summaries for part in s.parts if part["rows"] > 0]
+    for number, name in enumerate(tqdm(names, desc="clean: parts", disable=len(names) < 100)):
+        (work / name).rename(out_dir / f"part_{number:05d}.parquet")
+    if not names:
+        # Readers glob `part_*.parquet`; an empty shard keeps that working when every document was dropped.
+        pq.write_table(DOC_SCHEMA.empty_table(), out_dir / "part_00000.parquet")
+        return 1
+    return len(names)

@@ -1,0 +1,230 @@
+"""Source readers: good rows, quarantined rows with reasons and line numbers, and clear source errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_process.sources import (
+    SourceError,
+    expand_source_files,
+    is_quarantined,
+    read_pref_rows,
+    read_sft_rows,
+    read_text_rows,
+    reason_kind,
+)
+from zero_chatgpt.config import DemoCorpusConfig, PrefSource, SftSource, TextSource
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def messy_jsonl(path: Path) -> Path:
+    """Line -> content: 1 good en, 2 broken JSON, 3 missing text, 4 int text, 5 bad bytes, 6 empty,
+    7 blank (not a row), 8 good zh, 9 whitespace text, 10 a JSON list, 11 null text."""
+    return write_lines(path, [
+        json.dumps({"text": "The river town trades salt and wool."}).encode(),
+        b'{"text": "unterminated',
+        json.dumps({"body": "no text field here"}).encode(),
+        json.dumps({"text": 42}).encode(),
+        b'{"text": "\xff\xfe broken bytes"}',
+        json.dumps({"text": ""}).encode(),
+        b"",
+        json.dumps({"text": "青石镇位于河谷之中，以盐和羊毛贸易闻名。"}, ensure_ascii=False).encode(),
+        json.dumps({"text": "  \n\t "}).encode(),
+        b"[1, 2, 3]",
+        json.dumps({"text": None}).encode(),
+    ])
+
+
+def split_rows(rows):
+    rows = list(rows)
+    return [r for r in rows if not is_quarantined(r)], [r for r in rows if is_quarantined(r)]
+
+
+def test_jsonl_good_and_quarantined_rows_with_lines_and_reasons(tmp_path):
+    path = messy_jsonl(tmp_path / "messy.jsonl")
+    good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(path))))
+
+    assert [(r["line"], r["id"]) for r in good] == [(1, f"{path}:1"), (8, f"{path}:8")]
+    assert good[1]["text"] == "青石镇位于河谷之中，以盐和羊毛贸易闻名。"
+    assert all(r["source"] == str(path) for r in good + bad)
+    kinds = {r["line"]: reason_kind(r["reason"]) for r in bad}
+    assert kinds == {2: "invalid_json", 3: "missing_field", 4: "not_a_string", 5: "undecodable",
+                     6: "empty_field", 9: "empty_field", 10: "not_an_object", 11: "missing_field"}
+    assert "broken bytes" in next(r["raw"] for r in bad if r["line"] == 5)
+    assert "'text'" in next(r["reason"] for r in bad if r["line"] == 3)
+
+
+def test_id_field_used_and_bad_ids_quarantined(tmp_path):
+    path = write_lines(tmp_path / "ids.jsonl", [
+        json.dumps({"doc": "a-1", "text": "first"}).encode(),
+        json.dumps({"doc": 7, "text": "second"}).encode(),
+        json.dumps({"text": "no id"}).encode(),
+        json.dumps({"doc": True, "text": "boolean id"}).encode(),
+    ])
+    good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(path), id_field="doc")))
+    assert [r["id"] for r in good] == ["a-1", "7"]
+    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(3, "bad_id"), (4, "bad_id")]
+
+
+def test_parquet_rows_numbered_from_one_and_nulls_quarantined(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"content": ["alpha text", None, "gamma 文本"], "n": [1, 2, 3]}), path)
+    good, bad = split_rows(read_text_rows(TextSource(kind="parquet", path=str(path), text_field="content")))
+    assert [(r["id"], r["line"], r["text"]) for r in good] == [(f"{path}:1", 1, "alpha text"),
+                                                                (f"{path}:3", 3, "gamma 文本")]
+    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(2, "missing_field")]
+
+
+def test_parquet_missing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), path)
+    with pytest.raises(SourceError, match=r"docs\.parquet.*'text'"):
+        list(read_text_rows(TextSource(kind="parquet", path=str(path))))
+
+
+def test_text_source_one_document_per_non_empty_line(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", [b"first line", b"", b"   ", b"third \xff line", "第五行".encode()])
+    good, bad = split_rows(read_text_rows(TextSource(kind="text", path=str(path))))
+    assert [(r["line"], r["text"]) for r in good] == [(1, "first line"), (5, "第五行")]
+    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(4, "undecodable")]
+
+
+def test_glob_over_several_files_in_sorted_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.jsonl", "a.jsonl", "sub/c.jsonl"):
+        write_lines(tmp_path / name, [json.dumps({"text": f"doc from {name}"}).encode()])
+    flat = TextSource(kind="jsonl", path=str(tmp_path / "*.jsonl"))
+    assert [p.name for p in expand_source_files(flat)] == ["a.jsonl", "b.jsonl"]
+    deep = TextSource(kind="jsonl", path=str(tmp_path / "**" / "*.jsonl"))
+    texts = [r["text"] for r in read_text_rows(deep)]
+    assert texts == ["doc from a.jsonl", "doc from b.jsonl", "doc from sub/c.jsonl"]
+
+
+def test_missing_path_and_empty_glob_raise_naming_the_source(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(SourceError, match=r"jsonl source .*nope\.jsonl.*does not exist"):
+        read_text_rows(TextSource(kind="jsonl", path=str(missing)))
+    with pytest.raises(SourceError, match=r"parquet source .*no file matches"):
+        expand_source_files(TextSource(kind="parquet", path=str(tmp_path / "*.parquet")))
+    assert issubclass(SourceError, ValueError)
+
+
+def test_source_without_any_good_row_raises(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", [b"{not json", json.dumps({"text": ""}).encode()])
+    rows = read_text_rows(TextSource(kind="jsonl", path=str(path)))
+    with pytest.raises(SourceError, match=r"bad\.jsonl.*no valid rows"):
+        list(rows)
+    # A partial read (one file of a glob) may legitimately have no good row.
+    partial = list(read_text_rows(TextSource(kind="jsonl", path=str(path)), require_rows=False))
+    assert len(partial) == 2 and all(is_quarantined(r) for r in partial)
+
+
+def test_limit_caps_good_rows_only(tmp_path):
+    path = write_lines(tmp_path / "many.jsonl", [b"{bad"] + [json.dumps({"text": f"doc {i}"}).encode()
+                                                             for i in range(10)])
+    good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(path), limit=3)))
+    assert [r["text"] for r in good] == ["doc 0", "doc 1", "doc 2"]
+    assert len(bad) == 1
+
+
+def test_sft_and_pref_rows_use_canonical_names(tmp_path):
+    sft = write_lines(tmp_path / "sft.jsonl", [
+        json.dumps({"q": "What is 2+2?", "a": "4"}).encode(),
+        json.dumps({"q": "No answer"}).encode(),
+    ])
+    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(sft), prompt_field="q",
+                                                   response_field="a")))
+    assert good == [{"id": f"{sft}:1", "source": str(sft), "line": 1, "prompt": "What is 2+2?", "response": "4"}]
+    assert "'a'" in bad[0]["reason"]
+
+    pref = write_lines(tmp_path / "pref.jsonl", [
+        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}).encode(),
+        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": ["list"]}).encode(),
+    ])
+    good, bad = split_rows(read_pref_rows(PrefSource(kind="jsonl", path=str(pref))))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in good] == [("Hi", "Hello!", "Go away.")]
+    assert reason_kind(bad[0]["reason"]) == "not_a_string"
+
+
+def test_demo_source_reads_the_demo_corpus(monkeypatch):
+    seen = {}
+
+    def demo_documents(cfg, seed):
+        seen["docs"] = (cfg.num_entities, seed)
+        return [{"id": "demo-0", "text": "Amberfall is a river town.", "lang": "en", "planted": False},
+                {"id": "demo-1", "text": "", "lang": "en", "planted": False}]
+
+    def demo_sft_pairs(cfg, seed):
+        return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "lang": "en"}]
+
+    fake = types.ModuleType("data_process.demo_corpus")
+    fake.demo_documents, fake.demo_sft_pairs = demo_documents, demo_sft_pairs
+    monkeypatch.setitem(sys.modules, "data_process.demo_corpus", fake)
+
+    good, bad = split_rows(read_text_rows(TextSource(kind="demo"), DemoCorpusConfig(num_entities=9), seed=5))
+    assert seen["docs"] == (9, 5)
+    assert [(r["id"], r["source"], r["line"]) for r in good] == [("demo-0", "demo", 1)]
+    assert reason_kind(bad[0]["reason"]) == "empty_field"
+    sft = list(read_sft_rows(SftSource(kind="demo"), DemoCorpusConfig(), seed=5))
+    assert sft[0]["id"] == "sft-0" and sft[0]["response"] == "By the river."
+    with pytest.raises(SourceError, match="no demo preference data"):
+        read_pref_rows(PrefSource(kind="demo"))
+
+
+def test_hf_source_offline_or_failing_raises_source_error(monkeypatch):
+    source = TextSource(kind="hf", name="someone/corpus", subset="en")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SourceError, match=r"hf source 'someone/corpus'.*offline"):
+        read_text_rows(source)
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def failing_loader(name, subset, split, streaming):
+        calls.append((name, subset, split, streaming))
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=failing_loader))
+    with pytest.raises(SourceError, match=r"someone/corpus.*ConnectionError: no network"):
+        read_text_rows(source)
+    assert calls == [("someone/corpus", "en", "train", True)]
+
+
+def test_hf_source_rows_from_a_stubbed_stream(monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    stream = [{"text": "streamed document"}, {"text": 3}]
+    monkeypatch.setitem(sys.modules, "datasets",
+                        types.SimpleNamespace(load_dataset=lambda *args, **kwargs: iter(stream)))
+    good, bad = split_rows(read_text_rows(TextSource(kind="hf", name="org/set")))
+    assert [(r["id"], r["source"], r["line"]) for r in good] == [("hf:org/set:1", "hf:org/set", 1)]
+    assert bad[0]["line"] == 2
+
+
+def test_text_source_rejects_id_field(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", [b"line"])
+    with pytest.raises(SourceError, match="id_field"):
+        read_text_rows(TextSource(kind="text", path=str(path), id_field="id"))
+
+
+def test_shared_dev_data_reads_cleanly():
+    path = SHARED_DATA / "zh_sft.jsonl"
+    if not path.is_file():
+        pytest.skip("shared dev data not present")
+    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(path), limit=200)))
+    assert len(good) == 200 and not bad
+    assert all(r["prompt"].strip() and r["response"].strip() for r in good)
