@@ -179,6 +179,9 @@ class ShardConfig(Section):
     val_fraction: float = Field(0.02, gt=0.0, lt=0.5, description="share of documents held out for validation")
     tokens_per_shard: int = Field(50_000_000, ge=1000)
     docs_per_batch: int = Field(1000, ge=1, description="documents per tokenizer batch call")
+    chars_per_batch: int = Field(
+        2_000_000, ge=1000, description="a batch also closes at this many characters, so jobs stay even in size"
+    )
 
 
 class ModelConfig(Section):
@@ -224,20 +227,30 @@ class PretrainConfig(Section):
 class SftConfig(Section):
     """Supervised fine-tuning with loss on response tokens only."""
 
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, max_steps=300))
-    max_seq_len: int = Field(256, ge=16)
-    rlhf_prompt_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share of SFT rows held out as RLHF prompts")
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, max_steps=300, eval_every=50),
+        description="optimiser and schedule; batch_size counts chat rows, eval_batches caps the scored val rows",
+    )
+    max_seq_len: int = Field(
+        256, ge=16, description="tokens per chat row (capped at the pretrained context); longer rows keep the "
+        "prompt's end and the response's start",
+    )
+    rlhf_prompt_fraction: float = Field(
+        0.5, ge=0.0, lt=1.0, description="share of SFT rows held out as RLHF prompts (by id hash and seed)"
+    )
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the remaining rows kept for SFT val")
 
 
 class BuildPrefsConfig(Section):
     """Preference pairs: chosen = reference answer, rejected = the SFT model's own sample."""
 
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    batch_size: int = Field(32, ge=1)
-    max_prompts: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(48, ge=1, description="longest sampled answer in tokens")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the SFT model")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    batch_size: int = Field(32, ge=1, description="prompts sampled together")
+    max_prompts: int | None = Field(
+        1024, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
+    )
 
 
 class TrainRmConfig(Section):
@@ -245,27 +258,38 @@ class TrainRmConfig(Section):
 
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=200))
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of prompts whose pairs are held out")
+    max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
 
 
 class PpoConfig(Section):
     """PPO with a frozen reference, critic initialised from the reward model."""
 
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0, max_steps=40))
-    rollout_batch_size: int = Field(32, ge=1)
-    ppo_epochs: int = Field(2, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    kl_coef: float = Field(0.05, ge=0.0)
-    adaptive_kl: bool = False
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0, max_steps=40, min_lr_ratio=1.0,
+                                            weight_decay=0.0, checkpoint_every=10),
+        description="actor optimizer; max_steps counts PPO steps (one rollout batch each)")
+    critic_lr: float | None = Field(None, gt=0, description="critic learning rate; defaults to optim.lr")
+    rollout_batch_size: int = Field(32, ge=1, description="prompts sampled per PPO step")
+    mini_batch_size: int = Field(8, ge=1, description="rollouts per optimizer step inside a PPO epoch")
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout batch")
+    max_new_tokens: int = Field(32, ge=1, description="response length cap when sampling")
+    max_prompt_tokens: int = Field(128, ge=4, description="longer chat prompts keep their end")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of rollouts")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling of rollouts")
+    kl_coef: float = Field(0.05, ge=0.0, description="per-token KL penalty weight (initial value when adaptive)")
+    adaptive_kl: bool = Field(False, description="move kl_coef so the observed KL approaches target_kl")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive KL: rollouts over which kl_coef adapts")
     target_kl: float = Field(6.0, gt=0.0, description="bound on mean per-sequence KL to the reference")
-    reward_clip: float = Field(5.0, gt=0.0)
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    clip_range: float = Field(0.2, gt=0.0)
-    value_clip_range: float = Field(0.2, gt=0.0)
+    reward_clip: float = Field(5.0, gt=0.0, description="the reward model's score is clipped to +-this")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="GAE discount")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE bias/variance trade-off")
+    clip_range: float = Field(0.2, gt=0.0, description="policy ratio clip")
+    value_clip_range: float = Field(0.2, gt=0.0, description="value update clip around the rollout's values")
+    num_eval_prompts: int = Field(32, ge=1, description="held-out prompts for reward_before / reward_after / kl")
     ptx_coef: float = Field(0.0, ge=0.0, description="weight of the pretraining loss mixed in (PPO-ptx)")
+    ptx_batch_size: int = Field(4, ge=1, description="pretraining windows per actor optimizer step (PPO-ptx)")
+    ptx_seq_len: int = Field(128, ge=8, description="tokens per pretraining window (PPO-ptx)")
     lora_rank: int = Field(0, ge=0, description="LoRA rank on the actor; 0 trains all weights")
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of actor weights; 0 disables")
 
