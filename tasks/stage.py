@@ -70,6 +70,13 @@ def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
     return task(**options)
 
 
+def resume_dir(spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str) -> Path:
+    """Where a training stage keeps resume checkpoints: beside its artifact, so they outlive a killed run
+    (the temporary build dir does not), and keyed by fingerprint, so a changed config never resumes them."""
+    final = artifact_dir(root, spec.name, spec.fingerprint(config, upstream))
+    return final.with_name(f".resume-{final.name}")
+
+
 def run_stage(
     spec: StageSpec,
     config: dict[str, Any],

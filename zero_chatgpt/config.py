@@ -185,36 +185,38 @@ class ShardConfig(Section):
 
 
 class ModelConfig(Section):
-    """LLaMA-style decoder size."""
+    """LLaMA-style decoder size (defaults: the CPU `tiny` model, ~1.6M parameters with a 6000-token vocab)."""
 
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
+    hidden_size: int = Field(128, ge=8, description="width of the residual stream; a multiple of num_heads")
+    num_layers: int = Field(4, ge=1, description="decoder blocks")
+    num_heads: int = Field(4, ge=1, description="attention heads (head size = hidden_size / num_heads)")
     num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; defaults to num_heads")
-    intermediate_size: int | None = Field(None, ge=8, description="MLP width; derived from hidden_size when unset")
-    max_seq_len: int = Field(256, ge=16, description="context length in tokens")
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = True
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    intermediate_size: int | None = Field(
+        None, ge=8, description="MLP width; derived from hidden_size when unset (multiple of 32 near 8/3 * hidden)")
+    max_seq_len: int = Field(128, ge=16, description="context length in tokens")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
+    tie_embeddings: bool = Field(True, description="share the input embedding with the output head")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention dropout")
 
 
 class OptimConfig(Section):
     """Optimiser and schedule shared by every training stage."""
 
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
-    warmup_steps: int = Field(50, ge=0)
-    max_steps: int = Field(600, ge=1)
+    warmup_steps: int = Field(20, ge=0, description="linear warmup steps before the cosine decay")
+    max_steps: int = Field(200, ge=1, description="optimizer steps (each takes grad_accum micro-batches)")
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch per rank")
-    grad_accum: int = Field(1, ge=1)
-    weight_decay: float = Field(0.1, ge=0.0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decay, applied to >= 2-D weights only")
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.95, ge=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0, description="0 disables clipping")
-    eval_every: int = Field(100, ge=1)
-    eval_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0 disables clipping")
+    eval_every: int = Field(100, ge=1, description="steps between evaluations (and one after the last step)")
+    eval_batches: int = Field(8, ge=1, description="batch_size-sized batches per evaluation")
+    checkpoint_every: int = Field(200, ge=1, description="steps between resume checkpoints")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 on a GPU that supports it, else fp32")
 
 
 class PretrainConfig(Section):
@@ -228,7 +230,7 @@ class SftConfig(Section):
     """Supervised fine-tuning with loss on response tokens only."""
 
     optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, max_steps=300, eval_every=50),
+        default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, max_steps=200, eval_every=50),
         description="optimiser and schedule; batch_size counts chat rows, eval_batches caps the scored val rows",
     )
     max_seq_len: int = Field(
@@ -249,7 +251,7 @@ class BuildPrefsConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(32, ge=1, description="prompts sampled together")
     max_prompts: int | None = Field(
-        1024, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
+        512, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
     )
 
 
@@ -295,12 +297,47 @@ class PpoConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """Evaluation of the trained models."""
+    """Evaluation of the trained models (see `model/evaluate.py` for what each figure means)."""
 
-    max_prompts: int = Field(100, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
-    task_files: list[str] = Field(default_factory=list, description="globs of JSONL task files scored by likelihood")
-    few_shot: int = Field(0, ge=0)
+    max_prompts: int = Field(
+        100, ge=1, description="held-out chat prompts (from the sft artifact's sft_val.jsonl, a seeded subset) "
+        "answered by every model for win rate, reward, KL, length, repetition and refusal figures")
+    max_questions: int | None = Field(
+        200, ge=1, description="demo held-out fact questions asked for exact match (a seeded subset); null: all")
+    max_new_tokens: int = Field(48, ge=1, description="longest generated answer in tokens")
+    temperature: float = Field(
+        0.0, ge=0.0, description="sampling temperature of the judged answers, the same for every model; 0: greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass of the judged answers")
+    kl_temperature: float = Field(
+        1.0, gt=0.0, description="temperature of the extra samples that estimate KL to the SFT model (greedy "
+        "answers would bias it)")
+    batch_size: int = Field(32, ge=1, description="prompts generated together; option sequences scored together")
+    pretrain_prompt_template: str = Field(
+        "{question}\n", description="how the pretrained model (which never saw the chat template) is asked a "
+        "question: plain text after <|endoftext|>, `{question}` is replaced")
+    independent_rm: TrainRmConfig = Field(
+        default_factory=lambda: TrainRmConfig(
+            optim=OptimConfig(lr=5e-4, warmup_steps=10, max_steps=100, eval_every=100, checkpoint_every=1000)),
+        description="the independent judge: trained inside evaluate on one half of the preference pairs "
+        "(split by prompt) with this small budget")
+    keep_independent_rm: bool = Field(False, description="keep the independent reward model in the artifact")
+    task_files: list[str] = Field(
+        default_factory=list, description="globs of JSONL task files scored by likelihood (docs/eval_tasks.md)")
+    few_shot: int = Field(0, ge=0, description="solved examples taken from each task file's first rows and "
+                                                "prepended to every prompt (those rows are not scored)")
+    task_score: Literal["sum", "mean"] = Field(
+        "sum", description="an option's score: sum or per-token mean of its continuation log-likelihood "
+        "(a task file's spec may override it)")
+    max_task_rows: int | None = Field(300, ge=1, description="scored rows per task file at most; null: all")
+    task_models: list[Literal["pretrain", "sft", "ppo"]] = Field(
+        default_factory=lambda: ["pretrain"], description="models scored on the task files; `tasks.<name>."
+        "accuracy` is the first one's, `accuracy_by_model` has each")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["Tell me about yourself.", "介绍一下你自己。", "What is a river?",
+                                 "请写一句关于山的话。"],
+        description="fixed prompts answered by every model in samples.md (plus held-out prompts and facts)")
+    num_samples: int = Field(
+        4, ge=0, description="held-out prompts and fact questions each added to the samples table")
 
 
 class ReportConfig(Section):

@@ -1,0 +1,180 @@
+"""The `pretrain` stage: a LLaMA-style causal LM trained from scratch on the token shards.
+
+Input: a shard dir (`data_process.token_shards` format) and a tokenizer dir (Hugging Face files).
+Output (in `out_dir`): an HF checkpoint of model and tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)`
+works) and `metrics.jsonl`, one record per step (loss, lr, tokens/s) plus the periodic `val_loss`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from data_process.token_shards import TokenShards
+from model.build import build_model, count_parameters, resolve_device
+from model.losses import causal_lm_window_loss, token_cross_entropy
+from model.throughput import peak_flops_per_s, training_flops_per_token
+from model.training import train
+from zero_chatgpt.config import PretrainConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+
+
+class RandomWindows:
+    """Training batches: `batch_size` random windows of `seq_len + 1` tokens, shape (batch_size, seq_len + 1).
+
+    Windows are drawn from a seeded numpy Generator whose state is this source's `state_dict`, so a resumed
+    run reads exactly the batches an uninterrupted one would have read.
+    """
+
+    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, seed: int) -> None:
+        self.shards = shards
+        self.batch_size = batch_size
+        self.window = seq_len + 1
+        self.rng = np.random.default_rng(seed)
+
+    def next_batch(self) -> torch.Tensor:
+        return torch.from_numpy(self.shards.sample_windows(self.rng, self.batch_size, self.window))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def consecutive_val_windows(shards: TokenShards, seq_len: int, max_windows: int) -> list[torch.Tensor]:
+    """Validation windows of `seq_len + 1` tokens that overlap by one, so each target is scored once.
+
+    Returns at most `max_windows` windows, each shape (seq_len + 1,), from the start of the split; a split
+    shorter than one window gives a single window over all of it.
+    """
+    window = min(seq_len + 1, len(shards))
+    if window < 2:
+        raise ValueError(f"{shards.dir}: the val split has {len(shards)} tokens; at least 2 are needed")
+    windows = [torch.from_numpy(w) for w in shards.iter_windows(window, stride=window - 1)]
+    if len(windows) > max_windows:
+        logger.info("val_loss is measured on the first %d of %d val windows", max_windows, len(windows))
+    return windows[:max_windows]
+
+
+def unigram_entropy(shards: TokenShards, chunk_tokens: int = 1 << 22) -> float:
+    """Entropy in nats/token of the split's token frequencies: the loss of the best context-free model."""
+    counts = np.zeros(shards.vocab_size, dtype=np.int64)
+    for start in range(0, len(shards), chunk_tokens):
+        chunk = shards.tokens(start, min(chunk_tokens, len(shards) - start))
+        counts += np.bincount(chunk, minlength=shards.vocab_size)[: shards.vocab_size]
+    probs = counts[counts > 0] / counts.sum()
+    return float(-(probs * np.log(probs)).sum())
+
+
+def make_val_loss_fn(windows: list[torch.Tensor], batch_size: int, device: torch.device):
+    """An eval callback: token-weighted mean next-token loss over `windows` -> {"val_loss": float}."""
+
+    def val_loss(model: torch.nn.Module) -> dict[str, float]:
+        total, tokens = torch.zeros((), device=device), 0
+        for start in range(0, len(windows), batch_size):
+            batch = torch.stack(windows[start: start + batch_size]).to(device)
+            logits = model(input_ids=batch[:, :-1], use_cache=False).logits
+            loss, count = token_cross_entropy(logits, batch[:, 1:])
+            total += loss.float() * count
+            tokens += int(count)
+        return {"val_loss": float(total) / tokens}
+
+    return val_loss
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    shard_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    seed: int,
+    device: str = "auto",
+    checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Pretrain a causal LM on `shard_dir`; write the HF model + tokenizer and `metrics.jsonl` to `out_dir`.
+
+    Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`); a run started again after a
+    crash continues from the latest one. Pass a dir that survives the crash when `out_dir` does not (e.g.
+    a temporary artifact dir that is rebuilt on every attempt). The checkpoints are deleted at the end:
+    optimizer state triples the size of the artifact and the final model is saved on its own.
+
+    Returns metrics: val_loss, unigram_val_loss (nats/token), train_loss, tokens_seen, tokens_per_s,
+    params, steps, resumed_from, and mfu on a GPU with a known peak.
+    """
+    shard_dir, tokenizer_dir, out_dir = Path(shard_dir), Path(tokenizer_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
+    torch_device = resolve_device(device)
+    optim, model_cfg = cfg.optim, cfg.model
+    _seed_everything(seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vocab_size = len(tokenizer)
+    train_shards = TokenShards(shard_dir, "train")
+    val_shards = TokenShards(shard_dir, "val")
+    if train_shards.vocab_size > vocab_size:
+        raise ValueError(f"{shard_dir}/meta.json: vocab_size {train_shards.vocab_size} exceeds the "
+                         f"{vocab_size} tokens of the tokenizer in {tokenizer_dir}: shards and tokenizer disagree")
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != train_shards.eos_id:
+        logger.warning("eos id %d in %s/meta.json differs from the tokenizer's %d", train_shards.eos_id,
+                       shard_dir, tokenizer.eos_token_id)
+
+    model = build_model(model_cfg, vocab_size, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    params = count_parameters(model)
+    batches = RandomWindows(train_shards, optim.batch_size, model_cfg.max_seq_len, seed)
+    val_windows = consecutive_val_windows(val_shards, model_cfg.max_seq_len, optim.eval_batches * optim.batch_size)
+    unigram_val_loss = unigram_entropy(val_shards)
+    logger.info("pretrain: %s params, %s train / %s val tokens, unigram val loss %.3f nats/token",
+                f"{params:,}", f"{len(train_shards):,}", f"{len(val_shards):,}", unigram_val_loss)
+
+    result = train(
+        model,
+        batches,
+        causal_lm_window_loss,
+        optim,
+        device=torch_device,
+        checkpoint_dir=checkpoint_dir,
+        eval_fn=make_val_loss_fn(val_windows, optim.batch_size, torch_device),
+        metrics_path=out_dir / METRICS_LOG,
+    )
+
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    metrics: dict[str, Any] = {
+        "val_loss": result.last_eval["val_loss"],
+        "unigram_val_loss": unigram_val_loss,
+        "train_loss": result.train_loss,
+        "tokens_seen": result.tokens_seen,
+        "tokens_per_s": result.tokens_per_s,
+        "params": params,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+    }
+    peak = peak_flops_per_s(torch_device)
+    if peak is not None:
+        flops_per_token = training_flops_per_token(model.config, params, model_cfg.max_seq_len)
+        metrics["mfu"] = result.tokens_per_s * flops_per_token / peak
+    logger.info("pretrain done: val_loss %.4f vs unigram %.4f, %.0f tokens/s", metrics["val_loss"],
+                unigram_val_loss, result.tokens_per_s)
+    return metrics

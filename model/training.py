@@ -1,0 +1,360 @@
+"""The training core shared by pretrain, SFT, the reward model and PPO: stages differ only in data and loss.
+
+`train(model, batches, loss_fn, optim, ...)` is one plain PyTorch loop: AdamW (weight decay on matrices
+only), linear warmup then cosine decay to `min_lr_ratio * lr`, gradient accumulation, clipping, mixed
+precision on GPU, a periodic eval callback, per-step metrics in `metrics.jsonl`, and resume checkpoints
+every `checkpoint_every` steps (see `model.checkpoint`).
+
+Contracts:
+- `loss_fn(model, batch) -> (loss, metrics)`: `loss` is a scalar tensor, the mean over the micro-batch;
+  `metrics` maps names to floats or 0-d tensors and may hold `tokens`, the number of tokens the loss was
+  computed on (for tokens/s); without it, the element count of the batch's first tensor is used.
+- `batches`: a `BatchSource` (`next_batch()`, `state_dict()`, `load_state_dict()`) whose state is the data
+  position in checkpoints; a plain iterable or zero-argument callable also works and is fast-forwarded by
+  the number of batches already consumed on resume.
+- `eval_fn(model) -> {name: float}` runs under `torch.no_grad()` in eval mode.
+
+Nothing here assumes a single process except where `is_main_process` says who writes logs and files, so a
+launcher-driven multi-rank run can wrap the model and pass the rank's flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+
+from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from zero_chatgpt.config import OptimConfig
+
+logger = logging.getLogger(__name__)
+
+Batch = Any
+LossFn = Callable[[torch.nn.Module, Batch], "tuple[torch.Tensor, dict[str, Any]]"]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A resumable stream of training micro-batches."""
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class IteratorSource:
+    """Adapts an iterator or a zero-argument callable to `BatchSource`; its state is the batch count."""
+
+    def __init__(self, batches: Iterable[Batch] | Callable[[], Batch]) -> None:
+        if hasattr(batches, "__next__") or not callable(batches):
+            self._next = partial(next, iter(batches))
+        else:
+            self._next = batches
+        self.consumed = 0
+
+    def next_batch(self) -> Batch:
+        self.consumed += 1
+        return self._next()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A plain iterator cannot seek: replay it up to the saved position.
+        for _ in range(state["consumed"] - self.consumed):
+            self.next_batch()
+
+
+def as_batch_source(batches: BatchSource | Iterable[Batch] | Callable[[], Batch]) -> BatchSource:
+    """`batches` itself when it is resumable, else an `IteratorSource` around it."""
+    return batches if isinstance(batches, BatchSource) else IteratorSource(batches)
+
+
+# ----------------------------------------------------------------------------------------------- maths
+
+
+def lr_multiplier(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Factor on the peak lr at 0-based optimizer step `step`.
+
+    Linear warmup `(step + 1) / warmup_steps` (the first step already moves), then a half cosine from 1
+    down to `min_lr_ratio`, reached at `step == max_steps`; it stays at the floor beyond.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on >= 2-D weights (matmuls, embeddings); none on norms and biases (1-D).
+
+    Decaying a norm gain pulls it towards 0, not towards its natural value 1, so those are left alone.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():  # tied weights appear once
+        if not param.requires_grad:
+            continue
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`; the fused kernel on GPU, the default (foreach) one on CPU."""
+    return torch.optim.AdamW(
+        parameter_groups(model, optim.weight_decay),
+        lr=optim.lr,
+        betas=(optim.beta1, optim.beta2),
+        eps=1e-8,
+        fused=device.type == "cuda" or None,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine schedule as a `LambdaLR`, so its position is saved with the optimizer."""
+    schedule = partial(lr_multiplier, warmup_steps=optim.warmup_steps, max_steps=optim.max_steps,
+                       min_lr_ratio=optim.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a `precision` setting, or None for plain fp32.
+
+    `auto` is bf16 on a GPU that supports it and fp32 on CPU (CPU bf16 autocast is usually slower).
+    """
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for forward passes (no-op for fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move tensors of a batch (a tensor, or a dict / list / tuple of them) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def count_batch_tokens(batch: Batch) -> int:
+    """Fallback token count of a batch: the element count of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel()
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value.numel()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+@dataclass
+class TrainResult:
+    """What a `train` call did: counters over the whole run (resumed parts included) and the last eval."""
+
+    steps: int
+    tokens_seen: int
+    tokens_per_s: float  # measured in this process over training steps only (no eval, no checkpoints)
+    train_loss: float
+    resumed_from: int  # 0 for a fresh run
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl`: one JSON object per training step or eval, each with its `step`."""
+
+    def __init__(self, path: str | Path | None, enabled: bool = True) -> None:
+        self.path = Path(path) if path is not None and enabled else None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step`: a resumed run rewrites them, and a plot must not show them twice."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # the half-written last line of a killed run
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _as_float(value: Any) -> float:
+    return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def evaluate(model: torch.nn.Module, eval_fn: EvalFn, device: torch.device,
+             dtype: torch.dtype | None) -> dict[str, float]:
+    """Run `eval_fn` in eval mode without gradients, then put the model back in train mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(device, dtype):
+            return {key: _as_float(value) for key, value in eval_fn(model).items()}
+    finally:
+        model.train(was_training)
+
+
+def train(
+    model: torch.nn.Module,
+    batches: BatchSource | Iterable[Batch] | Callable[[], Batch],
+    loss_fn: LossFn,
+    optim: OptimConfig,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    eval_fn: EvalFn | None = None,
+    metrics_path: str | Path | None = None,
+    log_every: int = 10,
+    is_main_process: bool = True,
+) -> TrainResult:
+    """Train `model` for `optim.max_steps` optimizer steps; resume from `checkpoint_dir` when it holds one.
+
+    Each optimizer step consumes `optim.grad_accum` micro-batches from `batches`. Evaluation runs every
+    `optim.eval_every` steps and after the last; a checkpoint is saved every `optim.checkpoint_every`
+    steps (not after the last: the caller exports the final model itself).
+    """
+    device = torch.device(device)
+    model.to(device)
+    model.train()
+    source = as_batch_source(batches)
+    dtype = autocast_dtype(optim.precision, device)
+    optimizer = make_optimizer(model, optim, device)
+    scheduler = make_scheduler(optimizer, optim)
+    # Loss scaling is only needed for fp16; disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    log = MetricsLog(metrics_path, enabled=is_main_process)
+
+    start_step, tokens_seen = 0, 0
+    state = load_checkpoint(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        source.load_state_dict(state["data"])
+        restore_rng_states(state["rng"])
+        start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        log.truncate_after(start_step)
+        logger.info("resuming from step %d (%s tokens seen) in %s", start_step, f"{tokens_seen:,}", checkpoint_dir)
+    elif is_main_process and log.path is not None and log.path.exists():
+        log.path.unlink()  # a fresh run: old records would mix two runs in one plot
+
+    train_seconds, tokens_here, loss_value = 0.0, 0, float("nan")
+    last_eval: dict[str, float] = {}
+    progress = _progress_bar(start_step, optim.max_steps, is_main_process)
+    for step in range(start_step, optim.max_steps):
+        started = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]
+        loss_sum = torch.zeros((), device=device)
+        metric_sums: dict[str, Any] = {}
+        step_tokens = 0
+        for _ in range(optim.grad_accum):
+            batch = to_device(source.next_batch(), device)
+            with autocast(device, dtype):
+                loss, metrics = loss_fn(model, batch)
+            scaler.scale(loss / optim.grad_accum).backward()
+            loss_sum += loss.detach().float()
+            metrics = dict(metrics)
+            step_tokens += int(metrics.pop("tokens", 0)) or count_batch_tokens(batch)
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + value
+        if optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        else:
+            grad_norm = None
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item() / optim.grad_accum  # one device sync per step
+        seconds = time.perf_counter() - started
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}: lower optim.lr or check the data")
+
+        train_seconds += seconds
+        tokens_here += step_tokens
+        tokens_seen += step_tokens
+        record = {"step": step + 1, "loss": loss_value, "lr": lr, "tokens_seen": tokens_seen,
+                  "tokens_per_s": step_tokens / seconds}
+        if grad_norm is not None:
+            record["grad_norm"] = _as_float(grad_norm)
+        record.update({key: _as_float(value) / optim.grad_accum for key, value in metric_sums.items()})
+        log.write(record)
+        progress.update(1)
+        if is_main_process and ((step + 1) % log_every == 0 or step == start_step):
+            logger.info("step %d/%d loss %.4f lr %.2e %.0f tokens/s", step + 1, optim.max_steps, loss_value, lr,
+                        record["tokens_per_s"])
+
+        last = step + 1 == optim.max_steps
+        if eval_fn is not None and ((step + 1) % optim.eval_every == 0 or last):
+            last_eval = evaluate(model, eval_fn, device, dtype)
+            log.write({"step": step + 1, **last_eval})
+            if is_main_process:
+                logger.info("step %d eval %s", step + 1, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+        if checkpoint_dir is not None and is_main_process and (step + 1) % optim.checkpoint_every == 0 and not last:
+            save_checkpoint(checkpoint_dir, {
+                "step": step + 1,
+                "tokens_seen": tokens_seen,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "data": source.state_dict(),
+                "rng": rng_states(),
+            })
+            logger.info("saved checkpoint at step %d", step + 1)
+    progress.close()
+    if eval_fn is not None and not last_eval:
+        # Nothing left to train (a checkpoint at or past max_steps): the caller still gets final eval numbers.
+        last_eval = evaluate(model, eval_fn, device, dtype)
+
+    return TrainResult(
+        steps=optim.max_steps,
+        tokens_seen=tokens_seen,
+        tokens_per_s=tokens_here / train_seconds if train_seconds > 0 else 0.0,
+        train_loss=loss_value,
+        resumed_from=start_step,
+        last_eval=last_eval,
+    )
+
+
+def _progress_bar(start_step: int, max_steps: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=max_steps, initial=start_step, desc="train", unit="step", disable=not enabled,
+                mininterval=2.0, leave=False)
