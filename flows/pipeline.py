@@ -15,16 +15,21 @@ from prefect import flow
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
+from tasks.build_prefs import build_prefs_task
 from tasks.clean import clean_task
 from tasks.dedup import dedup_task
+from tasks.ppo import ppo_task
+from tasks.pretrain import pretrain_task
+from tasks.sft import sft_task
 from tasks.shard import shard_task
+from tasks.train_rm import train_rm_task
 from tasks.train_tokenizer import train_tokenizer_task
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
 from zero_chatgpt.config import ConfigError, load_config
 from zero_chatgpt.console import print_stage_row, print_table_header
 
 # Stages this flow runs, in order. Later stages join this list as they are built.
-PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard")
+PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo")
 
 
 class PipelineRun:
@@ -96,5 +101,10 @@ def zero_chatgpt(
     clean = run.stage(clean_task)
     dedup = run.stage(dedup_task, clean=clean)
     tokenizer = run.stage(train_tokenizer_task, dedup=dedup)
-    run.stage(shard_task, dedup=dedup, train_tokenizer=tokenizer)
+    shards = run.stage(shard_task, dedup=dedup, train_tokenizer=tokenizer)
+    pretrained = run.stage(pretrain_task, shard=shards, train_tokenizer=tokenizer)
+    tuned = run.stage(sft_task, pretrain=pretrained)
+    prefs = run.stage(build_prefs_task, sft=tuned)
+    reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
+    run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
     return run.latest

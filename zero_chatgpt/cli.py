@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -93,12 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `zero-chatgpt` command."""
+    # Prefect's temporary server gets 20 s to start by default; a busy 2-core laptop can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Runs are often offline (clusters, CI); telemetry would only log a failed DNS lookup.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except ConfigError as err:
         print(f"zero-chatgpt: {err}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # A stage failed on bad input or a missing resource; Prefect has logged the traceback above.
+        if os.environ.get("ZERO_CHATGPT_TRACEBACK"):
+            raise
+        print(f"zero-chatgpt: {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("zero-chatgpt: interrupted", file=sys.stderr)
         return 130

@@ -362,11 +362,33 @@ class ResourcesConfig(Section):
     task_runner: Literal["processes", "threads", "dask", "ray"] = "processes"
     workers: int | None = Field(None, ge=1, description="parallel data workers; defaults to the CPU count")
     address: str | None = Field(None, description="Dask scheduler or Ray cluster address for data stages")
-    ranks: int = Field(1, ge=1, description="training processes per node; > 1 uses the launcher")
-    nodes: int = Field(1, ge=1)
-    hostfile: str | None = None
-    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    ranks: int = Field(
+        1, ge=1, description="training processes per node (one per GPU; CPU ranks for tests); > 1, nodes > 1 or "
+        "a hostfile run training stages through the launcher, 1 trains in the task's own process")
+    nodes: int = Field(
+        1, ge=1, description="machines in the training job (torchrun --nnodes / deepspeed --num_nodes); with "
+        "torchrun start the pipeline on every node with its own node_rank and the same master_addr")
+    node_rank: int = Field(0, ge=0, description="this machine's index among `nodes` (torchrun --node_rank, "
+                                                "deepspeed --node_rank with --no_ssh)")
+    master_addr: str | None = Field(
+        None, description="address of node 0 that every rank connects to; null: 127.0.0.1 (one node only)")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="port on master_addr; null: a free port picked per launch (one node "
+        "only: several nodes must agree on it)")
+    hostfile: str | None = Field(
+        None, description="deepspeed launcher hostfile (`host slots=N` lines): it starts the ranks on every "
+        "host over ssh/pdsh; paths (data, artifacts) must be on a filesystem shared by all hosts")
+    launcher: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="the program that starts the ranks: torchrun, or the deepspeed launcher "
+        "(needed for hostfile runs)")
+    engine: Literal["auto", "ddp", "deepspeed"] = Field(
+        "auto", description="how ranks train together: torch DDP or a DeepSpeed engine; auto: DeepSpeed when "
+        "launcher is deepspeed or zero_stage > 0, else DDP")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        0, description="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also weights "
+        "(the final export consolidates them into an HF checkpoint)")
+    launcher_args: list[str] = Field(
+        default_factory=list, description="extra arguments passed to the launcher before the entry point")
 
     def data_workers(self) -> int:
         """Number of parallel data workers to use on this machine."""

@@ -1,0 +1,290 @@
+"""The `ppo` stage: RLHF of the SFT model against the reward model, with a frozen reference for the KL penalty.
+
+Inputs: the sft dir (HF causal LM + tokenizer + `rlhf_prompts.jsonl` with `{id, prompt, response}` rows),
+the train_rm dir (one-label sequence classifier), and for PPO-ptx a shard dir. Models: actor (trained,
+from SFT), reference (frozen SFT), reward model (frozen), critic (the reward model's backbone and head,
+trained, read per token). Each PPO step samples `rollout_batch_size` prompts, scores the rollouts
+(`rollout.py`) and runs `ppo_epochs` clipped updates over them (`update.py`).
+Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.jsonl` (one record per step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_process.token_shards import TokenShards
+from model.build import resolve_device
+from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from model.generation import chat_prompt_ids, sample
+from model.ppo.maths import adaptive_kl_coef
+from model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
+                               reward_model_scores, token_logprobs)
+from model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
+from model.pretrain import RandomWindows
+from model.reward import ShuffledBatches, load_reward_model
+from model.training import MetricsLog, autocast, autocast_dtype
+from tokenizer.chat import IM_END_ID, PAD_ID
+from zero_chatgpt.config import PpoConfig
+
+logger = logging.getLogger(__name__)
+
+PROMPTS_FILE = "rlhf_prompts.jsonl"
+CHECKPOINTS = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The `prompt` of each row of `rlhf_prompts.jsonl`; a bad line is an error naming file and line."""
+    prompts = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line).get("prompt")
+            except (json.JSONDecodeError, AttributeError) as err:
+                raise ValueError(f"{path}:{line_number}: not a JSON object ({err})") from err
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{path}:{line_number}: key 'prompt' is missing, empty or not a string")
+            prompts.append(prompt)
+    if len(prompts) < 2:
+        raise ValueError(f"{path}: {len(prompts)} prompts; PPO needs at least 2 (training and held-out)")
+    return prompts
+
+
+def split_prompts(prompts: list[str], num_eval: int, seed: int) -> tuple[list[str], list[str]]:
+    """(train, held-out): a seeded shuffle; at most half of the prompts are held out, at least one."""
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    num_eval = max(1, min(num_eval, len(prompts) // 2))
+    return [prompts[i] for i in order[num_eval:]], [prompts[i] for i in order[:num_eval]]
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Chat prompt ids; a longer prompt keeps its end, where the generation prompt is."""
+    return [ids[-max_prompt_tokens:] for ids in chat_prompt_ids(tokenizer, prompts)]
+
+
+def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """`model` wrapped with LoRA adapters of `rank` on every attention and MLP projection (needs `peft`)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("ppo.lora_rank > 0 trains LoRA adapters with the `peft` package, which is not "
+                          "installed: run `pip install peft`, or set ppo.lora_rank=0") from err
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def evaluate_policy(
+    actor: torch.nn.Module,
+    reference: torch.nn.Module,
+    reward_fn: RewardFn,
+    prompts: list[list[int]],
+    cfg: PpoConfig,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    seed: int,
+) -> dict[str, float]:
+    """Held-out figures of a policy: mean reward of its greedy answers, and mean per-sequence KL to the
+    reference, estimated on sampled answers (sum over tokens of log pi - log pi_ref; greedy answers would
+    bias it). Also the mean length of the sampled answers. The same seed gives the same draws."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rewards, kls, lengths = [], [], []
+    with autocast(device, dtype):
+        for start in range(0, len(prompts), cfg.rollout_batch_size):
+            batch = prompts[start: start + cfg.rollout_batch_size]
+            greedy = sample(actor, batch, cfg.max_new_tokens, IM_END_ID, PAD_ID, temperature=0.0)
+            rewards.append(reward_fn(greedy.sequences, greedy.attention_mask).float())
+            drawn = sample(actor, batch, cfg.max_new_tokens, IM_END_ID, PAD_ID, temperature=cfg.temperature,
+                           top_p=cfg.top_p, generator=generator)
+            mask = drawn.response_mask.float()
+            logprobs = [token_logprobs(response_logits(model, drawn.sequences, drawn.attention_mask,
+                                                       drawn.prompt_length), drawn.responses, cfg.temperature)
+                        for model in (actor, reference)]
+            kls.append(((logprobs[0] - logprobs[1]) * mask).sum(dim=1))
+            lengths.append(mask.sum(dim=1))
+    return {"reward": float(torch.cat(rewards).mean()), "kl": float(torch.cat(kls).mean()),
+            "response_length": float(torch.cat(lengths).mean())}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ppo(
+    cfg: PpoConfig,
+    sft_dir: Path,
+    rm_dir: Path,
+    out_dir: Path,
+    seed: int,
+    device: str = "auto",
+    shard_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run `cfg.optim.max_steps` PPO steps from the SFT model against the reward model; save the actor.
+
+    Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end) every
+    `cfg.optim.checkpoint_every` steps. Returns metrics: reward_before / reward_after (mean reward of the
+    greedy answers of the SFT model / the trained actor on held-out prompts), kl (mean per-sequence KL of
+    the actor to the reference there), kl_bound (= target_kl), steps, resumed_from, train/eval prompt
+    counts, and `mean_<name>` of each per-step metric (reward, kl, entropy, response_length, clip_fraction,
+    value_loss, policy_loss).
+    """
+    sft_dir, rm_dir, out_dir = Path(sft_dir), Path(rm_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
+    torch_device = resolve_device(device)
+    dtype = autocast_dtype(cfg.optim.precision, torch_device)
+    if cfg.ptx_coef > 0 and shard_dir is None:
+        raise ValueError("ppo.ptx_coef > 0 mixes in the pretraining loss: pass the shard dir (shard_dir)")
+    _seed_everything(seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / PROMPTS_FILE), cfg.num_eval_prompts, seed)
+    train_ids = encode_prompts(tokenizer, train_prompts, cfg.max_prompt_tokens)
+    eval_ids = encode_prompts(tokenizer, eval_prompts, cfg.max_prompt_tokens)
+
+    actor = AutoModelForCausalLM.from_pretrained(sft_dir).to(torch_device)
+    reference = _frozen(AutoModelForCausalLM.from_pretrained(sft_dir).to(torch_device))
+    reward_model = _frozen(load_reward_model(rm_dir).to(torch_device))
+    critic = ValueModel.from_reward_model(load_reward_model(rm_dir)).to(torch_device)
+    reward_fn = reward_model_scores(reward_model)
+    if cfg.lora_rank > 0:
+        actor = with_lora(actor, cfg.lora_rank)
+    actor.eval()  # no dropout anywhere in PPO (see ppo_update); gradients still flow
+    critic.eval()
+
+    optimizers = PpoOptimizers(actor, critic, cfg.optim, cfg.critic_lr, torch_device, dtype)
+    ema = (AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
+    prompt_batches = ShuffledBatches(train_ids, cfg.rollout_batch_size, seed)
+    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"), cfg.ptx_batch_size, cfg.ptx_seq_len, seed)
+                   if cfg.ptx_coef > 0 else None)
+    generator = torch.Generator(device=torch_device).manual_seed(seed)
+    rollout_settings = RolloutSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       top_p=cfg.top_p, eos_id=IM_END_ID, pad_id=PAD_ID, gamma=cfg.gamma,
+                                       gae_lambda=cfg.gae_lambda, reward_clip=cfg.reward_clip)
+    update_settings = UpdateSettings.from_config(cfg)
+    log = MetricsLog(out_dir / METRICS_LOG)
+    if log.path.exists():
+        log.path.unlink()
+
+    # Evaluation draws use their own seed so before and after see the same prompts and RNG stream.
+    def evaluate(policy: torch.nn.Module) -> dict[str, float]:
+        return evaluate_policy(policy, reference, reward_fn, eval_ids, cfg, torch_device, dtype, seed + 1)
+
+    kl_coef, start_step, history = cfg.kl_coef, 0, []
+    # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and moments.
+    state = load_checkpoint(checkpoint_dir, map_location="cpu")
+    if state is not None:
+        actor.load_state_dict(state["actor"])
+        critic.load_state_dict(state["critic"])
+        optimizers.load_state_dict(state["optimizers"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        prompt_batches.load_state_dict(state["prompts"])
+        if ptx_batches is not None:
+            ptx_batches.load_state_dict(state["ptx"])
+        generator.set_state(state["generator"])
+        restore_rng_states(state["rng"])
+        kl_coef, start_step, history = state["kl_coef"], state["step"], state["history"]
+        before = state["before"]
+        for record in history:  # the log may live in a dir that did not survive the crash
+            log.write(record)
+        logger.info("resuming from step %d in %s", start_step, checkpoint_dir)
+    else:
+        before = evaluate(actor)
+        logger.info("ppo: %d train / %d held-out prompts; SFT policy reward %.4f", len(train_ids), len(eval_ids),
+                    before["reward"])
+
+    for step in range(start_step, cfg.optim.max_steps):
+        started = time.perf_counter()
+        with autocast(torch_device, dtype):
+            experience, generate_seconds = collect_experience(prompt_batches.next_batch(), actor, reference, critic,
+                                                              reward_fn, rollout_settings, kl_coef, generator)
+        update_stats = ppo_update(experience, actor, critic, optimizers, update_settings, torch_device, dtype,
+                                  ptx_batches)
+        optimizers.step_schedules()
+        if ema is not None:
+            ema.update_parameters(actor)
+        step_seconds = time.perf_counter() - started
+        record = {
+            "step": step + 1,
+            "reward": float(experience.scores.mean()),
+            "kl": float(experience.kl.sum(dim=1).mean()),
+            "response_length": float(experience.response_mask.sum(dim=1).mean()),
+            "kl_coef": kl_coef,
+            **update_stats,
+            "step_seconds": step_seconds,
+            "generate_share": generate_seconds / step_seconds,
+        }
+        if cfg.adaptive_kl:
+            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience), cfg.kl_horizon)
+        history.append(record)
+        log.write(record)
+        logger.info("ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
+                    step + 1, cfg.optim.max_steps, record["reward"], record["kl"], record["entropy"],
+                    record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
+        last = step + 1 == cfg.optim.max_steps
+        if (step + 1) % cfg.optim.checkpoint_every == 0 and not last:
+            save_checkpoint(checkpoint_dir, {
+                "step": step + 1, "actor": actor.state_dict(), "critic": critic.state_dict(),
+                "optimizers": optimizers.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "prompts": prompt_batches.state_dict(),
+                "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
+                "generator": generator.get_state(), "rng": rng_states(), "kl_coef": kl_coef,
+                "history": history, "before": before,
+            })
+            logger.info("saved PPO checkpoint at step %d", step + 1)
+
+    policy = ema.module if ema is not None else actor
+    if cfg.lora_rank > 0:
+        policy = policy.merge_and_unload()  # a plain causal LM: loading the output needs no peft
+    after = evaluate(policy)
+    policy.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    metrics: dict[str, Any] = {
+        "reward_before": before["reward"],
+        "reward_after": after["reward"],
+        "kl": after["kl"],
+        "kl_bound": cfg.target_kl,
+        "kl_before": before["kl"],
+        "response_length_before": before["response_length"],
+        "response_length_after": after["response_length"],
+        "steps": cfg.optim.max_steps,
+        "resumed_from": start_step,
+        "train_prompts": len(train_ids),
+        "eval_prompts": len(eval_ids),
+        "final_kl_coef": kl_coef,
+    }
+    for name in STEP_METRICS:
+        metrics[f"mean_{name}"] = float(np.mean([record[name] for record in history])) if history else float("nan")
+    logger.info("ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)", metrics["reward_before"],
+                metrics["reward_after"], metrics["kl"], metrics["kl_bound"])
+    return metrics

@@ -1,0 +1,157 @@
+"""The `build_prefs` stage: preference pairs for the reward model, made from the SFT model's own answers.
+
+For each held-out RLHF prompt of the sft artifact (`rlhf_prompts.jsonl`) the SFT model writes an answer
+(batched, KV-cached sampling); the pair is `chosen` = the reference answer, `rejected` = the model's answer,
+as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. A pair
+whose two sides are equal after stripping whitespace carries no preference and is dropped (counted).
+User-supplied pairs from `data.pref_sources` are merged in with their file as `source`; their bad rows go
+to `rejected.jsonl`.
+
+Output (in `out_dir`): `pairs.jsonl`, one `{"id", "prompt", "chosen", "rejected", "source"}` per line
+(sampled pairs first, in prompt-file order, then user pairs in source order), and `rejected.jsonl`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_process.sources import is_quarantined, read_pref_rows
+from model.build import resolve_device
+from model.generation import chat_prompt_ids, response_texts, sample
+from model.sft import RLHF_PROMPTS, REJECTED, hash_fraction, read_jsonl, write_jsonl
+from tokenizer.chat import IM_END
+from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, PrefSource
+
+logger = logging.getLogger(__name__)
+
+PAIRS = "pairs.jsonl"
+SAMPLED_SOURCE = "sft_sample"
+
+
+def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: int) -> list[dict[str, Any]]:
+    """At most `max_prompts` rows, a seeded subset that does not depend on file order, kept in file order."""
+    if max_prompts is None or len(rows) <= max_prompts:
+        return rows
+    chosen = sorted(range(len(rows)), key=lambda i: hash_fraction(rows[i]["id"], seed, "prefs"))[:max_prompts]
+    return [rows[i] for i in sorted(chosen)]
+
+
+def generate_answers(model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig, seed: int,
+                     device: torch.device) -> tuple[list[str], dict[str, float]]:
+    """The model's answer to each chat prompt (same order) and generation stats.
+
+    Prompts are sorted by length before batching so a batch pads little; the draws come from one seeded
+    generator, so the answers are a function of (model, prompts, cfg, seed). Prompts longer than the
+    context minus `max_new_tokens` keep their end. Stats: tokens_per_s (generated tokens per second),
+    generated_tokens, unfinished (answers cut at max_new_tokens without `<|im_end|>`).
+    """
+    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = chat_prompt_ids(tokenizer, prompts)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None:
+        room = max(1, context - cfg.max_new_tokens)
+        encoded = [ids[-room:] for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    answers: list[str] = [""] * len(encoded)
+    generated, unfinished, seconds = 0, 0, 0.0
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start: start + cfg.batch_size]
+        started = time.perf_counter()
+        rollout = sample(model, [encoded[i] for i in batch], cfg.max_new_tokens, eos_id=im_end_id, pad_id=pad_id,
+                         temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+        seconds += time.perf_counter() - started
+        generated += int(rollout.response_mask.sum())
+        ended = (rollout.responses == im_end_id) & rollout.response_mask
+        unfinished += int((~ended.any(dim=1)).sum())
+        for index, text in zip(batch, response_texts(tokenizer, rollout)):
+            answers[index] = text
+    stats = {"tokens_per_s": generated / seconds if seconds > 0 else 0.0, "generated_tokens": generated,
+             "unfinished": unfinished}
+    return answers, stats
+
+
+def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
+                    seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pairs with their file as `source`, quarantined rows) of every user preference source."""
+    pairs, quarantined = [], []
+    for source in sources:
+        for row in read_pref_rows(source, demo, seed):
+            if is_quarantined(row):
+                quarantined.append(row)
+            else:
+                pairs.append({"id": row["id"], "prompt": row["prompt"], "chosen": row["chosen"],
+                              "rejected": row["rejected"], "source": row["source"]})
+    return pairs, quarantined
+
+
+def _mean_chars(pairs: list[dict[str, Any]], side: str) -> float:
+    return sum(len(pair[side]) for pair in pairs) / len(pairs) if pairs else 0.0
+
+
+def build_prefs(
+    cfg: BuildPrefsConfig,
+    pref_sources: list[PrefSource],
+    demo: DemoCorpusConfig,
+    sft_dir: Path,
+    out_dir: Path,
+    seed: int,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs.
+
+    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, quarantined, prompts,
+    mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens, unfinished.
+    """
+    sft_dir, out_dir = Path(sft_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+
+    prompt_file = sft_dir / RLHF_PROMPTS
+    if not prompt_file.is_file():
+        raise FileNotFoundError(f"{prompt_file} is missing: {sft_dir} is not an sft artifact")
+    prompt_rows = select_prompts(read_jsonl(prompt_file), cfg.max_prompts, seed)
+    user_pairs, quarantined = read_user_pairs(pref_sources, demo, seed)
+    write_jsonl(out_dir / REJECTED, quarantined)
+
+    stats: dict[str, float] = {"tokens_per_s": 0.0, "generated_tokens": 0, "unfinished": 0}
+    sampled: list[dict[str, Any]] = []
+    if prompt_rows:
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).to(torch_device)
+        answers, stats = generate_answers(model, tokenizer, [row["prompt"] for row in prompt_rows], cfg, seed,
+                                          torch_device)
+        sampled = [{"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
+                    "source": SAMPLED_SOURCE} for row, answer in zip(prompt_rows, answers)]
+
+    candidates = sampled + user_pairs
+    pairs = [pair for pair in candidates if pair["chosen"].strip() != pair["rejected"].strip()]
+    dropped_identical = len(candidates) - len(pairs)
+    if not pairs:
+        raise ValueError(f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
+                         f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs dropped)")
+    write_jsonl(out_dir / PAIRS, pairs)
+
+    sampled_pairs = sum(pair["source"] == SAMPLED_SOURCE for pair in pairs)
+    metrics: dict[str, Any] = {
+        "pairs": len(pairs),
+        "sampled_pairs": sampled_pairs,
+        "user_pairs": len(pairs) - sampled_pairs,
+        "dropped_identical": dropped_identical,
+        "quarantined": len(quarantined),
+        "prompts": len(prompt_rows),
+        "mean_chosen_chars": _mean_chars(pairs, "chosen"),
+        "mean_rejected_chars": _mean_chars(pairs, "rejected"),
+        **stats,
+    }
+    logger.info("build_prefs: %d pairs (%d sampled, %d user), %d identical dropped, %d quarantined, "
+                "%.0f generated tokens/s", metrics["pairs"], sampled_pairs, metrics["user_pairs"],
+                dropped_identical, len(quarantined), metrics["tokens_per_s"])
+    return metrics

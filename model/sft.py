@@ -1,0 +1,409 @@
+"""The `sft` stage: supervised fine-tuning of the pretrained model on chat-formatted prompt/response pairs.
+
+Data route: every configured SFT source is read (bad rows go to `rejected.jsonl`, counted), each row is
+assigned by a hash of its id and the seed to one of three splits — held-out RLHF prompts (`rlhf_prompts.jsonl`,
+read by build_prefs, ppo and evaluate), SFT validation (`sft_val.jsonl`) or SFT training — and the SFT rows
+are rendered in ChatML and tokenized. The loss falls only on the assistant's tokens: its content and the
+closing `<|im_end|>`; the user turn and the template tokens are labelled -100.
+
+The prompt (`<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`) and the response are tokenized
+separately and concatenated. That is exactly how generation sees them (the prompt is encoded alone and the
+model continues it), and it means a response that begins with, say, a newline can never merge with the
+template's last newline into one token that would straddle the mask boundary.
+
+Output (in `out_dir`): the HF model + tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)` works; its
+generation config stops at `<|im_end|>`), `metrics.jsonl`, `rlhf_prompts.jsonl`, `sft_val.jsonl`,
+`rejected.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_process.sources import is_quarantined, read_sft_rows
+from model.build import count_parameters, resolve_device
+from model.generation import chat_prompt_ids
+from model.losses import IGNORE_INDEX, token_cross_entropy
+from model.training import autocast_dtype, evaluate, train
+from tokenizer.chat import IM_END
+from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+RLHF_PROMPTS = "rlhf_prompts.jsonl"
+SFT_VAL = "sft_val.jsonl"
+REJECTED = "rejected.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object per line (UTF-8, non-ASCII kept readable); returns the number of rows."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file this project wrote; a broken line is an error naming the file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); the artifact is damaged") from None
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- splits
+
+
+def hash_fraction(row_id: str, seed: int, purpose: str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, purpose, row id): the same row always lands the same way."""
+    digest = hashlib.sha256(f"{seed}\x1f{purpose}\x1f{row_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+@dataclass
+class SftSplits:
+    """Rows `{"id", "prompt", "response", ...}` per split, each in input order."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    rlhf: list[dict[str, Any]]
+
+
+def split_sft_rows(rows: list[dict[str, Any]], rlhf_prompt_fraction: float, val_fraction: float,
+                   seed: int) -> SftSplits:
+    """Assign rows to RLHF prompts / SFT val / SFT train by id hash and seed (independent of row order).
+
+    A row goes to RLHF with probability `rlhf_prompt_fraction`; the rest to val with probability
+    `val_fraction`, else train. When val comes out empty but train has two or more rows, the train row with
+    the lowest val draw moves to val, so `val_loss` is always defined.
+    """
+    train_rows, val_rows, rlhf_rows = [], [], []
+    for row in rows:
+        if hash_fraction(row["id"], seed, "rlhf") < rlhf_prompt_fraction:
+            rlhf_rows.append(row)
+        elif hash_fraction(row["id"], seed, "val") < val_fraction:
+            val_rows.append(row)
+        else:
+            train_rows.append(row)
+    if not val_rows and len(train_rows) >= 2:
+        moved = min(train_rows, key=lambda row: hash_fraction(row["id"], seed, "val"))
+        train_rows = [row for row in train_rows if row is not moved]
+        val_rows = [moved]
+    return SftSplits(train_rows, val_rows, rlhf_rows)
+
+
+def read_all_sft_rows(sources: list[SftSource], demo: DemoCorpusConfig,
+                      seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(good rows, quarantined rows) of every source, in source order.
+
+    Ids must be unique across sources because the split hashes them; a repeated id is quarantined.
+    """
+    good, quarantined, seen = [], [], set()
+    for source in sources:
+        for row in read_sft_rows(source, demo, seed):
+            if is_quarantined(row):
+                quarantined.append(row)
+            elif row["id"] in seen:
+                quarantined.append({"source": row["source"], "line": row["line"],
+                                    "reason": f"duplicate_id: id {row['id']!r} was already read",
+                                    "raw": json.dumps(row, ensure_ascii=False)})
+            else:
+                seen.add(row["id"])
+                good.append(row)
+    return good, quarantined
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+@dataclass
+class SftExample:
+    """One tokenized row: `input_ids` and `labels` of equal length (labels -100 off the response)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def truncate_pair(prompt_ids: list[int], response_ids: list[int], max_seq_len: int) -> tuple[list[int], list[int]]:
+    """Fit prompt + response into `max_seq_len` tokens: the prompt keeps its end, the response its start.
+
+    The response gets what the full prompt leaves, but never less than half the window (or all of itself
+    when shorter): a long prompt cannot squeeze the answer out, which was Zero-Chatgpt's bug (it cut the
+    answer by the prompt's length). The prompt's end is kept because it holds the generation prompt and
+    usually the question itself.
+    """
+    if len(prompt_ids) + len(response_ids) <= max_seq_len:
+        return prompt_ids, response_ids
+    response_budget = max(max_seq_len - len(prompt_ids), min(len(response_ids), max_seq_len // 2))
+    response_ids = response_ids[:response_budget]
+    prompt_budget = max_seq_len - len(response_ids)
+    prompt_ids = prompt_ids[len(prompt_ids) - prompt_budget:] if prompt_budget > 0 else []
+    return prompt_ids, response_ids
+
+
+def encode_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int) -> SftExample | None:
+    """Tokenize one chat turn for SFT; None when no response token survives truncation.
+
+    The response is `response + <|im_end|>` encoded on its own; labels equal input_ids on those tokens
+    and -100 on the prompt and template tokens. The labels are not shifted (position t labels token t);
+    the loss shifts them.
+    """
+    (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
+    response_ids = list(tokenizer(response + IM_END, add_special_tokens=False)["input_ids"])
+    kept_prompt, kept_response = truncate_pair(prompt_ids, response_ids, max_seq_len)
+    # A label at position 0 can never be predicted (nothing precedes it), so it does not count.
+    supervised = len(kept_response) - (1 if not kept_prompt else 0)
+    if supervised <= 0:
+        return None
+    return SftExample(
+        input_ids=kept_prompt + kept_response,
+        labels=[IGNORE_INDEX] * len(kept_prompt) + kept_response,
+        truncated=len(kept_prompt) + len(kept_response) < len(prompt_ids) + len(response_ids),
+    )
+
+
+def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tuple[list[SftExample], int, int]:
+    """(examples, dropped rows, truncated rows) for SFT rows `{"prompt", "response"}`."""
+    examples, dropped, truncated = [], 0, 0
+    for row in rows:
+        example = encode_sft_example(tokenizer, row["prompt"], row["response"], max_seq_len)
+        if example is None:
+            dropped += 1
+            logger.warning("dropping SFT row %s: no response token fits in %d tokens", row["id"], max_seq_len)
+            continue
+        truncated += example.truncated
+        examples.append(example)
+    return examples, dropped, truncated
+
+
+def collate(examples: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids (B, L) with `pad_id`, labels (B, L) with -100,
+    attention_mask (B, L) 1 on real tokens."""
+    width = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        length = len(example.input_ids)
+        input_ids[row, :length] = torch.as_tensor(example.input_ids)
+        labels[row, :length] = torch.as_tensor(example.labels)
+        attention_mask[row, :length] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class ShuffledBatches:
+    """Training batches: epochs over the examples in a seeded random order, `batch_size` per batch.
+
+    The state (order of the current epoch, position in it, numpy Generator state) is this source's
+    `state_dict`, so a resumed run reads exactly the batches an uninterrupted run would have read.
+    """
+
+    def __init__(self, examples: list[SftExample], batch_size: int, pad_id: int, seed: int) -> None:
+        if not examples:
+            raise ValueError("no SFT training examples")
+        self.examples = examples
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(examples))
+        self.position = 0
+        self.epoch = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        picked = []
+        while len(picked) < self.batch_size:
+            if self.position == len(self.order):
+                self.order = self.rng.permutation(len(self.examples))
+                self.position = 0
+                self.epoch += 1
+            take = min(self.batch_size - len(picked), len(self.order) - self.position)
+            picked.extend(self.order[self.position: self.position + take].tolist())
+            self.position += take
+        return collate([self.examples[i] for i in picked], self.pad_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self.rng.bit_generator.state, "order": self.order.tolist(),
+                "position": self.position, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+        self.order = np.asarray(state["order"], dtype=np.int64)
+        self.position = int(state["position"])
+        self.epoch = int(state["epoch"])
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Mean cross-entropy over response tokens of a collated batch (see `collate`).
+
+    Position t's logits predict token t + 1, so logits[:, :-1] are scored against labels[:, 1:].
+    `tokens` (for throughput) counts all real tokens the model read, not just the supervised ones.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    loss, _ = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+    return loss, {"tokens": int(batch["attention_mask"].sum())}
+
+
+def make_val_loss_fn(examples: list[SftExample], batch_size: int, pad_id: int, device: torch.device):
+    """An eval callback: response-token-weighted mean loss over `examples` -> {"val_loss": float}."""
+
+    def val_loss(model: torch.nn.Module) -> dict[str, float]:
+        total, tokens = 0.0, 0
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start: start + batch_size], pad_id)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            loss, count = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+            total += float(loss) * int(count)
+            tokens += int(count)
+        return {"val_loss": total / tokens}
+
+    return val_loss
+
+
+# ------------------------------------------------------------------------------------------------ stage
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """What later stages read of a prompt row: id, prompt, reference response, and where it came from."""
+    return {"id": row["id"], "prompt": row["prompt"], "response": row["response"], "source": row["source"]}
+
+
+def sft(
+    cfg: SftConfig,
+    sft_sources: list[SftSource],
+    demo: DemoCorpusConfig,
+    pretrain_dir: Path,
+    out_dir: Path,
+    seed: int,
+    device: str = "auto",
+    checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the model in `pretrain_dir` on the SFT rows; write model, tokenizer, splits and metrics to `out_dir`.
+
+    Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`) and are deleted at the end.
+    Returns metrics: val_loss, base_val_loss (the pretrained model on the same val set, before training),
+    train_loss, train_rows, val_rows (val_scored_rows of them scored), rlhf_prompts, quarantined,
+    dropped_too_long, truncated, steps, tokens_seen, tokens_per_s, params, resumed_from.
+    """
+    pretrain_dir, out_dir = Path(pretrain_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
+    torch_device = resolve_device(device)
+    optim = cfg.optim
+    _seed_everything(seed)
+
+    rows, quarantined = read_all_sft_rows(sft_sources, demo, seed)
+    write_jsonl(out_dir / REJECTED, quarantined)
+    if quarantined:
+        logger.warning("sft: %d quarantined rows written to %s", len(quarantined), out_dir / REJECTED)
+    splits = split_sft_rows(rows, cfg.rlhf_prompt_fraction, cfg.val_fraction, seed)
+    if not splits.train or not splits.val:
+        raise ValueError(f"sft: {len(rows)} usable SFT rows give {len(splits.train)} train / {len(splits.val)} val "
+                         f"rows after holding out {len(splits.rlhf)} RLHF prompts; add data or lower "
+                         "sft.rlhf_prompt_fraction")
+    write_jsonl(out_dir / RLHF_PROMPTS, map(_public_row, splits.rlhf))
+    write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrain_dir)
+    model = AutoModelForCausalLM.from_pretrained(pretrain_dir, dtype=torch.float32)
+    max_seq_len = cfg.max_seq_len
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and max_seq_len > context:
+        logger.warning("sft.max_seq_len %d exceeds the pretrained context %d: using %d", max_seq_len, context, context)
+        max_seq_len = context
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    train_examples, dropped_train, truncated_train = encode_rows(tokenizer, splits.train, max_seq_len)
+    val_examples, dropped_val, truncated_val = encode_rows(tokenizer, splits.val, max_seq_len)
+    if not train_examples or not val_examples:
+        raise ValueError(f"sft: no {'train' if not train_examples else 'val'} example fits in max_seq_len "
+                         f"{max_seq_len}; raise sft.max_seq_len")
+    val_rows = len(val_examples)
+    # Periodic eval reads at most eval_batches batches; the whole set stays in sft_val.jsonl for `evaluate`.
+    val_examples = val_examples[: optim.eval_batches * optim.batch_size]
+    supervised = sum(sum(label != IGNORE_INDEX for label in ex.labels) for ex in train_examples)
+    logger.info("sft: %d train / %d val rows, %d RLHF prompts held out, %d quarantined, %d dropped as too long; "
+                "%s supervised train tokens", len(train_examples), val_rows, len(splits.rlhf),
+                len(quarantined), dropped_train + dropped_val, f"{supervised:,}")
+
+    model.to(torch_device)
+    val_loss_fn = make_val_loss_fn(val_examples, optim.batch_size, pad_id, torch_device)
+    base_val_loss = evaluate(model, val_loss_fn, torch_device,
+                             autocast_dtype(optim.precision, torch_device))["val_loss"]
+    logger.info("sft: base val loss %.4f (the pretrained model on the SFT val set)", base_val_loss)
+
+    result = train(
+        model,
+        ShuffledBatches(train_examples, optim.batch_size, pad_id, seed),
+        sft_loss,
+        optim,
+        device=torch_device,
+        checkpoint_dir=checkpoint_dir,
+        eval_fn=val_loss_fn,
+        metrics_path=out_dir / METRICS_LOG,
+    )
+
+    # Chat generation must end at the assistant's <|im_end|>, not only at <|endoftext|>.
+    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
+    model.generation_config.eos_token_id = [im_end_id] + (
+        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    model.generation_config.pad_token_id = pad_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    metrics: dict[str, Any] = {
+        "val_loss": result.last_eval["val_loss"],
+        "base_val_loss": base_val_loss,
+        "train_loss": result.train_loss,
+        "train_rows": len(train_examples),
+        "val_rows": val_rows,
+        "val_scored_rows": len(val_examples),
+        "rlhf_prompts": len(splits.rlhf),
+        "quarantined": len(quarantined),
+        "dropped_too_long": dropped_train + dropped_val,
+        "truncated": truncated_train + truncated_val,
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "tokens_per_s": result.tokens_per_s,
+        "params": count_parameters(model),
+        "resumed_from": result.resumed_from,
+    }
+    logger.info("sft done: val_loss %.4f (base %.4f), %.0f tokens/s", metrics["val_loss"], base_val_loss,
+                result.tokens_per_s)
+    return metrics

@@ -1,0 +1,21 @@
+"""Prefect task for the `train_rm` stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from model.reward import train_reward_model
+from tasks.stage import StageSpec, resume_dir, run_stage, stage_task
+from zero_chatgpt.config import PipelineConfig
+
+TRAIN_RM = StageSpec("train_rm", version="1", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
+
+
+@stage_task(TRAIN_RM)
+def train_rm_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
+    """Train the scalar-head reward model on the preference pairs."""
+    cfg = PipelineConfig.model_validate(config)
+    return run_stage(TRAIN_RM, config, upstream, root, force, lambda out_dir: train_reward_model(
+        cfg.train_rm, Path(upstream["sft"]["path"]), Path(upstream["build_prefs"]["path"]), out_dir, cfg.run.seed,
+        cfg.run.device, checkpoint_dir=resume_dir(TRAIN_RM, config, upstream, root)))

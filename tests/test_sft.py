@@ -1,0 +1,267 @@
+"""sft: response-only masks, the template boundary, truncation, splits, resumable batches, and the stage end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_process.demo_corpus import demo_documents, demo_sft_pairs
+from model.build import build_model
+from model.generation import chat_prompt_ids, response_texts, sample
+from model.losses import IGNORE_INDEX
+from model.sft import (RLHF_PROMPTS, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
+                       read_jsonl, sft, split_sft_rows, truncate_pair)
+from tokenizer.chat import IM_END, IM_END_ID
+from tokenizer.toy_corpus import write_corpus_parts
+from tokenizer.train import train_tokenizer
+from zero_chatgpt.config import DemoCorpusConfig, ModelConfig, SftConfig, SftSource, TrainTokenizerConfig
+
+DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def pretrain_dir(tmp_path_factory) -> Path:
+    """A tokenizer trained on the small demo world and a freshly initialised tiny model, saved like pretrain."""
+    root = tmp_path_factory.mktemp("sft_pretrain")
+    texts = [doc["text"] for doc in demo_documents(DEMO, SEED)]
+    texts += [f"{pair['prompt']}\n\n{pair['response']}" for pair in demo_sft_pairs(DEMO, SEED)]
+    write_corpus_parts(texts, root / "corpus")
+    out = root / "model"
+    train_tokenizer(TrainTokenizerConfig(vocab_size=600, heldout_docs=0), root / "corpus", out, seed=SEED)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    torch.manual_seed(SEED)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128), len(tokenizer),
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(pretrain_dir):
+    return AutoTokenizer.from_pretrained(pretrain_dir)
+
+
+def supervised_ids(example) -> list[int]:
+    return [label for label in example.labels if label != IGNORE_INDEX]
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def test_loss_only_on_response_and_im_end(tokenizer):
+    prompt, response = "Name the capital city of Galvador.", "Almer is the capital of Galvador."
+    example = encode_sft_example(tokenizer, prompt, response, max_seq_len=256)
+    (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
+    assert example.input_ids[: len(prompt_ids)] == prompt_ids
+    assert example.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    assert example.labels[len(prompt_ids):] == example.input_ids[len(prompt_ids):]
+    assert example.labels[-1] == IM_END_ID
+    assert tokenizer.decode(supervised_ids(example)) == response + IM_END
+    # Where the template boundary does not merge, this is exactly the chat template's assistant mask.
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    template_supervised = [t for t, m in zip(rendered["input_ids"], rendered["assistant_masks"]) if m]
+    assert supervised_ids(example) == template_supervised
+
+
+@pytest.mark.parametrize("response", ["\nThe answer is 42.", "\n\n首都是阿尔默。", " leading space"])
+def test_first_response_token_survives_template_boundary(tokenizer, response):
+    prompt = "Where is it?"
+    (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
+    example = encode_sft_example(tokenizer, prompt, response, max_seq_len=256)
+    first = example.labels[len(prompt_ids)]
+    assert first != IGNORE_INDEX
+    assert tokenizer.decode(supervised_ids(example)) == response + IM_END
+    # The prompt part is token-for-token what generation feeds the model, ending in "assistant\n".
+    assert example.input_ids[: len(prompt_ids)] == prompt_ids
+    assert tokenizer.decode(prompt_ids).endswith("<|im_start|>assistant\n")
+
+
+def test_joint_tokenization_would_merge_the_boundary(tokenizer):
+    """Guards the previous test's meaning: with this tokenizer "\\n" + "\\n..." does merge when encoded together."""
+    (prompt_ids,) = chat_prompt_ids(tokenizer, ["Where is it?"])
+    joint = tokenizer(tokenizer.decode(prompt_ids) + "\n\nX", add_special_tokens=False)["input_ids"]
+    assert joint[: len(prompt_ids)] != prompt_ids
+
+
+# ------------------------------------------------------------------------------------------ truncation
+
+
+def test_truncation_keeps_prompt_end_and_response_start():
+    prompt, response = list(range(100, 160)), list(range(200, 260))
+    kept_prompt, kept_response = truncate_pair(prompt, response, max_seq_len=40)
+    assert len(kept_prompt) + len(kept_response) == 40
+    assert kept_prompt == prompt[-len(kept_prompt):]
+    assert kept_response == response[: len(kept_response)]
+    assert len(kept_response) == 20  # half the window when both sides are long
+    # Zero-Chatgpt's bug cut the answer by the prompt's length; here a long prompt leaves a short answer whole.
+    kept_prompt, kept_response = truncate_pair(prompt, [7, 8, 9], max_seq_len=40)
+    assert kept_response == [7, 8, 9] and kept_prompt == prompt[-37:]
+    # A short prompt keeps everything and the response takes the rest.
+    kept_prompt, kept_response = truncate_pair([1, 2], response, max_seq_len=40)
+    assert kept_prompt == [1, 2] and kept_response == response[:38]
+    assert truncate_pair([1, 2], [3], 40) == ([1, 2], [3])
+
+
+def test_long_rows_are_truncated_with_supervised_tokens(tokenizer):
+    prompt = "Tell me about the river. " * 40
+    response = "It is long and wide. " * 40
+    example = encode_sft_example(tokenizer, prompt, response, max_seq_len=64)
+    assert example.truncated and len(example.input_ids) == 64
+    supervised = supervised_ids(example)
+    assert len(supervised) >= 32
+    assert tokenizer.decode(supervised).startswith("It is long")
+    (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
+    assert example.input_ids[: 64 - len(supervised)] == prompt_ids[-(64 - len(supervised)):]
+
+
+def test_rows_without_room_for_a_response_token_are_dropped_and_counted(tokenizer):
+    assert encode_sft_example(tokenizer, "question", "answer", max_seq_len=1) is None
+    rows = [{"id": "a", "prompt": "q", "response": "r"}, {"id": "b", "prompt": "q2", "response": "r2"}]
+    examples, dropped, truncated = encode_rows(tokenizer, rows, max_seq_len=1)
+    assert (examples, dropped) == ([], 2)
+    examples, dropped, truncated = encode_rows(tokenizer, rows, max_seq_len=256)
+    assert (len(examples), dropped, truncated) == (2, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def test_split_is_deterministic_disjoint_and_order_free():
+    rows = [{"id": f"row{i}", "prompt": "p", "response": "r"} for i in range(2000)]
+    first = split_sft_rows(rows, 0.5, 0.1, seed=1)
+    again = split_sft_rows(list(reversed(rows)), 0.5, 0.1, seed=1)
+    ids = lambda part: {row["id"] for row in part}  # noqa: E731
+    for a, b in ((first.train, again.train), (first.val, again.val), (first.rlhf, again.rlhf)):
+        assert ids(a) == ids(b)
+    assert not ids(first.train) & ids(first.val)
+    assert not ids(first.train) & ids(first.rlhf)
+    assert not ids(first.val) & ids(first.rlhf)
+    assert len(first.train) + len(first.val) + len(first.rlhf) == 2000
+    assert 900 < len(first.rlhf) < 1100
+    assert 60 < len(first.val) < 140
+    other = split_sft_rows(rows, 0.5, 0.1, seed=2)
+    assert ids(other.rlhf) != ids(first.rlhf)
+
+
+def test_split_never_leaves_val_empty():
+    rows = [{"id": f"r{i}", "prompt": "p", "response": "r"} for i in range(3)]
+    splits = split_sft_rows(rows, 0.0, 0.01, seed=0)
+    assert len(splits.val) == 1 and len(splits.train) == 2
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def test_collate_pads_right_with_pad_id_and_ignored_labels(tokenizer):
+    examples = [encode_sft_example(tokenizer, "hi", "hello there", 256),
+                encode_sft_example(tokenizer, "a much longer question here", "ok", 256)]
+    batch = collate(examples, pad_id=tokenizer.pad_token_id)
+    width = max(len(e.input_ids) for e in examples)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, width)
+    short = min(range(2), key=lambda i: len(examples[i].input_ids))
+    length = len(examples[short].input_ids)
+    assert (batch["input_ids"][short, length:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][short, length:] == IGNORE_INDEX).all()
+    assert batch["attention_mask"][short].sum() == length
+
+
+def test_shuffled_batches_resume_exactly(tokenizer):
+    examples = [encode_sft_example(tokenizer, f"question {i}", f"answer {i}", 256) for i in range(7)]
+    source = ShuffledBatches(examples, batch_size=3, pad_id=2, seed=9)
+    for _ in range(4):
+        source.next_batch()
+    state = json.loads(json.dumps(source.state_dict()))  # the state must survive serialisation
+    expected = [source.next_batch()["input_ids"] for _ in range(5)]
+    resumed = ShuffledBatches(examples, batch_size=3, pad_id=2, seed=123)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, resumed.next_batch()["input_ids"]) for a in expected)
+    # One epoch visits every example once.
+    batch = ShuffledBatches(examples, batch_size=7, pad_id=2, seed=9).next_batch()
+    seen = {tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])}
+    assert seen == {tuple(example.input_ids) for example in examples}
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+
+@pytest.fixture(scope="module")
+def sft_run(pretrain_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft_run")
+    extra = root / "extra.jsonl"
+    extra.write_text(
+        json.dumps({"prompt": "What colour is the sky?", "response": "Blue."}) + "\n"
+        + '{"prompt": "broken json"\n'
+        + json.dumps({"prompt": "Say hi.", "response": "Hi!"}) + "\n",
+        encoding="utf-8")
+    cfg = SftConfig.model_validate({
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "max_steps": 40, "batch_size": 8, "eval_every": 20,
+                  "eval_batches": 4, "checkpoint_every": 1000, "precision": "fp32"},
+        "max_seq_len": 96, "rlhf_prompt_fraction": 0.4, "val_fraction": 0.15,
+    })
+    out = root / "out"
+    sources = [SftSource(kind="demo"), SftSource(kind="jsonl", path=str(extra))]
+    metrics = sft(cfg, sources, DEMO, pretrain_dir, out, seed=SEED, device="cpu")
+    return out, metrics, cfg, sources
+
+
+def test_stage_metrics_and_files(sft_run):
+    out, metrics, _, _ = sft_run
+    for key in ("val_loss", "base_val_loss", "train_rows", "val_rows", "rlhf_prompts", "quarantined",
+                "dropped_too_long", "steps", "tokens_per_s"):
+        assert key in metrics, key
+    assert json.loads(json.dumps(metrics)) == metrics
+    assert metrics["val_loss"] < metrics["base_val_loss"] - 0.5
+    assert metrics["quarantined"] == 1 and metrics["dropped_too_long"] == 0 and metrics["steps"] == 40
+    rejected = read_jsonl(out / REJECTED)
+    assert len(rejected) == 1 and rejected[0]["line"] == 2 and "invalid_json" in rejected[0]["reason"]
+    rlhf, val = read_jsonl(out / RLHF_PROMPTS), read_jsonl(out / SFT_VAL)
+    assert len(rlhf) == metrics["rlhf_prompts"] > 0 and len(val) == metrics["val_rows"] > 0
+    assert set(rlhf[0]) >= {"id", "prompt", "response"}
+    total = len(demo_sft_pairs(DEMO, SEED)) + 2
+    assert metrics["train_rows"] + metrics["val_rows"] + metrics["rlhf_prompts"] == total
+    assert not {r["id"] for r in rlhf} & {r["id"] for r in val}
+    assert not (out / "checkpoints").exists()
+
+
+def test_training_lowers_loss_and_changes_parameters(sft_run, pretrain_dir):
+    out, _, _, _ = sft_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    before = AutoModelForCausalLM.from_pretrained(pretrain_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(changed) == len(before)
+
+
+def test_output_loads_and_generates(sft_run):
+    out, _, _, _ = sft_run
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert IM_END_ID in model.generation_config.eos_token_id
+    prompts = chat_prompt_ids(tokenizer, ["Name the capital city of Galvador.", "你好"])
+    rollout = sample(model, prompts, 12, eos_id=IM_END_ID, pad_id=tokenizer.pad_token_id, temperature=0.0)
+    texts = response_texts(tokenizer, rollout)
+    assert len(texts) == 2 and all(isinstance(text, str) for text in texts)
+    assert rollout.response_mask.sum() > 0
+    ids = torch.tensor([prompts[0]])
+    generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                               max_new_tokens=12)
+    assert generated.shape[1] > ids.shape[1]
+
+
+def test_split_files_are_reproducible(sft_run, pretrain_dir, tmp_path):
+    out, _, cfg, sources = sft_run
+    quick = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"max_steps": 1})})
+    again = tmp_path / "again"
+    sft(quick, sources, DEMO, pretrain_dir, again, seed=SEED, device="cpu")
+    for name in (RLHF_PROMPTS, SFT_VAL, REJECTED):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name

@@ -1,0 +1,174 @@
+"""The train_rm stage on a toy preference set: chosen answers use one word family, rejected ones another.
+
+The fixtures here (a tiny tokenizer trained in-process, a random-init "SFT" model dir, toy pairs) are
+reused by tests/test_ppo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from model.build import build_model
+from model.reward import (ShuffledBatches, encode_answer, pair_batch, read_pairs, sequence_scores, split_by_prompt,
+                          train_reward_model)
+from tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from tokenizer.train import train_tokenizer
+from zero_chatgpt.config import ModelConfig, TrainRmConfig, TrainTokenizerConfig
+
+GOOD_WORDS = "river bridge harbour lantern garden".split()
+BAD_WORDS = "winter stone merchant festival mountain".split()
+RM_METRIC_KEYS = {"val_accuracy", "length_baseline_accuracy", "val_loss", "train_pairs", "val_pairs", "reward_margin"}
+
+
+def make_tokenizer_dir(root: Path) -> Path:
+    """A 400-piece tokenizer trained on toy documents (a couple of seconds)."""
+    corpus = root / "corpus"
+    write_corpus_parts(toy_documents(300, seed=0), corpus)
+    out = root / "tokenizer"
+    train_tokenizer(TrainTokenizerConfig(vocab_size=400), corpus, out, seed=0, num_threads=1)
+    return out
+
+
+def make_sft_dir(root: Path, tokenizer_dir: Path, prompts: list[str], seed: int = 0) -> Path:
+    """A random-init tiny causal LM + tokenizer + `rlhf_prompts.jsonl`: the shape of an sft artifact dir."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128), len(tokenizer),
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = root / "sft"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    with open(out / "rlhf_prompts.jsonl", "w", encoding="utf-8") as handle:
+        for number, prompt in enumerate(prompts):
+            handle.write(json.dumps({"id": f"p{number}", "prompt": prompt, "response": "ok"}) + "\n")
+    return out
+
+
+def toy_prompts(count: int) -> list[str]:
+    return [f"Tell me about place {number}." for number in range(count)]
+
+
+def write_toy_pairs(prefs_dir: Path, prompts: list[str], seed: int = 0) -> Path:
+    """Two pairs per prompt: chosen = 3 good words; rejected = 5 bad words (longer, so "longer wins" fails)."""
+    rng = random.Random(seed)
+    prefs_dir.mkdir(parents=True, exist_ok=True)
+    with open(prefs_dir / "pairs.jsonl", "w", encoding="utf-8") as handle:
+        for prompt in prompts:
+            for _ in range(2):
+                row = {"prompt": prompt, "chosen": " ".join(rng.choices(GOOD_WORDS, k=3)),
+                       "rejected": " ".join(rng.choices(BAD_WORDS, k=5)), "source": "toy"}
+                handle.write(json.dumps(row) + "\n")
+    return prefs_dir
+
+
+def rm_config(**optim) -> TrainRmConfig:
+    values = dict(lr=3e-3, warmup_steps=2, max_steps=30, batch_size=8, eval_every=30, checkpoint_every=100)
+    values.update(optim)
+    return TrainRmConfig.model_validate({"optim": values, "val_fraction": 0.2, "max_seq_len": 64})
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return make_tokenizer_dir(tmp_path_factory.mktemp("rm_tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def toy_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rm_data")
+    prompts = toy_prompts(40)
+    return {"sft": make_sft_dir(root, tokenizer_dir, prompts), "prefs": write_toy_pairs(root / "prefs", prompts)}
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tmp_path_factory, toy_dirs) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("rm_out")
+    metrics = train_reward_model(rm_config(), toy_dirs["sft"], toy_dirs["prefs"], out, seed=0, device="cpu")
+    return out, metrics
+
+
+def test_split_by_prompt_keeps_each_prompt_on_one_side():
+    pairs = [{"prompt": f"q{i % 10}", "chosen": "a", "rejected": "b"} for i in range(40)]
+    train, val = split_by_prompt(pairs, 0.2, seed=3)
+    assert len(train) + len(val) == 40 and val and train
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
+    assert len({p["prompt"] for p in val}) == 2
+    assert split_by_prompt(pairs, 0.2, seed=3) == (train, val)
+
+
+def test_shuffled_batches_resume_exactly():
+    source = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
+    first = [source.next_batch() for _ in range(2)]
+    state = source.state_dict()
+    expected = [source.next_batch() for _ in range(4)]
+    resumed = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
+    resumed.load_state_dict(state)
+    assert [resumed.next_batch() for _ in range(4)] == expected
+    # the first epoch visits every item once
+    assert sorted(first[0] + first[1] + expected[0][:1]) == list(range(7))
+
+
+def test_read_pairs_names_the_bad_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: key 'rejected'"):
+        read_pairs(path)
+
+
+def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
+    """Right padding and left padding of the same sequence give the same score."""
+    from model.reward import load_reward_model
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_dirs["sft"])
+    model = load_reward_model(toy_dirs["sft"]).eval()
+    short = encode_answer(tokenizer, "hi", "river", 64)
+    long = encode_answer(tokenizer, "a much longer prompt here", "stone stone stone", 64)
+    assert short[-1] == long[-1] == 4  # <|im_end|>
+    batch = pair_batch([(short, long)])
+    right = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    alone = sequence_scores(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
+    width = len(long)
+    left_ids = torch.tensor([[2] * (width - len(short)) + short])
+    left_mask = torch.tensor([[0] * (width - len(short)) + [1] * len(short)])
+    left = sequence_scores(model, left_ids, left_mask)
+    assert right[0].item() == pytest.approx(alone.item(), abs=1e-5)
+    assert left.item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_reward_model_learns_the_preference_and_beats_length(trained_rm, toy_dirs):
+    out, metrics = trained_rm
+    assert RM_METRIC_KEYS <= metrics.keys()
+    assert metrics["train_pairs"] + metrics["val_pairs"] == 80 and metrics["val_pairs"] == 16
+    assert metrics["length_baseline_accuracy"] <= 0.25  # the rejected answers are nearly always longer
+    assert metrics["val_accuracy"] >= 0.9 > metrics["length_baseline_accuracy"]
+    assert metrics["reward_margin"] > 0
+    assert (out / "metrics.jsonl").is_file() and not (out / "checkpoints").exists()
+
+    # The artifact loads with the Auto classes and prefers a fresh good answer to a bad one.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    good = encode_answer(tokenizer, "Tell me about place 999.", "garden lantern river", 64)
+    bad = encode_answer(tokenizer, "Tell me about place 999.", "winter stone merchant", 64)
+    batch = pair_batch([(good, bad)])
+    with torch.no_grad():
+        scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+        hf_scores = model(**batch).logits.squeeze(-1)  # HF's own pooling agrees (right padding, pad id set)
+    assert scores[0] > scores[1]
+    assert torch.allclose(scores, hf_scores, atol=1e-5)
+
+
+def test_freeze_fraction_keeps_lower_layers(tmp_path, toy_dirs):
+    cfg = rm_config(max_steps=3, eval_every=3)
+    cfg.freeze_fraction = 0.5
+    metrics = train_reward_model(cfg, toy_dirs["sft"], toy_dirs["prefs"], tmp_path, seed=0, device="cpu")
+    assert metrics["frozen_layers"] == 1
+    before = AutoModelForSequenceClassification.from_pretrained(toy_dirs["sft"], num_labels=1).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path).state_dict()
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
