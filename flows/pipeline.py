@@ -20,8 +20,10 @@ from tasks.clean import clean_task
 from tasks.dedup import dedup_task
 from tasks.ppo import ppo_task
 from tasks.pretrain import pretrain_task
+from tasks.report import publish_report_task, report_task
 from tasks.sft import sft_task
 from tasks.shard import shard_task
+from tasks.stage import needs_refresh
 from tasks.train_rm import train_rm_task
 from tasks.train_tokenizer import train_tokenizer_task
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
@@ -29,7 +31,8 @@ from zero_chatgpt.config import ConfigError, load_config
 from zero_chatgpt.console import print_stage_row, print_table_header
 
 # Stages this flow runs, in order. Later stages join this list as they are built.
-PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo")
+PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo",
+                   "report")
 
 
 class PipelineRun:
@@ -49,9 +52,10 @@ class PipelineRun:
         if name not in self.planned:
             return None
         started = time.perf_counter()
-        state = stage_task.with_options(result_storage=self.storage)(
-            config=self.config, upstream=upstream, root=str(self.root), force=name in self.force,
-            return_state=True)
+        force = name in self.force
+        refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
+        state = stage_task.with_options(result_storage=self.storage, refresh_cache=refresh)(
+            config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True)
         record = state.result()  # raises the stage's own error when it failed
         seconds = time.perf_counter() - started
         status = "cached" if state.name == "Cached" else record.get("status", "ran")
@@ -106,5 +110,9 @@ def zero_chatgpt(
     tuned = run.stage(sft_task, pretrain=pretrained)
     prefs = run.stage(build_prefs_task, sft=tuned)
     reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
-    run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
+    policy = run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
+    report = run.stage(report_task, clean=clean, dedup=dedup, train_tokenizer=tokenizer, shard=shards,
+                       pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward, ppo=policy)
+    if report is not None:
+        publish_report_task(report["path"], run.latest)
     return run.latest

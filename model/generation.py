@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -104,6 +105,7 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    on_tokens: Callable[[torch.LongTensor], None] | None = None,
 ) -> Rollout:
     """Generate up to `max_new_tokens` tokens after each prompt (token id lists), batched with a KV cache.
 
@@ -111,6 +113,7 @@ def sample(
     draws reproducible. The model runs in eval mode (no dropout) and is put back in its previous mode; it must
     accept Hugging Face causal-LM arguments (`past_key_values`, `position_ids`, `logits_to_keep`).
     Returns a `Rollout` whose T is the number of generated columns (< max_new_tokens when all rows hit EOS).
+    `on_tokens`, if given, receives each step's (B,) new tokens as they are chosen (streaming output).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -149,6 +152,8 @@ def sample(
             new_tokens.append(token)
             new_mask.append(alive)
             finished = finished | (token == eos_id)
+            if on_tokens is not None:
+                on_tokens(token)
             attention_mask = torch.cat([attention_mask, alive[:, None]], dim=1)
             if bool(finished.all()):
                 break

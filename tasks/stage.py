@@ -2,8 +2,8 @@
 
 A stage task receives the whole resolved config as a plain dict, the upstream records and the root; it
 fingerprints only the config keys its spec names (so changing `pretrain` never reruns `clean`). Prefect's
-cache key is that fingerprint, but only while the artifact dir still holds its manifest: a cached record whose
-dir is gone, or a forced stage, gets no key and so runs again.
+cache key is that fingerprint; the flow asks Prefect to refresh it (`needs_refresh`) when the artifact dir no
+longer holds its manifest or the stage is forced, so the manifest on disk stays the source of truth.
 """
 
 from __future__ import annotations
@@ -48,13 +48,9 @@ class StageSpec:
                            int(config["run"]["seed"]))
 
 
-def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]], str | None]:
-    def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-        if parameters.get("force"):
-            return None
+def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         fp = spec.fingerprint(parameters["config"], parameters["upstream"])
-        if not is_complete(artifact_dir(parameters["root"], spec.name, fp), fp):
-            return None  # the manifest on disk is the source of truth: no artifact, no cache hit
         # The root is in the key because a cached record holds absolute paths: a copied root must not
         # hand back paths into the original.
         root_digest = hashlib.sha256(str(Path(parameters["root"]).resolve()).encode()).hexdigest()[:8]
@@ -63,11 +59,25 @@ def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]]
     return cache_key
 
 
+def needs_refresh(spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str,
+                  force: bool) -> bool:
+    """True when Prefect must not reuse a cached record: the stage is forced, or its artifact dir (the
+    source of truth) is gone or unfinished."""
+    fp = spec.fingerprint(config, upstream)
+    return force or not is_complete(artifact_dir(root, spec.name, fp), fp)
+
+
 def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
     """Decorate a thin stage function as a Prefect task keyed by the stage fingerprint."""
     options = {"name": spec.name, "cache_key_fn": _cache_key_for(spec), "persist_result": True,
                "task_run_name": spec.name, **task_options}
-    return task(**options)
+
+    def decorate(fn: Callable) -> Any:
+        stage = task(**options)(fn)
+        stage.stage_spec = spec  # the flow reads it to decide whether the cached record may be reused
+        return stage
+
+    return decorate
 
 
 def resume_dir(spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str) -> Path:

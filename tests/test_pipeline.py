@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
@@ -17,7 +18,12 @@ from zero_chatgpt.cli import main
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 # Training stages are shortened here: these tests are about caching, not about model quality.
-FAST = ["pretrain.optim.max_steps=20", "pretrain.optim.eval_every=10", "pretrain.optim.checkpoint_every=10"]
+FAST = [
+    "pretrain.optim.max_steps=12", "pretrain.optim.eval_every=6", "pretrain.optim.checkpoint_every=6",
+    "sft.optim.max_steps=6", "sft.optim.eval_every=3", "build_prefs.max_prompts=24", "build_prefs.max_new_tokens=12",
+    "train_rm.optim.max_steps=4", "train_rm.optim.eval_every=2", "ppo.optim.max_steps=2", "ppo.rollout_batch_size=8",
+    "ppo.max_new_tokens=8", "ppo.num_eval_prompts=8",
+]
 
 
 def run_cli(root: Path, *extra: str) -> tuple[dict, float]:
@@ -56,8 +62,14 @@ def test_first_run_builds_every_stage(tiny_root):
         assert manifest["fingerprint"].startswith(Path(entry["path"]).name)
 
 
-def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root):
+def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root, monkeypatch):
     root, first, first_seconds = tiny_root
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a stage task body ran although its Prefect cache record was valid")
+
+    for stage in PIPELINE_STAGES:
+        monkeypatch.setattr(importlib.import_module(f"tasks.{stage}"), "run_stage", must_not_run)
     manifests_before = {s: (Path(e["path"]) / "manifest.json").stat().st_mtime_ns for s, e in first.items()}
     latest, seconds = run_cli(root, *[f"--set={s}" for s in FAST])
     assert set(statuses(latest).values()) == {"cached"}

@@ -65,6 +65,59 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from model.chat import ChatSession, load_chat_model
+
+    model, tokenizer = load_chat_model(args.model, args.device)
+    session = ChatSession(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.system, args.seed)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("zero-chatgpt chat: /reset forgets the conversation, /exit or Ctrl-D quits", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            if interactive:
+                print()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return 0
+        if text == "/reset":
+            session.reset()
+            continue
+        session.reply(text, on_text=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from model.chat import generate_replies, load_chat_model, read_prompts
+
+    prompts = read_prompts(args.prompts)
+    model, tokenizer = load_chat_model(args.model, args.device)
+    rows = generate_replies(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_p,
+                            args.batch_size, args.seed)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.out:
+        Path(args.out).write_text(lines, encoding="utf-8")
+        print(f"wrote {len(rows)} answers to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser, temperature: float) -> None:
+    parser.add_argument("--model", required=True, help="a model artifact dir (e.g. runs/ppo/<fingerprint>)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.9 if temperature > 0 else 1.0)
+    parser.add_argument("--seed", type=int, default=None if temperature > 0 else 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="zero-chatgpt", description=__doc__)
@@ -82,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="full", help="deployment name (default: full)")
     serve.add_argument("--root", default="runs", help="default artifact root of deployment runs")
     serve.set_defaults(handler=_cmd_serve)
+
+    chat = commands.add_parser("chat", help="chat with a trained model (streams tokens; reads stdin until EOF)")
+    _add_sampling_options(chat, temperature=0.7)
+    chat.add_argument("--system", default=None, help="an optional system message")
+    chat.set_defaults(handler=_cmd_chat)
+
+    generate = commands.add_parser("generate", help="answer every prompt of a file (.txt lines or .jsonl `prompt`)")
+    _add_sampling_options(generate, temperature=0.0)
+    generate.add_argument("--prompts", required=True, help="prompt file")
+    generate.add_argument("--out", default=None, help="write JSONL here instead of stdout")
+    generate.add_argument("--batch-size", type=int, default=16)
+    generate.set_defaults(handler=_cmd_generate)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
