@@ -21,7 +21,7 @@ from data_process.token_shards import TokenShards
 from model.build import build_model, count_parameters, resolve_device
 from model.losses import causal_lm_window_loss, token_cross_entropy
 from model.throughput import peak_flops_per_s, training_flops_per_token
-from model.training import train
+from model.training import Parallel, train
 from zero_chatgpt.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
@@ -35,16 +35,26 @@ class RandomWindows:
 
     Windows are drawn from a seeded numpy Generator whose state is this source's `state_dict`, so a resumed
     run reads exactly the batches an uninterrupted one would have read.
+
+    With `world_size` ranks, every rank draws the same global batch of `batch_size * world_size` windows
+    (same seed) and keeps rows `rank * batch_size` onwards: 2 ranks x B/2 train on exactly the windows of
+    1 rank x B, and the data position is the same on every rank (one copy in a checkpoint is enough).
     """
 
-    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, seed: int) -> None:
+    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.shards = shards
         self.batch_size = batch_size
         self.window = seq_len + 1
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = rank, world_size
 
     def next_batch(self) -> torch.Tensor:
-        return torch.from_numpy(self.shards.sample_windows(self.rng, self.batch_size, self.window))
+        if self.world_size == 1:
+            return torch.from_numpy(self.shards.sample_windows(self.rng, self.batch_size, self.window))
+        starts = self.rng.integers(0, len(self.shards) - self.window + 1, size=self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+        return torch.from_numpy(np.stack([self.shards.tokens(int(s), self.window) for s in mine]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -108,6 +118,7 @@ def pretrain(
     seed: int,
     device: str = "auto",
     checkpoint_dir: Path | None = None,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Pretrain a causal LM on `shard_dir`; write the HF model + tokenizer and `metrics.jsonl` to `out_dir`.
 
@@ -116,6 +127,9 @@ def pretrain(
     a temporary artifact dir that is rebuilt on every attempt). The checkpoints are deleted at the end:
     optimizer state triples the size of the artifact and the final model is saved on its own.
 
+    `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each batch
+    and joins checkpoints and the export; rank 0 alone writes `out_dir`.
+
     Returns metrics: val_loss, unigram_val_loss (nats/token), train_loss, tokens_seen, tokens_per_s,
     params, steps, resumed_from, and mfu on a GPU with a known peak.
     """
@@ -123,6 +137,8 @@ def pretrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
+    rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+    is_main_process = rank == 0
     optim, model_cfg = cfg.optim, cfg.model
     _seed_everything(seed)
 
@@ -140,8 +156,11 @@ def pretrain(
     model = build_model(model_cfg, vocab_size, bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     params = count_parameters(model)
-    batches = RandomWindows(train_shards, optim.batch_size, model_cfg.max_seq_len, seed)
-    val_windows = consecutive_val_windows(val_shards, model_cfg.max_seq_len, optim.eval_batches * optim.batch_size)
+    batches = RandomWindows(train_shards, optim.batch_size, model_cfg.max_seq_len, seed, rank, world_size)
+    # Every rank scores the same windows, as many as eval_batches global batches: the same val set for
+    # 1 rank x B and 2 ranks x B/2.
+    val_windows = consecutive_val_windows(val_shards, model_cfg.max_seq_len,
+                                          optim.eval_batches * optim.batch_size * world_size)
     unigram_val_loss = unigram_entropy(val_shards)
     logger.info("pretrain: %s params, %s train / %s val tokens, unigram val loss %.3f nats/token",
                 f"{params:,}", f"{len(train_shards):,}", f"{len(val_shards):,}", unigram_val_loss)
@@ -155,11 +174,16 @@ def pretrain(
         checkpoint_dir=checkpoint_dir,
         eval_fn=make_val_loss_fn(val_windows, optim.batch_size, torch_device),
         metrics_path=out_dir / METRICS_LOG,
+        parallel=parallel,
     )
 
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if parallel is None:
+        model.save_pretrained(out_dir)
+    else:
+        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
+    if is_main_process:
+        tokenizer.save_pretrained(out_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     metrics: dict[str, Any] = {
         "val_loss": result.last_eval["val_loss"],
@@ -174,7 +198,7 @@ def pretrain(
     peak = peak_flops_per_s(torch_device)
     if peak is not None:
         flops_per_token = training_flops_per_token(model.config, params, model_cfg.max_seq_len)
-        metrics["mfu"] = result.tokens_per_s * flops_per_token / peak
+        metrics["mfu"] = result.tokens_per_s * flops_per_token / (peak * world_size)  # tokens/s is global
     logger.info("pretrain done: val_loss %.4f vs unigram %.4f, %.0f tokens/s", metrics["val_loss"],
                 unigram_val_loss, result.tokens_per_s)
     return metrics

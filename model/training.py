@@ -14,8 +14,10 @@ Contracts:
   the number of batches already consumed on resume.
 - `eval_fn(model) -> {name: float}` runs under `torch.no_grad()` in eval mode.
 
-Nothing here assumes a single process except where `is_main_process` says who writes logs and files, so a
-launcher-driven multi-rank run can wrap the model and pass the rank's flag.
+One process is the default. A launcher-driven multi-rank run passes `parallel` (see `model.distributed`):
+it wraps the model (DDP or a DeepSpeed engine) in a `TrainBackend`, and the SAME loop below then calls the
+backend for backward, the optimizer step and checkpoints; the single-process `LocalBackend` does exactly
+what the loop did before backends existed.
 """
 
 from __future__ import annotations
@@ -229,6 +231,134 @@ def evaluate(model: torch.nn.Module, eval_fn: EvalFn, device: torch.device,
         model.train(was_training)
 
 
+# --------------------------------------------------------------------------------------------- backends
+
+
+class TrainBackend(Protocol):
+    """How one optimizer step's work is done: the loop owns the order, the backend owns the mechanics.
+
+    `forward_model` is what `loss_fn` is called with (the model itself, a DDP wrapper or a DeepSpeed engine);
+    `module` is the plain model underneath (for eval and export).
+    """
+
+    forward_model: torch.nn.Module
+    module: torch.nn.Module
+    autocast_dtype: torch.dtype | None  # None where the backend already runs the model in half precision
+    world_size: int
+    is_main_process: bool
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        """Context around one micro-batch's forward and backward (DDP skips the gradient all-reduce on
+        all but the `last` of an accumulation)."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's mean `loss` into this optimizer step."""
+        ...
+
+    def step(self) -> torch.Tensor | float | None:
+        """Clip, step optimizer and schedule, zero grads; returns the pre-clip global grad norm (or None)."""
+        ...
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of `values` (shape (n,)) over ranks; unchanged on one rank."""
+        ...
+
+    def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
+        """Save model, optimizer, schedule and `client_state` (step, data position, RNG) for resume."""
+        ...
+
+    def load(self, checkpoint_dir: Path) -> dict[str, Any] | None:
+        """Restore what `save` wrote and return its `client_state`, or None when the dir holds no checkpoint."""
+        ...
+
+
+class LocalBackend:
+    """Plain PyTorch: GradScaler for fp16, clip-grad-norm, `optimizer.step`. One process, or one DDP rank
+    when `wrapped` is a `DistributedDataParallel` around `model` (torch checkpoints, written by rank 0)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, optim: OptimConfig, device: torch.device,
+                 dtype: torch.dtype | None, wrapped: torch.nn.Module | None = None, world_size: int = 1,
+                 is_main_process: bool = True) -> None:
+        self.module = model
+        self.forward_model = wrapped if wrapped is not None else model
+        self.optimizer, self.scheduler, self.optim = optimizer, scheduler, optim
+        self.device = device
+        self.autocast_dtype = dtype
+        self.world_size, self.is_main_process = world_size, is_main_process
+        # Loss scaling is only needed for fp16; disabled, the scaler passes everything through.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        if last or not hasattr(self.forward_model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.forward_model.no_sync()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss / self.optim.grad_accum).backward()
+
+    def step(self) -> torch.Tensor | None:
+        if self.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.optim.grad_clip)
+        else:
+            grad_norm = None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return values
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        return values / self.world_size
+
+    def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
+        if not self.is_main_process:
+            return  # DDP ranks hold identical weights and optimizer states: one copy is enough
+        save_checkpoint(checkpoint_dir, {
+            **client_state,
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        })
+
+    def load(self, checkpoint_dir: Path) -> dict[str, Any] | None:
+        state = load_checkpoint(checkpoint_dir, map_location=self.device)
+        if state is None:
+            return None
+        self.module.load_state_dict(state.pop("model"))
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.scheduler.load_state_dict(state.pop("scheduler"))
+        self.scaler.load_state_dict(state.pop("scaler"))
+        return state
+
+
+class Parallel(Protocol):
+    """A multi-rank run (`model.distributed`): who this rank is, and how to wrap a model for training."""
+
+    rank: int
+    world_size: int
+    is_main_process: bool
+
+    def backend(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, optim: OptimConfig, device: torch.device,
+                dtype: torch.dtype | None) -> TrainBackend: ...
+
+    def save_pretrained(self, model: torch.nn.Module, out_dir: Path, checkpoint_dir: Path) -> None:
+        """After `train`, on every rank: rank 0 writes the full trained weights as an HF checkpoint."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
 def train(
     model: torch.nn.Module,
     batches: BatchSource | Iterable[Batch] | Callable[[], Batch],
@@ -240,12 +370,17 @@ def train(
     metrics_path: str | Path | None = None,
     log_every: int = 10,
     is_main_process: bool = True,
+    parallel: Parallel | None = None,
 ) -> TrainResult:
     """Train `model` for `optim.max_steps` optimizer steps; resume from `checkpoint_dir` when it holds one.
 
     Each optimizer step consumes `optim.grad_accum` micro-batches from `batches`. Evaluation runs every
     `optim.eval_every` steps and after the last; a checkpoint is saved every `optim.checkpoint_every`
     steps (not after the last: the caller exports the final model itself).
+
+    With `parallel` (one call per rank, all ranks together), `batches` must yield this rank's share of
+    the global batch; the logged loss and metrics are means over ranks and token counts are global.
+    `is_main_process` is then taken from `parallel`.
     """
     device = torch.device(device)
     model.to(device)
@@ -254,17 +389,18 @@ def train(
     dtype = autocast_dtype(optim.precision, device)
     optimizer = make_optimizer(model, optim, device)
     scheduler = make_scheduler(optimizer, optim)
-    # Loss scaling is only needed for fp16; disabled, the scaler passes everything through.
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if parallel is None:
+        backend: TrainBackend = LocalBackend(model, optimizer, scheduler, optim, device, dtype,
+                                             is_main_process=is_main_process)
+    else:
+        backend = parallel.backend(model, optimizer, scheduler, optim, device, dtype)
+        is_main_process = parallel.is_main_process
+    dtype = backend.autocast_dtype
     log = MetricsLog(metrics_path, enabled=is_main_process)
 
     start_step, tokens_seen = 0, 0
-    state = load_checkpoint(checkpoint_dir, map_location=device) if checkpoint_dir is not None else None
+    state = backend.load(Path(checkpoint_dir)) if checkpoint_dir is not None else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         source.load_state_dict(state["data"])
         restore_rng_states(state["rng"])
         start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
@@ -282,25 +418,20 @@ def train(
         loss_sum = torch.zeros((), device=device)
         metric_sums: dict[str, Any] = {}
         step_tokens = 0
-        for _ in range(optim.grad_accum):
+        for micro in range(optim.grad_accum):
             batch = to_device(source.next_batch(), device)
-            with autocast(device, dtype):
-                loss, metrics = loss_fn(model, batch)
-            scaler.scale(loss / optim.grad_accum).backward()
+            with backend.micro_batch(last=micro + 1 == optim.grad_accum):
+                with autocast(device, dtype):
+                    loss, metrics = loss_fn(backend.forward_model, batch)
+                backend.backward(loss)
             loss_sum += loss.detach().float()
             metrics = dict(metrics)
             step_tokens += int(metrics.pop("tokens", 0)) or count_batch_tokens(batch)
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
-        if optim.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        else:
-            grad_norm = None
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = backend.step()
+        if backend.world_size > 1:
+            loss_sum, step_tokens, metric_sums = _mean_over_ranks(backend, loss_sum, step_tokens, metric_sums)
         loss_value = loss_sum.item() / optim.grad_accum  # one device sync per step
         seconds = time.perf_counter() - started
         if not math.isfinite(loss_value):
@@ -322,26 +453,23 @@ def train(
 
         last = step + 1 == optim.max_steps
         if eval_fn is not None and ((step + 1) % optim.eval_every == 0 or last):
-            last_eval = evaluate(model, eval_fn, device, dtype)
+            last_eval = evaluate(backend.module, eval_fn, device, dtype)
             log.write({"step": step + 1, **last_eval})
             if is_main_process:
                 logger.info("step %d eval %s", step + 1, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-        if checkpoint_dir is not None and is_main_process and (step + 1) % optim.checkpoint_every == 0 and not last:
-            save_checkpoint(checkpoint_dir, {
+        if checkpoint_dir is not None and (step + 1) % optim.checkpoint_every == 0 and not last:
+            backend.save(Path(checkpoint_dir), {
                 "step": step + 1,
                 "tokens_seen": tokens_seen,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
                 "data": source.state_dict(),
                 "rng": rng_states(),
             })
-            logger.info("saved checkpoint at step %d", step + 1)
+            if is_main_process:
+                logger.info("saved checkpoint at step %d", step + 1)
     progress.close()
     if eval_fn is not None and not last_eval:
         # Nothing left to train (a checkpoint at or past max_steps): the caller still gets final eval numbers.
-        last_eval = evaluate(model, eval_fn, device, dtype)
+        last_eval = evaluate(backend.module, eval_fn, device, dtype)
 
     return TrainResult(
         steps=optim.max_steps,
@@ -351,6 +479,17 @@ def train(
         resumed_from=start_step,
         last_eval=last_eval,
     )
+
+
+def _mean_over_ranks(backend: TrainBackend, loss_sum: torch.Tensor, step_tokens: int,
+                     metric_sums: dict[str, Any]) -> tuple[torch.Tensor, int, dict[str, Any]]:
+    """One all-reduce for the step's log record: loss and metrics averaged over ranks, tokens summed."""
+    keys = sorted(metric_sums)  # every rank runs the same loss_fn, so the keys agree
+    packed = torch.tensor([_as_float(loss_sum), float(step_tokens), *(_as_float(metric_sums[k]) for k in keys)],
+                          dtype=torch.float64, device=loss_sum.device)
+    means = backend.all_reduce_mean(packed)
+    tokens = int(round(means[1].item() * backend.world_size))
+    return means[0], tokens, {key: means[2 + i] for i, key in enumerate(keys)}
 
 
 def _progress_bar(start_step: int, max_steps: int, enabled: bool):
