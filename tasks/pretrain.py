@@ -8,7 +8,7 @@ from typing import Any
 from model.distributed import needs_launcher
 from model.launch import launch_stage
 from model.pretrain import pretrain
-from tasks.stage import StageSpec, _logger, resume_dir, run_stage, stage_task
+from tasks.stage import StageSpec, stage_logger, resume_dir, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 PRETRAIN = StageSpec("pretrain", version="1", config_keys=("pretrain",),
@@ -27,7 +27,7 @@ def pretrain_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
             # Several ranks: a launcher subprocess whose output streams into this task's log.
             return launch_stage("pretrain", cfg.pretrain, {"shard_dir": shard_dir, "tokenizer_dir": tokenizer_dir},
                                 out_dir, cfg.run.seed, cfg.run.device, checkpoint_dir, cfg.resources,
-                                on_line=_logger().info)
+                                on_line=stage_logger().info)
         return pretrain(cfg.pretrain, shard_dir, tokenizer_dir, out_dir, cfg.run.seed, cfg.run.device,
                         checkpoint_dir=checkpoint_dir)
 

@@ -99,7 +99,12 @@ def run_stage(
     missing = set(spec.upstream) - set(upstream)
     if missing:
         raise ValueError(f"stage {spec.name} needs upstream artifacts {sorted(missing)}")
-    logger = _logger()
+    logger = stage_logger()
+    threads = config.get("resources", {}).get("torch_threads")
+    if threads:
+        import torch  # only stages that train or generate care, and they have torch loaded already
+
+        torch.set_num_threads(int(threads))
     result = build_artifact(
         stage=spec.name,
         version=spec.version,
@@ -117,7 +122,8 @@ def run_stage(
     return {**result.record(), "status": result.status}
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def stage_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a task (lines show in the UI), else a plain logger."""
     try:
         return get_run_logger()
     except Exception:  # outside a Prefect run (a script calling the task's .fn): plain logging

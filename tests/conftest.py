@@ -10,8 +10,13 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="zcg-prefect-home-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny test models run ~10x slower on 2 torch threads than on 1 when anything else uses the other core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

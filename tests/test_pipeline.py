@@ -138,3 +138,27 @@ def test_broken_jsonl_rows_are_quarantined_and_no_good_row_is_lost(tmp_path):
     assert sorted(row["id"] for row in kept) == sorted(f"g{i}" for i in range(12))
     rejected = pq.read_table(clean_dir / "rejected.parquet").to_pylist()
     assert sorted(row["line"] for row in rejected if row["rule"] == "quarantine") == [7, 8, 9, 10, 11]
+
+
+def test_report_card_and_metric_table_are_published_to_prefect(tiny_root):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    root, latest, _ = tiny_root
+    report = json.loads((Path(latest["report"]["path"]) / "report.json").read_text(encoding="utf-8"))
+    assert set(report["stages"]) == set(PIPELINE_STAGES) - {"report"}
+    keys = ["zero-chatgpt-report-card", "zero-chatgpt-stage-metrics"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        runs_of_this_root = {}
+        for artifact in artifacts:
+            flow_run = client.read_flow_run(artifact.flow_run_id)
+            if flow_run.parameters.get("root") == str(root):
+                runs_of_this_root.setdefault(artifact.flow_run_id, {})[artifact.key] = artifact
+    assert runs_of_this_root, "no report artifacts belong to a flow run of this root"
+    published = next(iter(runs_of_this_root.values()))
+    assert set(published) == set(keys)
+    assert "report card" in published["zero-chatgpt-report-card"].data
+    table = published["zero-chatgpt-stage-metrics"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert {row["stage"] for row in table} == set(PIPELINE_STAGES) - {"report"}

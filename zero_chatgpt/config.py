@@ -362,6 +362,9 @@ class ResourcesConfig(Section):
     task_runner: Literal["processes", "threads", "dask", "ray"] = "processes"
     workers: int | None = Field(None, ge=1, description="parallel data workers; defaults to the CPU count")
     address: str | None = Field(None, description="Dask scheduler or Ray cluster address for data stages")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for in-process torch work; unset keeps torch's default. Small models on "
+        "a busy CPU often run faster on 1 thread than on all cores")
     ranks: int = Field(
         1, ge=1, description="training processes per node (one per GPU; CPU ranks for tests); > 1, nodes > 1 or "
         "a hostfile run training stages through the launcher, 1 trains in the task's own process")

@@ -1,0 +1,51 @@
+"""The report card is built from manifests alone: metrics, lineage and curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zero_chatgpt.artifacts import build_artifact
+from zero_chatgpt.report import build_report, render_markdown
+
+
+def make_stage(root, stage, metrics, curve, upstream=None):
+    def body(out_dir):
+        with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as handle:
+            for record in curve:
+                handle.write(json.dumps(record) + "\n")
+            handle.write('{"step": 99, "loss"')  # a half-written last line from a killed run
+        return metrics
+
+    return build_artifact(stage, "1", {"k": stage}, upstream or {}, 0, root, body)
+
+
+def test_report_has_metrics_lineage_and_plots(tmp_path):
+    pretrain = make_stage(tmp_path, "pretrain", {"val_loss": 2.5, "unigram_val_loss": 5.0, "table": {"x": 1}},
+                          [{"step": s, "loss": 6 - s} for s in range(1, 5)] + [{"step": 4, "val_loss": 2.5}])
+    ppo = make_stage(tmp_path, "ppo", {"reward_before": 0.1, "reward_after": 0.4, "kl": 1.2},
+                     [{"step": s, "reward": 0.1 * s, "kl": 0.2 * s} for s in range(1, 4)],
+                     upstream={"pretrain": pretrain.record()})
+    out = tmp_path / "report"
+    metrics = build_report({"pretrain": Path(pretrain.path), "ppo": Path(ppo.path)}, out)
+    assert metrics == {"stages": 2, "plots": 2}
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["pretrain"]["metrics"] == {"val_loss": 2.5, "unigram_val_loss": 5.0}
+    assert report["stages"]["ppo"]["upstream"] == {"pretrain": pretrain.fingerprint}
+    assert sorted(report["plots"]) == ["ppo_reward_kl.png", "pretrain_loss_val_loss.png"]
+    for name in report["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text()
+    assert "reward_after = 0.4" in markdown and pretrain.fingerprint[:12] in markdown
+    with_status = render_markdown(report, {"ppo": {"status": "cached", "seconds": 0.5}})
+    assert "| ppo | cached | 0.5 |" in with_status
+
+
+def test_missing_manifest_is_named(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="half.*not a finished sft artifact"):
+        build_report({"sft": tmp_path / "half"}, tmp_path / "out")
+
+
