@@ -36,6 +36,7 @@ import torch
 
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from zero_chatgpt.config import OptimConfig
+from zero_chatgpt.progress import report_progress
 
 logger = logging.getLogger(__name__)
 
@@ -447,6 +448,7 @@ def train(
         record.update({key: _as_float(value) / optim.grad_accum for key, value in metric_sums.items()})
         log.write(record)
         progress.update(1)
+        report_progress(step + 1, optim.max_steps)
         if is_main_process and ((step + 1) % log_every == 0 or step == start_step):
             logger.info("step %d/%d loss %.4f lr %.2e %.0f tokens/s", step + 1, optim.max_steps, loss_value, lr,
                         record["tokens_per_s"])

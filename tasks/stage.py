@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from prefect import task
 from prefect.context import TaskRunContext
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete
+from zero_chatgpt.progress import listening_to_progress
 
 
 @dataclass(frozen=True)
@@ -105,21 +108,45 @@ def run_stage(
         import torch  # only stages that train or generate care, and they have torch loaded already
 
         torch.set_num_threads(int(threads))
-    result = build_artifact(
-        stage=spec.name,
-        version=spec.version,
-        config=spec.config_section(config),
-        upstream={name: upstream[name] for name in spec.upstream},
-        seed=int(config["run"]["seed"]),
-        root=root,
-        body=body,
-        force=force,
-    )
+    with listening_to_progress(_progress_artifact(spec.name)):
+        result = build_artifact(
+            stage=spec.name,
+            version=spec.version,
+            config=spec.config_section(config),
+            upstream={name: upstream[name] for name in spec.upstream},
+            seed=int(config["run"]["seed"]),
+            root=root,
+            body=body,
+            force=force,
+        )
     if result.status == "cached":
         logger.info("%s: reusing artifact %s", spec.name, result.path)
     else:
         logger.info("%s: built %s in %.1fs; metrics %s", spec.name, result.path, result.seconds, result.metrics)
     return {**result.record(), "status": result.status}
+
+
+def _progress_artifact(stage: str, min_step: float = 0.02, min_seconds: float = 5.0) -> Callable[[float], None]:
+    """A listener that shows the stage's progress as a Prefect progress artifact, created on the first report
+    and updated at most every `min_seconds` or `min_step` of progress (each update is an API call)."""
+    state = {"id": None, "shown": 0.0, "at": 0.0}
+
+    def listen(fraction: float) -> None:
+        now = time.monotonic()
+        if state["id"] is not None and fraction < 1.0 and (
+                fraction - state["shown"] < min_step or now - state["at"] < min_seconds):
+            return
+        try:
+            if state["id"] is None:
+                state["id"] = create_progress_artifact(progress=100.0 * fraction, description=f"{stage} progress")
+            else:
+                update_progress_artifact(state["id"], progress=100.0 * fraction)
+        except Exception as err:  # no API (a script outside a run): progress is a nicety, never a failure
+            stage_logger().debug("progress artifact not updated: %s", err)
+            return
+        state["shown"], state["at"] = fraction, now
+
+    return listen
 
 
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -162,3 +162,13 @@ def test_report_card_and_metric_table_are_published_to_prefect(tiny_root):
     table = published["zero-chatgpt-stage-metrics"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert {row["stage"] for row in table} == set(PIPELINE_STAGES) - {"report"}
+
+
+def test_training_stages_publish_progress_artifacts(tiny_root):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    finished = {artifact.description for artifact in progress if artifact.data == 100}
+    assert {"pretrain progress", "sft progress", "train_rm progress"} <= finished, finished
