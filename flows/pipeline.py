@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 from tasks.build_prefs import build_prefs_task
 from tasks.clean import clean_task
 from tasks.dedup import dedup_task
+from tasks.evaluate import evaluate_task
 from tasks.ppo import ppo_task
 from tasks.pretrain import pretrain_task
 from tasks.report import publish_report_task, report_task
@@ -32,7 +33,7 @@ from zero_chatgpt.console import print_stage_row, print_table_header
 
 # Stages this flow runs, in order. Later stages join this list as they are built.
 PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo",
-                   "report")
+                   "evaluate", "report")
 
 
 class PipelineRun:
@@ -111,8 +112,11 @@ def zero_chatgpt(
     prefs = run.stage(build_prefs_task, sft=tuned)
     reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
     policy = run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
+    evaluation = run.stage(evaluate_task, pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward,
+                           ppo=policy)
     report = run.stage(report_task, clean=clean, dedup=dedup, train_tokenizer=tokenizer, shard=shards,
-                       pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward, ppo=policy)
+                       pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward, ppo=policy,
+                       evaluate=evaluation)
     if report is not None:
         publish_report_task(report["path"], run.latest)
     return run.latest

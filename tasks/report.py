@@ -17,7 +17,7 @@ from zero_chatgpt.report import build_report, render_markdown
 
 REPORT = StageSpec("report", version="1", config_keys=("report",),
                    upstream=("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs",
-                             "train_rm", "ppo"))
+                             "train_rm", "ppo", "evaluate"))
 
 
 @stage_task(REPORT)

@@ -22,7 +22,8 @@ FAST = [
     "pretrain.optim.max_steps=12", "pretrain.optim.eval_every=6", "pretrain.optim.checkpoint_every=6",
     "sft.optim.max_steps=6", "sft.optim.eval_every=3", "build_prefs.max_prompts=24", "build_prefs.max_new_tokens=12",
     "train_rm.optim.max_steps=4", "train_rm.optim.eval_every=2", "ppo.optim.max_steps=2", "ppo.rollout_batch_size=8",
-    "ppo.max_new_tokens=8", "ppo.num_eval_prompts=8",
+    "ppo.max_new_tokens=8", "ppo.num_eval_prompts=8", "evaluate.max_prompts=8", "evaluate.max_questions=8",
+    "evaluate.max_new_tokens=8", "evaluate.independent_rm.optim.max_steps=4", "evaluate.num_samples=1",
 ]
 
 
@@ -119,8 +120,8 @@ def test_unknown_stage_and_bad_key_fail_before_any_work(tmp_path, capsys):
 
 def test_broken_jsonl_rows_are_quarantined_and_no_good_row_is_lost(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    good = [f"Document number {i} talks about the river towns of the northern valley in some detail." for i in
-            range(12)]
+    good = [f"Document number {i} talks about the river towns of the northern valley in some detail, and about "
+            f"the markets, bridges and winter festivals that the people of those towns still keep." for i in range(12)]
     lines = [json.dumps({"id": f"g{i}", "text": text}).encode() for i, text in enumerate(good[:6])]
     lines += [b'{"id": "broken", "text": "unterminated', b'{"id": "nofield"}', b'\xff\xfe\xfa not utf-8',
               json.dumps({"id": "empty", "text": "   "}).encode(), json.dumps({"id": "num", "text": 42}).encode()]

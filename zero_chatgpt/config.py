@@ -250,6 +250,8 @@ class BuildPrefsConfig(Section):
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the SFT model")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(32, ge=1, description="prompts sampled together")
+    samples_per_prompt: int = Field(
+        1, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)")
     max_prompts: int | None = Field(
         512, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
     )

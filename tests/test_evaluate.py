@@ -1,0 +1,198 @@
+"""The evaluate stage: its metric functions against hand-computed values, the independent judge's disjoint
+half, KL on identical models, and an end-to-end run on tiny random-init fixture models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
+                             refusal_rate, repeated_ngram_rate, text_statistics, win_rate)
+from model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_prompt_ids, samples_markdown,
+                            seeded_subset, split_pairs_for_independent_judge)
+from model.generation import chat_prompt_ids
+from model.reward import read_pairs, train_reward_model
+from test_train_rm import make_sft_dir, make_tokenizer_dir, rm_config, toy_prompts, write_toy_pairs
+from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
+from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run 100x slower with two OpenMP threads on a busy 2-core machine; one thread is plenty."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- metric functions
+
+
+def test_distinct_n_counts_unique_ngrams_over_all_answers():
+    answers = [["a", "b", "a"], ["a", "b"]]
+    assert distinct_n(answers, 1) == pytest.approx(2 / 5)  # a, b among a b a a b
+    assert distinct_n(answers, 2) == pytest.approx(2 / 3)  # ab, ba, ab
+    assert distinct_n([["x"]], 2) == 0.0
+
+
+def test_repeated_ngram_rate_counts_repeats_within_one_answer():
+    assert repeated_ngram_rate([list("ababab")], 3) == pytest.approx(2 / 4)  # aba bab aba bab
+    # the same 3-gram in two different answers is not a repeat
+    assert repeated_ngram_rate([list("abc"), list("abc")], 3) == 0.0
+    assert repeated_ngram_rate([list("aaaa"), list("xyz")], 3) == pytest.approx(1 / 3)
+    assert repeated_ngram_rate([list("ab")], 3) == 0.0
+
+
+def test_refusals_are_found_in_both_languages():
+    assert is_refusal("I'm sorry, but I cannot help with that.")
+    assert is_refusal("抱歉，我无法回答这个问题。")
+    assert is_refusal("AS AN AI, I have no opinion")
+    assert not is_refusal("The capital of Eldonia is Borfen.")
+    assert refusal_rate(["I don't know.", "Borfen.", "对不起", "好的"]) == 0.5
+    assert refusal_rate([]) == 0.0
+
+
+def test_exact_match_finds_the_answer_string_in_the_reply():
+    assert contains_answer("The capital is Borfen.", "Borfen")
+    assert contains_answer("首都是峦银港。", "峦银港")
+    assert contains_answer("It was founded in １２６４.", "1264")  # full-width digits normalised
+    assert not contains_answer("The capital is Borf.", "Borfen")
+    assert not contains_answer("anything", "  ")
+    assert exact_match_rate(["Borfen it is", "no idea", "Adel"], ["borfen", "Adel", "adel"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 replies for 1 answers"):
+        exact_match_rate(["a", "b"], ["a"])
+
+
+def test_win_rate_counts_ties_as_half():
+    policy, baseline = [1.0, 0.0, 2.0, 3.0], [0.5, 1.0, 2.0, 0.0]
+    assert pairwise_outcomes(policy, baseline) == [1.0, 0.0, 0.5, 1.0]
+    assert win_rate(policy, baseline) == pytest.approx(2.5 / 4)
+    # identical answers tie whatever their (noisy) scores
+    assert pairwise_outcomes(policy, baseline, identical=[True, False, False, False]) == [0.5, 0.0, 0.5, 1.0]
+    assert math.isnan(win_rate([], []))
+
+
+def test_text_statistics_of_token_lists():
+    stats = text_statistics(["ab", "对不起"], [[1, 2], [3, 3, 3, 3]])
+    assert stats["response_tokens"] == 3.0 and stats["response_chars"] == 2.5
+    assert stats["distinct_1"] == pytest.approx(3 / 6) and stats["refusal_rate"] == 0.5
+    assert stats["repeated_3gram_rate"] == pytest.approx(1 / 2)
+
+
+def test_seeded_subset_is_order_independent():
+    rows = [{"id": f"r{i}"} for i in range(20)]
+    picked = seeded_subset(rows, 5, seed=3, purpose="evaluate")
+    shuffled = seeded_subset(list(reversed(rows)), 5, seed=3, purpose="evaluate")
+    assert len(picked) == 5 and {r["id"] for r in picked} == {r["id"] for r in shuffled}
+    assert seeded_subset(rows, None, 3, "evaluate") == rows
+
+
+def test_independent_judge_halves_are_disjoint_by_prompt(tmp_path):
+    pairs = read_pairs(write_toy_pairs(tmp_path / "prefs", toy_prompts(30)) / "pairs.jsonl")
+    train_half, heldout_half = split_pairs_for_independent_judge(pairs, seed=0)
+    assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
+    assert len(train_half) + len(heldout_half) == len(pairs)
+    assert abs(len({p["prompt"] for p in train_half}) - 15) <= 1
+
+
+# ---------------------------------------------------------------------------------- fixture models
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tokenizer, random-init pretrain / sft / ppo models (different seeds), toy pairs and a briefly trained RM."""
+    root = tmp_path_factory.mktemp("evaluate")
+    tokenizer_dir = make_tokenizer_dir(root)
+    prompts = toy_prompts(24)
+    sft = make_sft_dir(root, tokenizer_dir, prompts, seed=0)
+    with open(sft / "sft_val.jsonl", "w", encoding="utf-8") as handle:
+        for number in range(10):
+            handle.write(json.dumps({"id": f"v{number}", "prompt": f"Describe river {number}.",
+                                     "response": "A river.", "source": "toy"}) + "\n")
+    pretrain = make_sft_dir(root / "pretrain_root", tokenizer_dir, prompts, seed=1)
+    ppo = make_sft_dir(root / "ppo_root", tokenizer_dir, prompts, seed=2)
+    prefs = write_toy_pairs(root / "prefs", prompts)
+    rm = root / "rm"
+    train_reward_model(rm_config(max_steps=4, eval_every=4), sft, prefs, rm, seed=0, device="cpu")
+    return {"pretrain": pretrain, "sft": sft, "ppo": ppo, "prefs": prefs, "rm": rm}
+
+
+def test_kl_to_an_identical_model_is_zero_and_generation_is_batched_consistently(dirs):
+    tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
+    model = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
+    twin = copy.deepcopy(model)
+    prompts = chat_prompt_ids(tokenizer, ["Tell me about place 1.", "Hi", "Describe river 3 in detail please."])
+    assert kl_to_reference(model, model, prompts, 5, 1.0, seed=0, batch_size=2) == 0.0
+    assert kl_to_reference(model, twin, prompts, 5, 1.0, seed=0, batch_size=2) == pytest.approx(0.0, abs=1e-4)
+
+    together = generate(model, tokenizer, prompts, 6, IM_END_ID, 0.0, 1.0, seed=0, batch_size=3)
+    alone = [generate(model, tokenizer, [p], 6, IM_END_ID, 0.0, 1.0, seed=0, batch_size=1) for p in prompts]
+    assert together.token_ids == [g.token_ids[0] for g in alone]  # left padding does not change greedy answers
+    assert all(IM_END_ID not in ids for ids in together.token_ids)
+    plain = plain_prompt_ids(tokenizer, ["Where?"], "Q: {question}\nA:")
+    assert plain[0][0] == ENDOFTEXT_ID and tokenizer.decode(plain[0][1:]) == "Q: Where?\nA:"
+
+
+def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path):
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    (task_dir / "toy.jsonl").write_text("".join(
+        json.dumps({"text": f"place {i}", "label": i % 2}) + "\n" for i in range(6)))
+    (task_dir / "toy.json").write_text(json.dumps({"template": "{text} is {option}",
+                                                   "label_words": {"0": "river", "1": "stone"}}))
+    cfg = EvaluateConfig.model_validate({
+        "max_prompts": 6, "max_questions": 8, "max_new_tokens": 6, "batch_size": 4, "num_samples": 2,
+        "sample_prompts": ["Hello | there"], "task_files": [str(task_dir / "*.jsonl")], "few_shot": 1,
+        "task_models": ["ppo", "pretrain"],
+        "independent_rm": {"optim": {"lr": 3e-3, "warmup_steps": 0, "max_steps": 3, "batch_size": 8,
+                                     "eval_every": 3, "checkpoint_every": 100}, "max_seq_len": 64}})
+    out = tmp_path / "eval"
+    metrics = evaluate(cfg, DemoCorpusConfig(num_entities=8, docs_per_entity=1), dirs["pretrain"], dirs["sft"],
+                       dirs["prefs"], dirs["rm"], dirs["ppo"], out, seed=0, device="cpu")
+
+    for key in ("win_rate_vs_sft", "win_rate_vs_sft_independent"):
+        assert 0.0 <= metrics[key] <= 1.0
+    per_model = ("reward", "reward_independent", "kl_to_sft", "response_tokens", "response_chars", "distinct_1",
+                 "distinct_2", "repeated_3gram_rate", "refusal_rate", "exact_match")
+    for key in per_model:
+        assert set(metrics[key]) == set(MODELS), key
+        assert all(isinstance(value, float) for value in metrics[key].values()), key
+    assert metrics["kl_to_sft"]["sft"] == 0.0 and metrics["kl_to_sft"]["ppo"] != 0.0
+    assert all(0 < metrics["response_tokens"][name] <= 6 for name in MODELS)
+    assert set(metrics["exact_match_by_lang"]) == {"en", "zh"}
+    assert metrics["prompts"] == 6 and metrics["questions"] == 8
+
+    toy = metrics["tasks"]["toy"]
+    assert toy["n"] == 5 and toy["chance"] == 0.5 and toy["few_shot"] == 1
+    assert list(toy["accuracy_by_model"]) == ["ppo", "pretrain"]  # as configured, not as the models ran
+    assert toy["accuracy"] == toy["accuracy_by_model"]["ppo"] and toy["accuracy"] in {i / 5 for i in range(6)}
+
+    judge = metrics["independent_rm"]
+    assert judge["steps"] == 3 and judge["train_pairs"] + judge["heldout_pairs"] == 48
+    train_half = read_pairs(out / "independent_rm" / "train_pairs.jsonl")
+    heldout_half = read_pairs(out / "independent_rm" / "heldout_pairs.jsonl")
+    assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
+    assert not (out / "independent_rm" / "model").exists()  # not kept by default
+
+    assert json.loads((out / "eval.json").read_text()) == metrics
+    judged = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]
+    assert len(judged) == 6 and {"sft", "ppo", "reward", "outcome", "outcome_independent"} <= judged[0].keys()
+    assert sum(row["outcome"] for row in judged) / 6 == pytest.approx(metrics["win_rate_vs_sft"])
+    facts = [json.loads(line) for line in (out / "facts.jsonl").read_text().splitlines()]
+    assert len(facts) == 8 and set(facts[0]["replies"]) == set(MODELS)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 1 + 2 + 2 and all(set(row["answers"]) == set(MODELS) for row in samples)
+    table = (out / "samples.md").read_text()
+    assert "| kind | prompt | reference | pretrain | sft | ppo |" in table and "Hello \\| there" in table
+
+
+def test_samples_markdown_escapes_cells():
+    table = samples_markdown([{"kind": "fixed", "prompt": "a|b\nc", "reference": None,
+                               "answers": {"pretrain": "", "sft": "x", "ppo": "y"}}])
+    assert "| fixed | a\\|b<br>c | (empty) | (empty) | x | y |" in table
