@@ -23,13 +23,6 @@ from zero_chatgpt.config import ModelConfig
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zh_eval"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run 100x slower with two OpenMP threads on a busy 2-core machine; one thread is plenty."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

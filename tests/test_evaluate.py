@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
@@ -22,13 +21,6 @@ from test_train_rm import make_sft_dir, make_tokenizer_dir, rm_config, toy_promp
 from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run 100x slower with two OpenMP threads on a busy 2-core machine; one thread is plenty."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------- metric functions
