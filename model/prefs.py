@@ -2,8 +2,9 @@
 
 For each held-out RLHF prompt of the sft artifact (`rlhf_prompts.jsonl`) the SFT model writes an answer
 (batched, KV-cached sampling); the pair is `chosen` = the reference answer, `rejected` = the model's answer,
-as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. A pair
-whose two sides are equal after stripping whitespace carries no preference and is dropped (counted).
+as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. Each prompt
+is sampled `samples_per_prompt` times. A pair whose two sides are equal after stripping whitespace carries no
+preference and is dropped (counted), and so is a repeat of an earlier pair (counted).
 User-supplied pairs from `data.pref_sources` are merged in with their file as `source`; their bad rows go
 to `rejected.jsonl`.
 
@@ -92,6 +93,18 @@ def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
     return pairs, quarantined
 
 
+def _without_repeats(pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """(pairs, count dropped): a (prompt, chosen, rejected) triple seen before (a prompt sampled twice to the
+    same answer) is kept once, so it does not weigh double in the reward model's loss."""
+    seen, kept = set(), []
+    for pair in pairs:
+        key = (pair["prompt"], pair["chosen"].strip(), pair["rejected"].strip())
+        if key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return kept, len(pairs) - len(kept)
+
+
 def _mean_chars(pairs: list[dict[str, Any]], side: str) -> float:
     return sum(len(pair[side]) for pair in pairs) / len(pairs) if pairs else 0.0
 
@@ -107,7 +120,7 @@ def build_prefs(
 ) -> dict[str, Any]:
     """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs.
 
-    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, quarantined, prompts,
+    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, dropped_repeated, quarantined, prompts,
     mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens, unfinished.
     """
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
@@ -126,14 +139,17 @@ def build_prefs(
     if prompt_rows:
         tokenizer = AutoTokenizer.from_pretrained(sft_dir)
         model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).to(torch_device)
-        answers, stats = generate_answers(model, tokenizer, [row["prompt"] for row in prompt_rows], cfg, seed,
+        # Each prompt is asked `samples_per_prompt` times: more pairs for the reward model without more prompts.
+        repeated = [row for row in prompt_rows for _ in range(cfg.samples_per_prompt)]
+        answers, stats = generate_answers(model, tokenizer, [row["prompt"] for row in repeated], cfg, seed,
                                           torch_device)
         sampled = [{"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
-                    "source": SAMPLED_SOURCE} for row, answer in zip(prompt_rows, answers)]
+                    "source": SAMPLED_SOURCE} for row, answer in zip(repeated, answers)]
 
     candidates = sampled + user_pairs
     pairs = [pair for pair in candidates if pair["chosen"].strip() != pair["rejected"].strip()]
     dropped_identical = len(candidates) - len(pairs)
+    pairs, dropped_repeated = _without_repeats(pairs)
     if not pairs:
         raise ValueError(f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
                          f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs dropped)")
@@ -145,6 +161,7 @@ def build_prefs(
         "sampled_pairs": sampled_pairs,
         "user_pairs": len(pairs) - sampled_pairs,
         "dropped_identical": dropped_identical,
+        "dropped_repeated": dropped_repeated,
         "quarantined": len(quarantined),
         "prompts": len(prompt_rows),
         "mean_chosen_chars": _mean_chars(pairs, "chosen"),

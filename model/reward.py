@@ -35,6 +35,7 @@ PAIRS_FILE = "pairs.jsonl"
 CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 PAIR_KEYS = ("prompt", "chosen", "rejected")
+MISMATCHED_SOURCE = "mismatched_reference"
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -130,6 +131,34 @@ def split_by_prompt(pairs: list[dict[str, str]], val_fraction: float, seed: int)
     train_pairs = [pair for pair in pairs if pair["prompt"] not in val_prompts]
     val_pairs = [pair for pair in pairs if pair["prompt"] in val_prompts]
     return train_pairs, val_pairs
+
+
+def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int) -> list[dict[str, str]]:
+    """Extra pairs whose rejected answer is the reference answer of another prompt of `pairs`.
+
+    For each distinct prompt, `per_prompt` pairs (chosen = its first pair's `chosen`, rejected = the `chosen`
+    of a seeded random other prompt with a different text). A fluent, correct-looking answer to another
+    question is still wrong: the sampled pairs alone teach that too slowly to a small model. Built from
+    training pairs only, so held-out prompts and answers never reach training.
+    """
+    references: dict[str, str] = {}
+    for pair in pairs:
+        references.setdefault(pair["prompt"], pair["chosen"])
+    prompts = list(references)
+    if per_prompt == 0 or len(prompts) < 2:
+        return []
+    rng = random.Random(seed)
+    extra = []
+    for prompt in prompts:
+        for _ in range(per_prompt):
+            # A few draws find another answer unless (nearly) all references are the same text: then skip.
+            for _attempt in range(8):
+                other = rng.choice(prompts)
+                if references[other].strip() != references[prompt].strip():
+                    extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
+                                  "source": MISMATCHED_SOURCE})
+                    break
+    return extra
 
 
 def encode_answer(tokenizer, prompt: str, answer: str, max_seq_len: int) -> list[int]:
@@ -259,10 +288,12 @@ def train_reward_model(
 ) -> dict[str, Any]:
     """Train a reward model on `prefs_dir/pairs.jsonl` from the SFT model in `sft_dir`; save it to `out_dir`.
 
-    Pairs are split by prompt (`cfg.val_fraction` of prompts held out). Resume checkpoints go to
+    Pairs are split by prompt (`cfg.val_fraction` of prompts held out); training pairs get
+    `cfg.mismatched_per_prompt` extra pairs per prompt (`mismatched_pairs`). Resume checkpoints go to
     `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end). Returns metrics: val_accuracy,
     length_baseline_accuracy, val_loss, reward_margin (mean chosen - rejected score on held-out pairs),
-    train_pairs, val_pairs, frozen_layers, train_loss, steps, resumed_from, params.
+    train_pairs (from pairs.jsonl), mismatched_pairs (added), val_pairs, frozen_layers, train_loss, steps,
+    resumed_from, params.
     """
     sft_dir, prefs_dir, out_dir = Path(sft_dir), Path(prefs_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,19 +308,21 @@ def train_reward_model(
         raise ValueError(f"{prefs_dir / PAIRS_FILE}: all {len(pairs)} pairs share one prompt; "
                          "held-out accuracy needs pairs from at least two prompts")
 
+    extra_pairs = mismatched_pairs(train_pairs, cfg.mismatched_per_prompt, seed)
+
     def encode(rows: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
         return [(encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.max_seq_len),
                  encode_answer(tokenizer, row["prompt"], row["rejected"], cfg.max_seq_len)) for row in rows]
 
-    train_encoded, val_encoded = encode(train_pairs), encode(val_pairs)
+    train_encoded, val_encoded = encode(train_pairs + extra_pairs), encode(val_pairs)
     batch_size = cfg.optim.batch_size
     val_batches = [pair_batch(val_encoded[i: i + batch_size]) for i in range(0, len(val_encoded), batch_size)]
 
     model = load_reward_model(sft_dir)
     frozen_layers = freeze_lower_layers(model, cfg.freeze_fraction)
     params = count_parameters(model)
-    logger.info("train_rm: %d train / %d val pairs, %s params, %d lowest layers frozen", len(train_pairs),
-                len(val_pairs), f"{params:,}", frozen_layers)
+    logger.info("train_rm: %d train (+%d mismatched) / %d val pairs, %s params, %d lowest layers frozen",
+                len(train_pairs), len(extra_pairs), len(val_pairs), f"{params:,}", frozen_layers)
 
     result = train(
         model,
@@ -312,6 +345,7 @@ def train_reward_model(
         **{key: result.last_eval[key] for key in ("val_accuracy", "val_loss", "reward_margin")},
         "length_baseline_accuracy": length_baseline_accuracy(val_encoded),
         "train_pairs": len(train_pairs),
+        "mismatched_pairs": len(extra_pairs),
         "val_pairs": len(val_pairs),
         "frozen_layers": frozen_layers,
         "train_loss": result.train_loss,

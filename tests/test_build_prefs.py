@@ -21,7 +21,8 @@ from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, ModelConfig,
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
 SEED = 3
 NUM_PROMPTS = 20
-CFG = BuildPrefsConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, batch_size=8, max_prompts=16)
+CFG = BuildPrefsConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, batch_size=8, max_prompts=16,
+                       samples_per_prompt=1)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def test_pairs_from_sampled_answers(first_run, sft_dir):
         assert key in metrics, key
     assert json.loads(json.dumps(metrics)) == metrics
     assert metrics["prompts"] == CFG.max_prompts
-    assert metrics["pairs"] == len(pairs) == CFG.max_prompts - metrics["dropped_identical"]
+    dropped = metrics["dropped_identical"] + metrics["dropped_repeated"]
+    assert metrics["pairs"] == len(pairs) == CFG.max_prompts - dropped
     assert metrics["sampled_pairs"] == metrics["pairs"] and metrics["user_pairs"] == 0
     assert metrics["tokens_per_s"] > 0 and metrics["generated_tokens"] > 0
     references = {row["id"]: row for row in read_jsonl(sft_dir / RLHF_PROMPTS)}
@@ -96,6 +98,18 @@ def test_identical_pairs_are_dropped_and_counted(first_run, sft_dir, tmp_path):
     assert again["pairs"] == metrics["pairs"] - 3
     kept = {pair["id"] for pair in read_jsonl(tmp_path / "out" / PAIRS)}
     assert not kept & set(targets)
+
+
+def test_several_samples_per_prompt_give_several_distinct_pairs(sft_dir, tmp_path):
+    cfg = CFG.model_copy(update={"max_prompts": 4, "samples_per_prompt": 3})
+    metrics = build_prefs(cfg, [], DEMO, sft_dir, tmp_path / "out", seed=SEED, device="cpu")
+    pairs = read_jsonl(tmp_path / "out" / PAIRS)
+    assert metrics["prompts"] == 4
+    assert len(pairs) + metrics["dropped_identical"] + metrics["dropped_repeated"] == 4 * 3
+    assert len(pairs) > 4  # an untrained model at temperature 1 rarely says the same thing twice
+    triples = [(pair["prompt"], pair["chosen"], pair["rejected"].strip()) for pair in pairs]
+    assert len(set(triples)) == len(triples)
+    assert len({pair["id"] for pair in pairs}) <= 4
 
 
 def test_user_pairs_are_merged_and_bad_rows_quarantined(sft_dir, tmp_path):

@@ -146,7 +146,48 @@ def test_ppo_options_fail_clearly(dirs, tmp_path):
 
 
 def test_ppo_with_ema_and_adaptive_kl_runs(dirs, tmp_path):
-    metrics = ppo(ppo_config(ema_decay=0.5, adaptive_kl=True, target_kl=0.01, optim=dict(lr=3e-3, max_steps=2)),
-                  dirs["sft"], dirs["rm"], tmp_path / "ema", seed=0, device="cpu")
+    cfg = ppo_config(ema_decay=0.5, adaptive_kl=True, target_kl=0.01, optim=dict(lr=3e-3, max_steps=2))
+    metrics = ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "ema", seed=0, device="cpu")
     assert metrics["steps"] == 2
-    assert metrics["final_kl_coef"] != 0.05  # the controller moved it
+    assert metrics["final_kl_coef"] != cfg.kl_coef  # the controller moved it
+
+
+@torch.no_grad()
+def _exact_two_token_kl(actor, reference, prompt: list[int]) -> float:
+    """KL(actor || reference) of whole 2-token answers to one prompt, by enumerating the first token.
+
+    Sequence KL = KL of the first token + E over first tokens (not EOS) of the KL of the second one.
+    """
+    def next_token_log_probs(model, rows: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(model(input_ids=rows).logits[:, -1].float(), dim=-1)
+
+    def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+        return (p_log.exp() * (p_log - q_log)).sum(dim=-1)
+
+    ids = torch.tensor([prompt])
+    first_p, first_q = next_token_log_probs(actor, ids)[0], next_token_log_probs(reference, ids)[0]
+    vocab = first_p.numel()
+    extended = torch.cat([ids.expand(vocab, -1), torch.arange(vocab)[:, None]], dim=1)
+    second = kl(next_token_log_probs(actor, extended), next_token_log_probs(reference, extended))
+    second[IM_END_ID] = 0.0  # the answer ends at EOS: no second token
+    return float(kl(first_p, first_q) + (first_p.exp() * second).sum())
+
+
+def test_held_out_kl_estimates_the_per_sequence_kl(dirs):
+    """`evaluate_policy`'s kl (what is compared with target_kl) is the KL of whole answers, summed over their
+    tokens: checked against the exact value for 2-token answers, where the first token can be enumerated."""
+    tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
+    reference = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
+    actor = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
+    with torch.no_grad():
+        actor.model.norm.weight.mul_(8.0)  # sharper next-token distributions: a policy some way from the reference
+    prompts = chat_prompt_ids(tokenizer, toy_prompts(4))
+    exact = sum(_exact_two_token_kl(actor, reference, prompt) for prompt in prompts) / len(prompts)
+    cfg = ppo_config(max_new_tokens=2, rollout_batch_size=256, temperature=1.0, top_p=1.0)
+    no_reward = lambda sequences, attention_mask: torch.zeros(sequences.size(0))  # noqa: E731
+    estimate = ppo_stage.evaluate_policy(actor, reference, no_reward, prompts * 128, cfg, torch.device("cpu"),
+                                         None, seed=0)
+    assert exact > 0.1  # the check below would be vacuous for two near-identical policies
+    assert estimate["kl"] == pytest.approx(exact, rel=0.15)
+    same = ppo_stage.evaluate_policy(reference, reference, no_reward, prompts[:2], cfg, torch.device("cpu"), None, 0)
+    assert same["kl"] == 0.0

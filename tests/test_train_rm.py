@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.build import build_model
-from model.reward import (ShuffledBatches, encode_answer, pair_batch, read_pairs, sequence_scores, split_by_prompt,
-                          train_reward_model)
+from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, pair_batch, read_pairs, sequence_scores,
+                          split_by_prompt, train_reward_model)
 from tokenizer.toy_corpus import toy_documents, write_corpus_parts
 from tokenizer.train import train_tokenizer
 from zero_chatgpt.config import ModelConfig, TrainRmConfig, TrainTokenizerConfig
@@ -99,6 +99,19 @@ def test_split_by_prompt_keeps_each_prompt_on_one_side():
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
     assert len({p["prompt"] for p in val}) == 2
     assert split_by_prompt(pairs, 0.2, seed=3) == (train, val)
+
+
+def test_mismatched_pairs_reject_another_prompts_reference():
+    pairs = [{"prompt": f"q{i % 6}", "chosen": f"answer {i % 6}", "rejected": f"sampled {i}"} for i in range(18)]
+    pairs.append({"prompt": "q6", "chosen": "answer 0", "rejected": "x"})  # same reference text as q0
+    extra = mismatched_pairs(pairs, 2, seed=5)
+    assert len(extra) == 7 * 2
+    references = {"q6": "answer 0", **{f"q{i}": f"answer {i}" for i in range(6)}}
+    for pair in extra:
+        assert pair["chosen"] == references[pair["prompt"]]
+        assert pair["rejected"] in references.values() and pair["rejected"] != pair["chosen"]
+    assert mismatched_pairs(pairs, 2, seed=5) == extra
+    assert mismatched_pairs(pairs, 0, seed=5) == [] and mismatched_pairs(pairs[:1], 3, seed=5) == []
 
 
 def test_shuffled_batches_resume_exactly():

@@ -250,20 +250,26 @@ class BuildPrefsConfig(Section):
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the SFT model")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(32, ge=1, description="prompts sampled together")
+    # tiny: 2 samples of all ~1360 RLHF prompts (~2700 pairs) lift held-out RM accuracy from ~0.77 (512 pairs)
+    # to ~0.93; more samples or a higher temperature made it no better on temperature-1 answers.
     samples_per_prompt: int = Field(
-        1, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)")
+        2, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)")
     max_prompts: int | None = Field(
-        512, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
+        None, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
     )
 
 
 class TrainRmConfig(Section):
     """Reward model with a scalar head, pairwise loss."""
 
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=200))
+    # tiny: ~4 epochs over ~2450 training pairs; lr 5e-4 overfits sooner (held-out accuracy 0.915 vs 0.93).
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=10, max_steps=600))
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of prompts whose pairs are held out")
     max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
+    mismatched_per_prompt: int = Field(
+        0, ge=0, description="extra training pairs per training prompt whose rejected answer is another training "
+        "prompt's reference answer (held-out pairs are never augmented)")
 
 
 class PpoConfig(Section):
@@ -281,7 +287,8 @@ class PpoConfig(Section):
     max_prompt_tokens: int = Field(128, ge=4, description="longer chat prompts keep their end")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature of rollouts")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling of rollouts")
-    kl_coef: float = Field(0.05, ge=0.0, description="per-token KL penalty weight (initial value when adaptive)")
+    # tiny: 0.2 let the held-out KL reach 6.3 nats in 40 steps (bound 6); 0.4 keeps it near 3.4.
+    kl_coef: float = Field(0.4, ge=0.0, description="per-token KL penalty weight (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="move kl_coef so the observed KL approaches target_kl")
     kl_horizon: int = Field(10000, ge=1, description="adaptive KL: rollouts over which kl_coef adapts")
     target_kl: float = Field(6.0, gt=0.0, description="bound on mean per-sequence KL to the reference")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.token_shards import TokenShards
@@ -36,12 +37,14 @@ from model.reward import ShuffledBatches, load_reward_model
 from model.training import MetricsLog, autocast, autocast_dtype
 from tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import PpoConfig
+from zero_chatgpt.progress import report_progress
 
 logger = logging.getLogger(__name__)
 
 PROMPTS_FILE = "rlhf_prompts.jsonl"
 CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
+LOG_EVERY_STEPS = 10
 STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -221,6 +224,8 @@ def ppo(
         logger.info("ppo: %d train / %d held-out prompts; SFT policy reward %.4f", len(train_ids), len(eval_ids),
                     before["reward"])
 
+    progress = tqdm(total=cfg.optim.max_steps, initial=start_step, desc="ppo", unit="step", mininterval=2.0,
+                    leave=False)
     for step in range(start_step, cfg.optim.max_steps):
         started = time.perf_counter()
         with autocast(torch_device, dtype):
@@ -246,9 +251,13 @@ def ppo(
             kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience), cfg.kl_horizon)
         history.append(record)
         log.write(record)
-        logger.info("ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
-                    step + 1, cfg.optim.max_steps, record["reward"], record["kl"], record["entropy"],
-                    record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
+        progress.update(1)
+        progress.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}", refresh=False)
+        report_progress(step + 1, cfg.optim.max_steps)
+        if (step + 1) % LOG_EVERY_STEPS == 0 or step == start_step:  # the bar shows every step
+            logger.info("ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
+                        step + 1, cfg.optim.max_steps, record["reward"], record["kl"], record["entropy"],
+                        record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
         last = step + 1 == cfg.optim.max_steps
         if (step + 1) % cfg.optim.checkpoint_every == 0 and not last:
             save_checkpoint(checkpoint_dir, {
@@ -260,6 +269,7 @@ def ppo(
                 "history": history, "before": before,
             })
             logger.info("saved PPO checkpoint at step %d", step + 1)
+    progress.close()
 
     policy = ema.module if ema is not None else actor
     if cfg.lora_rank > 0:

@@ -1,0 +1,101 @@
+"""The real `tiny` preset, end to end on the demo corpus: every model learns what the issues promise.
+
+This is the one test that trains at full tiny size (several minutes on 2 cores); the caching tests in
+test_pipeline.py use shortened budgets instead.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from flows.pipeline import PIPELINE_STAGES
+from zero_chatgpt.artifacts import read_manifest
+from zero_chatgpt.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-acceptance")
+    started = time.perf_counter()
+    assert main(["run", "--preset", "tiny", "--root", str(root)]) == 0
+    seconds = time.perf_counter() - started
+    latest = json.loads((root / "latest.json").read_text(encoding="utf-8"))
+    metrics = {stage: read_manifest(entry["path"])["metrics"] for stage, entry in latest.items()}
+    print(f"tiny pipeline: {seconds:.0f} s; per stage: "
+          + ", ".join(f"{stage} {entry['seconds']:.0f}s" for stage, entry in latest.items()))
+    return root, latest, metrics, seconds
+
+
+def test_every_stage_ran(tiny_run):
+    _, latest, _, _ = tiny_run
+    assert list(latest) == list(PIPELINE_STAGES)
+    assert {entry["status"] for entry in latest.values()} == {"ran"}
+
+
+def test_pretraining_beats_the_unigram_model_by_30_percent(tiny_run):
+    pretrain = tiny_run[2]["pretrain"]
+    assert pretrain["val_loss"] <= 0.7 * pretrain["unigram_val_loss"], pretrain
+
+
+def test_sft_improves_on_the_pretrained_model(tiny_run):
+    sft = tiny_run[2]["sft"]
+    assert sft["val_loss"] < sft["base_val_loss"], sft
+
+
+def test_reward_model_is_accurate_and_not_a_length_shortcut(tiny_run):
+    rm = tiny_run[2]["train_rm"]
+    assert rm["val_accuracy"] >= 0.90, rm
+    assert rm["val_accuracy"] > rm["length_baseline_accuracy"], rm
+
+
+def test_ppo_raises_reward_within_the_kl_bound(tiny_run):
+    ppo = tiny_run[2]["ppo"]
+    assert ppo["reward_after"] > ppo["reward_before"], ppo
+    assert ppo["kl"] <= ppo["kl_bound"], ppo
+
+
+def test_every_model_loads_with_plain_transformers_and_generates(tiny_run):
+    latest = tiny_run[1]
+    for stage in ("pretrain", "sft", "ppo"):
+        path = latest[stage]["path"]
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        ids = tokenizer("The capital of", return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] > ids["input_ids"].shape[1]
+    reward = AutoModelForSequenceClassification.from_pretrained(latest["train_rm"]["path"])
+    assert reward.config.num_labels == 1
+
+
+def test_chat_with_the_ppo_model_answers_and_exits_zero(tiny_run):
+    done = subprocess.run([sys.executable, "-m", "zero_chatgpt.cli", "chat", "--model", tiny_run[1]["ppo"]["path"],
+                           "--max-new-tokens", "24"], input="What is the capital of Eldonia?\n",
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_report_json_has_the_evaluation_metrics(tiny_run):
+    report = json.loads((Path(tiny_run[1]["report"]["path"]) / "report.json").read_text(encoding="utf-8"))
+    evaluation = report["stages"]["evaluate"]["metrics"]
+    assert {"win_rate_vs_sft", "win_rate_vs_sft_independent"} <= set(evaluation)
+    assert set(tiny_run[2]["evaluate"]["exact_match"]) >= {"pretrain", "sft", "ppo"}
+
+
+def test_second_run_is_cached_and_takes_under_a_quarter_of_the_first(tiny_run):
+    root, first, _, first_seconds = tiny_run
+    started = time.perf_counter()
+    assert main(["run", "--preset", "tiny", "--root", str(root)]) == 0
+    seconds = time.perf_counter() - started
+    latest = json.loads((root / "latest.json").read_text(encoding="utf-8"))
+    assert {entry["status"] for entry in latest.values()} == {"cached"}
+    assert seconds < first_seconds / 4, (seconds, first_seconds)
