@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny-preset model, a few minutes on 2 CPU cores")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
 
