@@ -300,8 +300,11 @@ def save_hf_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], o
 
     A fresh instance is filled: under ZeRO 3 the trained `model`'s own parameters are empty partitions.
     Tied weights (lm_head = embed_tokens) may be missing from the state dict; anything else is an error.
+    The generation config is `model`'s (a stage may have set it, e.g. SFT's stop at `<|im_end|>`).
     """
     fresh = type(model)(model.config)
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = model.generation_config
     missing, unexpected = fresh.load_state_dict(state_dict, strict=False)
     tied = getattr(fresh, "_tied_weights_keys", None) or ()  # a list or (transformers 5) a dict of keys
     missing = [key for key in missing if key not in tied]

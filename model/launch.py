@@ -1,8 +1,9 @@
 """Run a training stage on several ranks: the launcher subprocess (parent side) and the entry point the
 ranks run (`python -m model.launch <spec.json>`, child side).
 
-Parent: `launch_stage` writes a JSON spec (stage name, the stage's config section, input / output dirs,
-seed, device, checkpoint dir, engine), starts torchrun or the deepspeed launcher in a new session, streams
+Parent: `launch_stage` writes a JSON spec (stage name, the stage's config section, the stage function's
+other inputs, output dir, seed, device, checkpoint dir, engine), starts torchrun or the deepspeed launcher
+in the caller's working directory and a new session, streams
 every output line to a callback (a task passes Prefect's run logger), and kills the whole process group
 if it is interrupted (exception, Ctrl-C, SIGTERM). It returns the metrics rank 0 wrote.
 
@@ -26,10 +27,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from pydantic_core import to_jsonable_python
 
 from model.distributed import (
     free_port,
@@ -51,9 +54,12 @@ RESULT_FILE = "result.json"
 TAIL_LINES = 40
 
 # Stage name -> (module, function, config class in zero_chatgpt.config). Each function has the signature
-# `fn(cfg, **inputs, out_dir, seed, device, checkpoint_dir, parallel) -> metrics` and returns its metrics.
+# `fn(cfg, **inputs, out_dir, seed, device, checkpoint_dir, parallel) -> metrics` and returns its metrics;
+# its type annotations say how each input is read back from the JSON spec (see `decode_inputs`).
 STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("model.pretrain", "pretrain", "PretrainConfig"),
+    "sft": ("model.sft", "sft", "SftConfig"),
+    "train_rm": ("model.reward", "train_reward_model", "TrainRmConfig"),
 }
 
 
@@ -186,10 +192,36 @@ def _kill_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
 
 
+def encode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The stage function's inputs as JSON values: `Path`s made absolute (ranks may start elsewhere),
+    pydantic models (config sections, source lists) dumped, plain values as they are."""
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value.resolve())
+        if isinstance(value, (list, tuple)):
+            return [encode(item) for item in value]
+        return to_jsonable_python(value)
+
+    return {name: encode(value) for name, value in inputs.items()}
+
+
+def decode_inputs(stage_fn: Callable[..., Any], encoded: dict[str, Any]) -> dict[str, Any]:
+    """Inputs from the spec, validated against `stage_fn`'s annotations: a `Path` input comes back as a
+    `Path`, a `list[SftSource]` as source objects, and a value that does not fit is an error naming it."""
+    hints = typing.get_type_hints(stage_fn)
+    decoded = {}
+    for name, value in encoded.items():
+        if name not in hints:
+            raise TypeError(f"{stage_fn.__module__}.{stage_fn.__name__} has no annotated parameter {name!r}")
+        decoded[name] = TypeAdapter(hints[name]).validate_python(value)
+    return decoded
+
+
 def launch_stage(
     stage: str,
     section: BaseModel,
-    inputs: dict[str, str | Path],
+    inputs: dict[str, Any],
     out_dir: str | Path,
     seed: int,
     device: str,
@@ -199,9 +231,12 @@ def launch_stage(
 ) -> dict[str, Any]:
     """Run training stage `stage` on `resources.ranks` ranks per node through the launcher; return its metrics.
 
-    `section` is the stage's config section (e.g. `PretrainConfig`); `inputs` are the stage function's
-    input-dir keyword arguments (`{"shard_dir": ..., "tokenizer_dir": ...}` for pretrain). Output lines go to
-    `on_line` (default: this module's logger). Paths must be visible to every node of a multi-node job.
+    `section` is the stage's config section (e.g. `PretrainConfig`); `inputs` are the stage function's other
+    keyword arguments: input dirs as `Path`s (`{"shard_dir": ..., "tokenizer_dir": ...}` for pretrain) and any
+    JSON-able values or pydantic objects (sft's `sft_sources` and `demo`), see `encode_inputs`. Output lines
+    go to `on_line` (default: this module's logger). The ranks run in this process's working directory, so
+    relative paths inside config values (source globs) mean the same there; all paths must be visible to
+    every node of a multi-node job.
     """
     if stage not in STAGE_FUNCTIONS:
         raise ValueError(f"stage {stage!r} cannot run through the launcher; known: {sorted(STAGE_FUNCTIONS)}")
@@ -213,7 +248,7 @@ def launch_stage(
         spec = {
             "stage": stage,
             "config": section.model_dump(mode="json"),
-            "inputs": {name: str(Path(path).resolve()) for name, path in inputs.items()},
+            "inputs": encode_inputs(inputs),
             "out_dir": str(out_dir),
             "seed": seed,
             "device": device,
@@ -228,7 +263,8 @@ def launch_stage(
         command = launcher_command(resources, spec_path, port)
         logger.info("launching %s on %d rank(s) x %d node(s) (%s, %s engine, ZeRO %d): %s", stage, resources.ranks,
                     resources.nodes, resources.launcher, spec["engine"], resources.zero_stage, " ".join(command))
-        run_launcher(command, launcher_env(device), on_line or (lambda line: logger.info("%s", line)))
+        run_launcher(command, launcher_env(device), on_line or (lambda line: logger.info("%s", line)),
+                     cwd=Path.cwd())
         result_path = work_dir / RESULT_FILE
         if not result_path.is_file():
             if resources.nodes > 1 and resources.node_rank != 0:
@@ -252,7 +288,7 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     info = init_process_group(spec["engine"], rank_device(spec["device"], int(os.environ.get("LOCAL_RANK", 0))))
     device = rank_device(spec["device"], info.local_rank)
     parallel = make_parallel(spec["engine"], info, int(spec["zero_stage"]))
-    metrics = stage_fn(cfg, **{k: Path(v) for k, v in spec["inputs"].items()}, out_dir=Path(spec["out_dir"]),
+    metrics = stage_fn(cfg, **decode_inputs(stage_fn, spec["inputs"]), out_dir=Path(spec["out_dir"]),
                        seed=int(spec["seed"]), device=device, checkpoint_dir=Path(spec["checkpoint_dir"]),
                        parallel=parallel)
     if info.is_main_process:

@@ -14,6 +14,10 @@ template's last newline into one token that would straddle the mask boundary.
 Output (in `out_dir`): the HF model + tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)` works; its
 generation config stops at `<|im_end|>`), `metrics.jsonl`, `rlhf_prompts.jsonl`, `sft_val.jsonl`,
 `rejected.jsonl`.
+
+Several ranks (`parallel`, from `model.launch`): every rank reads and splits the same rows, draws the same
+global batches and trains on its slice of each; the loss is normalised by the global batch's supervised
+token count, so 2 ranks x B/2 compute the same loss and gradients as 1 rank x B. Rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from data_process.sources import is_quarantined, read_sft_rows
 from model.build import count_parameters, resolve_device
 from model.generation import chat_prompt_ids
 from model.losses import IGNORE_INDEX, token_cross_entropy
-from model.training import autocast_dtype, evaluate, train
+from model.training import Parallel, autocast_dtype, evaluate, train
 from tokenizer.chat import IM_END
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 
@@ -201,6 +205,11 @@ def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tupl
     return examples, dropped, truncated
 
 
+def supervised_token_count(example: SftExample) -> int:
+    """Tokens the loss scores in one example: labelled positions after the first (see `sft_loss`)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
 def collate(examples: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example: input_ids (B, L) with `pad_id`, labels (B, L) with -100,
     attention_mask (B, L) 1 on real tokens."""
@@ -221,14 +230,22 @@ class ShuffledBatches:
 
     The state (order of the current epoch, position in it, numpy Generator state) is this source's
     `state_dict`, so a resumed run reads exactly the batches an uninterrupted run would have read.
+
+    With `world_size` ranks every rank draws the same global batch of `batch_size * world_size` examples
+    and keeps its `batch_size` of them (rank r: rows r * batch_size onwards), so the data position is the
+    same on every rank. Each batch also carries `loss_normaliser` (0-d float): the global batch's
+    supervised token count / world_size, which `sft_loss` divides by, so the mean over ranks of the ranks'
+    losses (and gradients) is the token-weighted mean over the global batch, as on one rank.
     """
 
-    def __init__(self, examples: list[SftExample], batch_size: int, pad_id: int, seed: int) -> None:
+    def __init__(self, examples: list[SftExample], batch_size: int, pad_id: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
         if not examples:
             raise ValueError("no SFT training examples")
         self.examples = examples
         self.batch_size = batch_size
         self.pad_id = pad_id
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(examples))
         self.position = 0
@@ -236,15 +253,20 @@ class ShuffledBatches:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         picked = []
-        while len(picked) < self.batch_size:
+        global_size = self.batch_size * self.world_size
+        while len(picked) < global_size:
             if self.position == len(self.order):
                 self.order = self.rng.permutation(len(self.examples))
                 self.position = 0
                 self.epoch += 1
-            take = min(self.batch_size - len(picked), len(self.order) - self.position)
+            take = min(global_size - len(picked), len(self.order) - self.position)
             picked.extend(self.order[self.position: self.position + take].tolist())
             self.position += take
-        return collate([self.examples[i] for i in picked], self.pad_id)
+        global_tokens = sum(supervised_token_count(self.examples[i]) for i in picked)
+        mine = picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+        batch = collate([self.examples[i] for i in mine], self.pad_id)
+        batch["loss_normaliser"] = torch.tensor(global_tokens / self.world_size, dtype=torch.float32)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state, "order": self.order.tolist(),
@@ -261,13 +283,16 @@ class ShuffledBatches:
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Mean cross-entropy over response tokens of a collated batch (see `collate`).
+    """Cross-entropy over response tokens of a collated batch (see `collate`): their mean, or, when the
+    batch holds `loss_normaliser` (a rank's slice, see `ShuffledBatches`), their sum divided by it.
 
     Position t's logits predict token t + 1, so logits[:, :-1] are scored against labels[:, 1:].
     `tokens` (for throughput) counts all real tokens the model read, not just the supervised ones.
     """
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    loss, _ = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+    loss, count = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+    if "loss_normaliser" in batch:
+        loss = loss * count / batch["loss_normaliser"]
     return loss, {"tokens": int(batch["attention_mask"].sum())}
 
 
@@ -312,10 +337,13 @@ def sft(
     seed: int,
     device: str = "auto",
     checkpoint_dir: Path | None = None,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the model in `pretrain_dir` on the SFT rows; write model, tokenizer, splits and metrics to `out_dir`.
 
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`) and are deleted at the end.
+    `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each global
+    batch, evaluates the same val rows and joins the export; rank 0 alone writes `out_dir`.
     Returns metrics: val_loss, base_val_loss (the pretrained model on the same val set, before training),
     train_loss, train_rows, val_rows (val_scored_rows of them scored), rlhf_prompts, quarantined,
     dropped_too_long, truncated, steps, tokens_seen, tokens_per_s, params, resumed_from.
@@ -324,11 +352,14 @@ def sft(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
+    rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+    is_main_process = rank == 0
     optim = cfg.optim
     _seed_everything(seed)
 
     rows, quarantined = read_all_sft_rows(sft_sources, demo, seed)
-    write_jsonl(out_dir / REJECTED, quarantined)
+    if is_main_process:
+        write_jsonl(out_dir / REJECTED, quarantined)
     if quarantined:
         logger.warning("sft: %d quarantined rows written to %s", len(quarantined), out_dir / REJECTED)
     splits = split_sft_rows(rows, cfg.rlhf_prompt_fraction, cfg.val_fraction, seed)
@@ -336,8 +367,9 @@ def sft(
         raise ValueError(f"sft: {len(rows)} usable SFT rows give {len(splits.train)} train / {len(splits.val)} val "
                          f"rows after holding out {len(splits.rlhf)} RLHF prompts; add data or lower "
                          "sft.rlhf_prompt_fraction")
-    write_jsonl(out_dir / RLHF_PROMPTS, map(_public_row, splits.rlhf))
-    write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
+    if is_main_process:
+        write_jsonl(out_dir / RLHF_PROMPTS, map(_public_row, splits.rlhf))
+        write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
 
     tokenizer = AutoTokenizer.from_pretrained(pretrain_dir)
     model = AutoModelForCausalLM.from_pretrained(pretrain_dir, dtype=torch.float32)
@@ -354,13 +386,15 @@ def sft(
         raise ValueError(f"sft: no {'train' if not train_examples else 'val'} example fits in max_seq_len "
                          f"{max_seq_len}; raise sft.max_seq_len")
     val_rows = len(val_examples)
-    # Periodic eval reads at most eval_batches batches; the whole set stays in sft_val.jsonl for `evaluate`.
-    val_examples = val_examples[: optim.eval_batches * optim.batch_size]
+    # Periodic eval reads at most eval_batches global batches (every rank scores the same rows, so 1 rank x B
+    # and 2 ranks x B/2 share a val set); the whole set stays in sft_val.jsonl for `evaluate`.
+    val_examples = val_examples[: optim.eval_batches * optim.batch_size * world_size]
     supervised = sum(sum(label != IGNORE_INDEX for label in ex.labels) for ex in train_examples)
     logger.info("sft: %d train / %d val rows, %d RLHF prompts held out, %d quarantined, %d dropped as too long; "
                 "%s supervised train tokens", len(train_examples), val_rows, len(splits.rlhf),
                 len(quarantined), dropped_train + dropped_val, f"{supervised:,}")
 
+    params = count_parameters(model)  # before training: ZeRO 3 leaves empty partitions in `model`
     model.to(torch_device)
     val_loss_fn = make_val_loss_fn(val_examples, optim.batch_size, pad_id, torch_device)
     base_val_loss = evaluate(model, val_loss_fn, torch_device,
@@ -369,13 +403,14 @@ def sft(
 
     result = train(
         model,
-        ShuffledBatches(train_examples, optim.batch_size, pad_id, seed),
+        ShuffledBatches(train_examples, optim.batch_size, pad_id, seed, rank, world_size),
         sft_loss,
         optim,
         device=torch_device,
         checkpoint_dir=checkpoint_dir,
         eval_fn=val_loss_fn,
         metrics_path=out_dir / METRICS_LOG,
+        parallel=parallel,
     )
 
     # Chat generation must end at the assistant's <|im_end|>, not only at <|endoftext|>.
@@ -383,9 +418,13 @@ def sft(
     model.generation_config.eos_token_id = [im_end_id] + (
         [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     model.generation_config.pad_token_id = pad_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if parallel is None:
+        model.save_pretrained(out_dir)
+    else:
+        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
+    if is_main_process:
+        tokenizer.save_pretrained(out_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     metrics: dict[str, Any] = {
         "val_loss": result.last_eval["val_loss"],
@@ -401,7 +440,7 @@ def sft(
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "tokens_per_s": result.tokens_per_s,
-        "params": count_parameters(model),
+        "params": params,
         "resumed_from": result.resumed_from,
     }
     logger.info("sft done: val_loss %.4f (base %.4f), %.0f tokens/s", metrics["val_loss"], base_val_loss,

@@ -1,6 +1,7 @@
 """Multi-rank training: DeepSpeed configs, launcher commands, output streaming and process-group kill, the
-per-rank data split, and real 2-rank CPU runs (gloo) that must match 1-rank losses, export a loadable HF
-model from ZeRO partitions, and resume from a ZeRO checkpoint after a cancelled launch."""
+per-rank data split, and real 2-rank CPU runs (gloo) of pretrain, sft and train_rm that must match 1-rank
+losses, export a loadable HF model (from ZeRO partitions too), and resume from a ZeRO checkpoint after a
+cancelled launch."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from data_process.token_shards import TokenShards
+from model import reward as rm
+from model import sft as sft_module
 from model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
-from model.launch import LaunchError, launch_stage, launcher_command, run_launcher
+from model.launch import LaunchError, decode_inputs, encode_inputs, launch_stage, launcher_command, run_launcher
 from model.pretrain import RandomWindows, pretrain
+from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 from test_pretrain import tiny_config, write_pattern_shards, write_tokenizer
-from zero_chatgpt.config import OptimConfig, ResourcesConfig
+from test_train_rm import rm_config, toy_prompts, write_toy_pairs
+from tokenizer.chat import IM_END_ID
+from zero_chatgpt.config import DemoCorpusConfig, OptimConfig, ResourcesConfig, SftConfig, SftSource
 
 GLOBAL_BATCH = 8
 STEPS = 6
@@ -234,6 +240,136 @@ def test_a_cancelled_zero2_run_converts_to_hf_and_resumes_from_its_checkpoint(da
     # Exact continuation: the same losses as the uninterrupted 1-rank run, each step logged once.
     np.testing.assert_allclose(_records(out, "loss"), _records(one_rank, "loss"), rtol=0, atol=1e-5)
     assert metrics["val_loss"] == pytest.approx(_records(one_rank, "val_loss")[-1], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ sft and train_rm ranks
+
+
+SFT_DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
+
+
+def test_launch_inputs_survive_the_json_spec_as_the_stage_function_types(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sources = [SftSource(kind="demo"), SftSource(kind="jsonl", path="data/*.jsonl", limit=5)]
+    inputs = {"sft_sources": sources, "demo": SFT_DEMO, "pretrain_dir": Path("pre")}
+    encoded = json.loads(json.dumps(encode_inputs(inputs)))  # what the spec file holds
+    assert encoded["pretrain_dir"] == str(tmp_path / "pre")  # made absolute: ranks may start elsewhere
+    decoded = decode_inputs(sft_module.sft, encoded)
+    assert decoded["sft_sources"] == sources and isinstance(decoded["sft_sources"][1], SftSource)
+    assert decoded["demo"] == SFT_DEMO and decoded["pretrain_dir"] == tmp_path / "pre"
+    with pytest.raises(TypeError, match="no annotated parameter 'shard_dir'"):
+        decode_inputs(sft_module.sft, {"shard_dir": "x"})
+    with pytest.raises(ValueError, match="limit"):
+        decode_inputs(sft_module.sft, {"sft_sources": [{"kind": "demo", "limit": 0}]})
+
+
+def _unpadded_rows(batch: dict[str, torch.Tensor]) -> list[tuple[int, ...]]:
+    return [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def test_sft_ranks_split_the_global_batch_and_normalise_by_its_token_count():
+    examples = [sft_module.SftExample(input_ids=list(range(3 + i)), labels=[-100] * 2 + list(range(2, 3 + i)),
+                                      truncated=False) for i in range(9)]
+    one = sft_module.ShuffledBatches(examples, batch_size=6, pad_id=0, seed=3)
+    halves = [sft_module.ShuffledBatches(examples, batch_size=3, pad_id=0, seed=3, rank=r, world_size=2)
+              for r in (0, 1)]
+    for _ in range(4):
+        whole, parts = one.next_batch(), [h.next_batch() for h in halves]
+        assert _unpadded_rows(parts[0]) + _unpadded_rows(parts[1]) == _unpadded_rows(whole)
+        scored = int((whole["labels"][:, 1:] != -100).sum())
+        assert float(whole["loss_normaliser"]) == scored
+        assert float(parts[0]["loss_normaliser"]) == float(parts[1]["loss_normaliser"]) == scored / 2
+
+
+def test_reward_ranks_split_the_global_batch():
+    one = rm.ShuffledBatches(list(range(10)), batch_size=4, seed=1)
+    halves = [rm.ShuffledBatches(list(range(10)), batch_size=2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(5):
+        assert halves[0].next_batch() + halves[1].next_batch() == one.next_batch()
+    assert halves[0].state_dict() == halves[1].state_dict() == one.state_dict()
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory) -> Path:
+    """A trained chat tokenizer and a random-init tiny causal LM: the shape of a pretrain (or sft) artifact."""
+    root = tmp_path_factory.mktemp("dist_chat")
+    return make_causal_lm_dir(root, make_tokenizer_dir(root))
+
+
+@pytest.fixture(scope="module")
+def sft_sources(tmp_path_factory) -> list[SftSource]:
+    """Chat rows of very different lengths, so the ranks' halves of a batch hold different token counts."""
+    path = tmp_path_factory.mktemp("dist_sft") / "rows.jsonl"
+    words = "the river runs past an old stone bridge near the harbour".split()
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(60):
+            response = " ".join(words[j % len(words)] for j in range(i, i + 2 + (i * 7) % 17))
+            handle.write(json.dumps({"prompt": f"Tell me about place {i}.", "response": response}) + "\n")
+    return [SftSource(kind="jsonl", path=str(path))]
+
+
+def _sft_config(batch_size: int) -> SftConfig:
+    return SftConfig.model_validate({
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": STEPS, "batch_size": batch_size, "eval_every": 5,
+                  "eval_batches": 2, "checkpoint_every": 3, "precision": "fp32"},
+        "max_seq_len": 64, "rlhf_prompt_fraction": 0.2, "val_fraction": 0.2,
+    })
+
+
+def test_sft_on_two_zero2_ranks_with_half_batches_matches_one_rank(chat_model_dir, sft_sources, tmp_path):
+    pytest.importorskip("deepspeed")
+    one = tmp_path / "one"
+    expected = sft_module.sft(_sft_config(GLOBAL_BATCH), sft_sources, SFT_DEMO, chat_model_dir, one, seed=0,
+                              device="cpu")
+    two = tmp_path / "two"
+    inputs = {"sft_sources": sft_sources, "demo": SFT_DEMO, "pretrain_dir": chat_model_dir}
+    metrics = launch_stage("sft", _sft_config(GLOBAL_BATCH // 2), inputs, two, 0, "cpu", tmp_path / "ckpt",
+                           ResourcesConfig(ranks=2, zero_stage=2), on_line=lambda line: None)
+    assert metrics["ranks"] == 2 and metrics["engine"] == "deepspeed" and metrics["steps"] == STEPS
+    assert metrics["val_scored_rows"] == expected["val_scored_rows"]  # the same val rows on every rank
+    np.testing.assert_allclose(_records(two, "loss"), _records(one, "loss"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_records(two, "val_loss"), _records(one, "val_loss"), rtol=0, atol=1e-5)
+    assert metrics["base_val_loss"] == pytest.approx(expected["base_val_loss"], abs=1e-5)
+    assert _records(two, "tokens_seen") == _records(one, "tokens_seen")
+    for name in (sft_module.RLHF_PROMPTS, sft_module.SFT_VAL, sft_module.REJECTED):  # rank 0 wrote them once
+        assert (two / name).read_text() == (one / name).read_text()
+    assert not (tmp_path / "ckpt").exists()
+
+    # The export consolidated from the ZeRO 2 partitions is the 1-rank model, and still stops at <|im_end|>.
+    exported = AutoModelForCausalLM.from_pretrained(two)
+    reference = AutoModelForCausalLM.from_pretrained(one)
+    for (name, got), (_, want) in zip(exported.state_dict().items(), reference.state_dict().items()):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=name)
+    assert IM_END_ID in exported.generation_config.eos_token_id
+    assert AutoTokenizer.from_pretrained(two).chat_template
+
+
+def test_the_train_rm_task_on_two_ddp_ranks_with_half_batches_matches_one_rank(chat_model_dir, tmp_path):
+    """The Prefect task's body (called without a flow run) routes through torchrun with 2 DDP ranks."""
+    from tasks.train_rm import train_rm_task
+    from zero_chatgpt.artifacts import read_manifest
+    from zero_chatgpt.config import PipelineConfig
+
+    prefs = write_toy_pairs(tmp_path / "prefs", toy_prompts(20))
+    one = tmp_path / "one"
+    rm_optim = dict(max_steps=STEPS, eval_every=5, checkpoint_every=3, precision="fp32")
+    rm.train_reward_model(rm_config(batch_size=GLOBAL_BATCH, **rm_optim), chat_model_dir, prefs, one, seed=0,
+                          device="cpu")
+
+    config = PipelineConfig.model_validate({
+        "run": {"seed": 0, "device": "cpu"},
+        "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
+        "train_rm": rm_config(batch_size=GLOBAL_BATCH // 2, **rm_optim).model_dump(),
+    }).model_dump(mode="json")
+    upstream = {"sft": {"stage": "sft", "path": str(chat_model_dir), "fingerprint": "3" * 64},
+                "build_prefs": {"stage": "build_prefs", "path": str(prefs), "fingerprint": "4" * 64}}
+    record = train_rm_task.fn(config, upstream, str(tmp_path / "root"))
+    two = Path(record["path"])
+    assert read_manifest(two)["metrics"]["ranks"] == 2
+    np.testing.assert_allclose(_records(two, "loss"), _records(one, "loss"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_records(two, "val_accuracy"), _records(one, "val_accuracy"), rtol=0, atol=1e-6)
+    model = AutoModelForSequenceClassification.from_pretrained(two)
+    assert model.config.num_labels == 1 and (two / "tokenizer.json").is_file()
 
 
 if __name__ == "__main__":  # pragma: no cover - `python tests/test_distributed.py` runs just this file
