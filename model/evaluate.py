@@ -10,8 +10,9 @@ What is measured, and on what
   sequences the models produced, read at their last token as PPO's reward is); a win is ppo > sft, a tie
   (equal answers or scores) counts 0.5.
 - `win_rate_vs_sft_independent`: the same judged by a reward model trained here, from the SFT model with a
-  fresh head, a different seed (seed + 1) and only one half of `pairs.jsonl` (split by prompt: every pair
-  of a prompt is on one side). The other half measures its accuracy (`independent_rm.heldout_accuracy`).
+  fresh head, a different seed (seed + 1) and only one half of `pairs.jsonl` (`split_pairs`: pairs that
+  share a prompt or a reference answer are on one side). The other half measures its accuracy
+  (`independent_rm.heldout_accuracy`).
   PPO optimised the first judge; a win rate that holds only under it is reward hacking.
 - `reward` / `reward_independent`: mean score of each model's answers under each judge.
 - `kl_to_sft`: mean per-sequence KL(model || SFT) = E over the model's own samples (at `kl_temperature`, on
@@ -53,7 +54,7 @@ from model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes
 from model.generation import Rollout, chat_prompt_ids, sample
 from model.ppo.rollout import response_logits, token_logprobs
 from model.reward import (encode_answer, load_reward_model, make_pair_eval_fn, pair_batch, read_pairs,
-                          sequence_scores, split_by_prompt, train_reward_model)
+                          sequence_scores, split_pairs, train_reward_model)
 from model.sft import SFT_VAL, hash_fraction, read_jsonl, write_jsonl
 from model.training import autocast, autocast_dtype
 from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
@@ -196,11 +197,12 @@ def heldout_prompt_rows(sft_dir: Path, max_prompts: int, seed: int) -> list[dict
 
 
 def split_pairs_for_independent_judge(pairs: list[dict[str, str]], seed: int) -> tuple[list[dict], list[dict]]:
-    """(train half, held-out half) of the preference pairs, split by prompt with a seeded hash.
+    """(train half, held-out half) of the preference pairs: `split_pairs`, so no prompt and no reference answer
+    is on both sides.
 
     Uses seed + 1 so the halves do not line up with train_rm's own val split (which uses the run seed).
     """
-    return split_by_prompt(pairs, 0.5, seed + 1)
+    return split_pairs(pairs, 0.5, seed + 1)
 
 
 def train_independent_judge(cfg: EvaluateConfig, sft_dir: Path, prefs_dir: Path, work_dir: Path, seed: int,

@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.build import count_parameters, resolve_device
 from model.generation import positions_from_mask
-from model.training import train
+from model.training import Parallel, train
 from tokenizer.chat import PAD_ID, render_chat
 from zero_chatgpt.config import TrainRmConfig
 
@@ -119,17 +119,56 @@ def read_pairs(path: Path) -> list[dict[str, str]]:
     return pairs
 
 
-def split_by_prompt(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, val): a seeded hash of the prompt decides its side, so all pairs of a prompt stay together.
+def normalise_text(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt or answer: what counts as "the same text" in a split."""
+    return " ".join(text.split()).casefold()
 
-    With two or more distinct prompts both sides get at least one prompt.
+
+def pair_groups(pairs: list[dict[str, str]]) -> list[list[int]]:
+    """Indices of `pairs` grouped so that pairs sharing a prompt or a reference (`chosen`) answer share a group.
+
+    The groups are the connected components of "same normalised prompt or same normalised chosen text"
+    (union-find over the pairs). Paraphrased prompts of one fact share their reference answer: splitting by
+    prompt alone would put the answer on both sides, and held-out accuracy would partly measure memorised
+    answers. Groups come in order of their first pair; indices inside a group are ascending.
     """
-    prompts = sorted({pair["prompt"] for pair in pairs},
-                     key=lambda p: hashlib.sha256(f"{seed}\x00{p}".encode()).hexdigest())
-    num_val = min(max(1, round(val_fraction * len(prompts))), len(prompts) - 1) if len(prompts) > 1 else 0
-    val_prompts = set(prompts[:num_val])
-    train_pairs = [pair for pair in pairs if pair["prompt"] not in val_prompts]
-    val_pairs = [pair for pair in pairs if pair["prompt"] in val_prompts]
+    parent = list(range(len(pairs)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]  # path halving keeps the trees flat
+            index = parent[index]
+        return index
+
+    first_with: dict[tuple[str, str], int] = {}
+    for index, pair in enumerate(pairs):
+        for key in (("prompt", normalise_text(pair["prompt"])), ("chosen", normalise_text(pair["chosen"]))):
+            other = first_with.setdefault(key, index)
+            parent[root(index)] = root(other)
+    groups: dict[int, list[int]] = {}
+    for index in range(len(pairs)):
+        groups.setdefault(root(index), []).append(index)
+    return list(groups.values())
+
+
+def split_pairs(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, val), file order kept: `val_fraction` of the `pair_groups` are held out, chosen by a seeded hash.
+
+    No prompt and no reference answer appears on both sides (up to case and whitespace). A group's hash is
+    that of its smallest normalised prompt, so the split does not depend on file order. With two or more
+    groups both sides get at least one group.
+    """
+    groups = pair_groups(pairs)
+
+    def rank(group: list[int]) -> str:
+        anchor = min(normalise_text(pairs[i]["prompt"]) for i in group)
+        return hashlib.sha256(f"{seed}\x00{anchor}".encode()).hexdigest()
+
+    groups.sort(key=rank)
+    num_val = min(max(1, round(val_fraction * len(groups))), len(groups) - 1) if len(groups) > 1 else 0
+    val_indices = {index for group in groups[:num_val] for index in group}
+    train_pairs = [pair for i, pair in enumerate(pairs) if i not in val_indices]
+    val_pairs = [pair for i, pair in enumerate(pairs) if i in val_indices]
     return train_pairs, val_pairs
 
 
@@ -197,12 +236,18 @@ class ShuffledBatches:
 
     The order of epoch e is a permutation seeded by (seed, e), so the state is just (epoch, position).
     `collate` turns the list of items into the batch.
+
+    With `world_size` ranks every rank draws the same global batch of `batch_size * world_size` items and
+    collates its own `batch_size` of them (rank r: items r * batch_size onwards), so 2 ranks x B/2 see
+    exactly the items of 1 rank x B and the state is the same on every rank.
     """
 
-    def __init__(self, items: list[Any], batch_size: int, seed: int, collate=lambda items: items) -> None:
+    def __init__(self, items: list[Any], batch_size: int, seed: int, collate=lambda items: items, rank: int = 0,
+                 world_size: int = 1) -> None:
         if not items:
             raise ValueError("ShuffledBatches: no items")
         self.items, self.batch_size, self.seed, self.collate = items, batch_size, seed, collate
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -211,14 +256,15 @@ class ShuffledBatches:
 
     def next_batch(self) -> Any:
         picked = []
-        while len(picked) < self.batch_size:
+        global_size = self.batch_size * self.world_size
+        while len(picked) < global_size:
             if self.position == len(self.items):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation()
-            take = min(self.batch_size - len(picked), len(self.items) - self.position)
+            take = min(global_size - len(picked), len(self.items) - self.position)
             picked.extend(self.items[i] for i in self._order[self.position: self.position + take])
             self.position += take
-        return self.collate(picked)
+        return self.collate(picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -232,8 +278,15 @@ class ShuffledBatches:
 
 
 def pairwise_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen (B,), rejected (B,)) rewards of a `pair_batch`."""
-    scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    """(chosen (B,), rejected (B,)) rewards of a `pair_batch`.
+
+    Scored through the model's own forward, so a DDP or DeepSpeed wrapper sees the call (its gradient
+    sync hangs on it). For a pair batch this is `sequence_scores`: rows are right-padded and end in
+    `<|im_end|>`, so the head's pooling at the last non-pad token is the pooling at the last real token.
+    """
+    mask = batch["attention_mask"]
+    scores = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask),
+                   use_cache=False).logits.squeeze(-1).float()
     half = scores.size(0) // 2
     return scores[:half], scores[half:]
 
@@ -285,10 +338,15 @@ def train_reward_model(
     seed: int,
     device: str = "auto",
     checkpoint_dir: Path | None = None,
+    parallel: Parallel | None = None,
 ) -> dict[str, Any]:
     """Train a reward model on `prefs_dir/pairs.jsonl` from the SFT model in `sft_dir`; save it to `out_dir`.
 
-    Pairs are split by prompt (`cfg.val_fraction` of prompts held out); training pairs get
+    `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each global
+    batch of pairs, scores all held-out pairs and joins the export; rank 0 alone writes `out_dir`.
+
+    Pairs are split by `split_pairs` (`cfg.val_fraction` of the groups of pairs linked by a shared prompt or
+    reference answer are held out); training pairs get
     `cfg.mismatched_per_prompt` extra pairs per prompt (`mismatched_pairs`). Resume checkpoints go to
     `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end). Returns metrics: val_accuracy,
     length_baseline_accuracy, val_loss, reward_margin (mean chosen - rejected score on held-out pairs),
@@ -299,14 +357,15 @@ def train_reward_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
+    rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     _seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     pairs = read_pairs(prefs_dir / PAIRS_FILE)
-    train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_fraction, seed)
+    train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, seed)
     if not val_pairs:
-        raise ValueError(f"{prefs_dir / PAIRS_FILE}: all {len(pairs)} pairs share one prompt; "
-                         "held-out accuracy needs pairs from at least two prompts")
+        raise ValueError(f"{prefs_dir / PAIRS_FILE}: all {len(pairs)} pairs are linked by a shared prompt or "
+                         "reference answer; held-out accuracy needs at least two unrelated groups of pairs")
 
     extra_pairs = mismatched_pairs(train_pairs, cfg.mismatched_per_prompt, seed)
 
@@ -326,20 +385,25 @@ def train_reward_model(
 
     result = train(
         model,
-        ShuffledBatches(train_encoded, batch_size, seed, collate=pair_batch),
+        ShuffledBatches(train_encoded, batch_size, seed, collate=pair_batch, rank=rank, world_size=world_size),
         pairwise_loss,
         cfg.optim,
         device=torch_device,
         checkpoint_dir=checkpoint_dir,
         eval_fn=make_pair_eval_fn(val_batches, torch_device),
         metrics_path=out_dir / METRICS_LOG,
+        parallel=parallel,
     )
 
     for param in model.parameters():
         param.requires_grad_(True)  # frozen flags are a training choice, not part of the saved model
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if parallel is None:
+        model.save_pretrained(out_dir)
+    else:
+        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
+    if rank == 0:
+        tokenizer.save_pretrained(out_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     metrics = {
         **{key: result.last_eval[key] for key in ("val_accuracy", "val_loss", "reward_margin")},

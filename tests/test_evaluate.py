@@ -16,7 +16,7 @@ from model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_r
 from model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_prompt_ids, samples_markdown,
                             seeded_subset, split_pairs_for_independent_judge)
 from model.generation import chat_prompt_ids
-from model.reward import read_pairs, train_reward_model
+from model.reward import normalise_text, pair_groups, read_pairs, train_reward_model
 from test_train_rm import make_sft_dir, make_tokenizer_dir, rm_config, toy_prompts, write_toy_pairs
 from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
@@ -85,12 +85,15 @@ def test_seeded_subset_is_order_independent():
     assert seeded_subset(rows, None, 3, "evaluate") == rows
 
 
-def test_independent_judge_halves_are_disjoint_by_prompt(tmp_path):
+def test_independent_judge_halves_share_no_prompt_and_no_reference_answer(tmp_path):
     pairs = read_pairs(write_toy_pairs(tmp_path / "prefs", toy_prompts(30)) / "pairs.jsonl")
     train_half, heldout_half = split_pairs_for_independent_judge(pairs, seed=0)
     assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
+    assert not {normalise_text(p["chosen"]) for p in train_half} & {normalise_text(p["chosen"]) for p in heldout_half}
     assert len(train_half) + len(heldout_half) == len(pairs)
-    assert abs(len({p["prompt"] for p in train_half}) - 15) <= 1
+    groups = len(pair_groups(pairs))
+    train_groups, heldout_groups = len(pair_groups(train_half)), len(pair_groups(heldout_half))
+    assert train_groups + heldout_groups == groups and abs(train_groups - groups / 2) <= 1
 
 
 # ---------------------------------------------------------------------------------- fixture models
@@ -170,6 +173,7 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path):
     train_half = read_pairs(out / "independent_rm" / "train_pairs.jsonl")
     heldout_half = read_pairs(out / "independent_rm" / "heldout_pairs.jsonl")
     assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
+    assert not {normalise_text(p["chosen"]) for p in train_half} & {normalise_text(p["chosen"]) for p in heldout_half}
     assert not (out / "independent_rm" / "model").exists()  # not kept by default
 
     assert json.loads((out / "eval.json").read_text()) == metrics

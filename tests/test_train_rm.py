@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.build import build_model
-from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, pair_batch, read_pairs, sequence_scores,
-                          split_by_prompt, train_reward_model)
+from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, normalise_text, pair_batch, pair_groups,
+                          read_pairs, sequence_scores, split_pairs, train_reward_model)
 from tokenizer.toy_corpus import toy_documents, write_corpus_parts
 from tokenizer.train import train_tokenizer
 from zero_chatgpt.config import ModelConfig, TrainRmConfig, TrainTokenizerConfig
@@ -92,13 +92,36 @@ def trained_rm(tmp_path_factory, toy_dirs) -> tuple[Path, dict]:
     return out, metrics
 
 
-def test_split_by_prompt_keeps_each_prompt_on_one_side():
-    pairs = [{"prompt": f"q{i % 10}", "chosen": "a", "rejected": "b"} for i in range(40)]
-    train, val = split_by_prompt(pairs, 0.2, seed=3)
-    assert len(train) + len(val) == 40 and val and train
-    assert not {p["prompt"] for p in train} & {p["prompt"] for p in val}
-    assert len({p["prompt"] for p in val}) == 2
-    assert split_by_prompt(pairs, 0.2, seed=3) == (train, val)
+def _shared_texts(train: list[dict], val: list[dict], key: str) -> set[str]:
+    return {normalise_text(p[key]) for p in train} & {normalise_text(p[key]) for p in val}
+
+
+def test_split_keeps_each_prompt_and_each_reference_answer_on_one_side():
+    # 10 prompts, 3 pairs each; prompts 2k and 2k+1 are paraphrases that share one reference answer
+    # (one of them spelt with other case and spacing), so there are 5 groups.
+    pairs = [{"prompt": f"q{i % 10}", "chosen": f"answer {i % 10 // 2}" if i % 2 else f"  Answer  {i % 10 // 2}",
+              "rejected": f"sample {i}"} for i in range(30)]
+    train, val = split_pairs(pairs, 0.2, seed=3)
+    assert len(train) + len(val) == 30 and val and train
+    assert not _shared_texts(train, val, "prompt") and not _shared_texts(train, val, "chosen")
+    assert len({p["prompt"] for p in val}) == 2  # one group of 5 held out: both paraphrases of one answer
+    assert split_pairs(pairs, 0.2, seed=3) == (train, val)
+    assert split_pairs(list(reversed(pairs)), 0.2, seed=3)[1] == list(reversed(val))  # file order does not matter
+    held_out_by_seed = {frozenset(p["prompt"] for p in split_pairs(pairs, 0.2, seed)[1]) for seed in range(10)}
+    assert len(held_out_by_seed) > 1  # the seed picks the group
+
+
+def test_pair_groups_join_prompts_through_a_chain_of_shared_answers():
+    pairs = [{"prompt": "a", "chosen": "x", "rejected": "r"}, {"prompt": "b", "chosen": "x", "rejected": "r"},
+             {"prompt": "b", "chosen": "y", "rejected": "r"}, {"prompt": "c", "chosen": "y", "rejected": "r"},
+             {"prompt": "d", "chosen": "z", "rejected": "r"}]
+    assert pair_groups(pairs) == [[0, 1, 2, 3], [4]]
+    assert split_pairs(pairs, 0.3, seed=0) in ((pairs[:4], pairs[4:]), (pairs[4:], pairs[:4]))
+
+
+def test_split_holds_out_nothing_when_every_pair_is_linked():
+    pairs = [{"prompt": f"q{i}", "chosen": "same answer", "rejected": f"s{i}"} for i in range(8)]
+    assert split_pairs(pairs, 0.2, seed=0) == (pairs, [])
 
 
 def test_mismatched_pairs_reject_another_prompts_reference():
@@ -156,7 +179,8 @@ def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
 def test_reward_model_learns_the_preference_and_beats_length(trained_rm, toy_dirs):
     out, metrics = trained_rm
     assert RM_METRIC_KEYS <= metrics.keys()
-    assert metrics["train_pairs"] + metrics["val_pairs"] == 80 and metrics["val_pairs"] == 16
+    held_out = split_pairs(read_pairs(toy_dirs["prefs"] / "pairs.jsonl"), 0.2, seed=0)[1]
+    assert metrics["train_pairs"] + metrics["val_pairs"] == 80 and metrics["val_pairs"] == len(held_out) > 0
     assert metrics["length_baseline_accuracy"] <= 0.25  # the rejected answers are nearly always longer
     assert metrics["val_accuracy"] >= 0.9 > metrics["length_baseline_accuracy"]
     assert metrics["reward_margin"] > 0
