@@ -55,7 +55,8 @@ from model.generation import Rollout, chat_prompt_ids, sample
 from model.ppo.rollout import response_logits, token_logprobs
 from model.reward import (encode_answer, load_reward_model, make_pair_eval_fn, pair_batch, read_pairs,
                           sequence_scores, split_pairs, train_reward_model)
-from model.sft import SFT_VAL, hash_fraction, read_jsonl, write_jsonl
+from model.artifact_io import read_jsonl, write_jsonl
+from model.sft import SFT_VAL, hash_fraction
 from model.training import autocast, autocast_dtype
 from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig

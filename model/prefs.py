@@ -25,7 +25,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from data_process.sources import is_quarantined, read_pref_rows
 from model.build import resolve_device
 from model.generation import chat_prompt_ids, response_texts, sample
-from model.sft import RLHF_PROMPTS, REJECTED, hash_fraction, read_jsonl, write_jsonl
+from model.artifact_io import read_jsonl, write_jsonl
+from model.sft import RLHF_PROMPTS, REJECTED, hash_fraction
 from tokenizer.chat import IM_END
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, PrefSource
 

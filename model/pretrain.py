@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from transformers import AutoTokenizer
 
 from data_process.token_shards import TokenShards
+from model.artifact_io import export_trained_model
 from model.build import build_model, count_parameters, resolve_device
 from model.losses import causal_lm_window_loss, token_cross_entropy
 from model.throughput import peak_flops_per_s, training_flops_per_token
@@ -177,13 +177,7 @@ def pretrain(
         parallel=parallel,
     )
 
-    if parallel is None:
-        model.save_pretrained(out_dir)
-    else:
-        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
-    if is_main_process:
-        tokenizer.save_pretrained(out_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process)
 
     metrics: dict[str, Any] = {
         "val_loss": result.last_eval["val_loss"],

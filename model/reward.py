@@ -11,10 +11,8 @@ Output (in `out_dir`): `LlamaForSequenceClassification` (one label) + tokenizer,
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from model.artifact_io import export_trained_model, read_jsonl
 from model.build import count_parameters, resolve_device
 from model.generation import positions_from_mask
 from model.training import Parallel, train
@@ -101,19 +100,7 @@ def freeze_lower_layers(model: torch.nn.Module, fraction: float) -> int:
 
 def read_pairs(path: Path) -> list[dict[str, str]]:
     """Rows of `pairs.jsonl`; a malformed line or a missing / non-string key is an error naming file and line."""
-    pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({err})") from err
-            for key in PAIR_KEYS:
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{path}:{line_number}: key {key!r} is missing or not a string")
-            pairs.append(row)
+    pairs = read_jsonl(path, required_str_keys=PAIR_KEYS)
     if not pairs:
         raise ValueError(f"{path}: no preference pairs")
     return pairs
@@ -397,13 +384,7 @@ def train_reward_model(
 
     for param in model.parameters():
         param.requires_grad_(True)  # frozen flags are a training choice, not part of the saved model
-    if parallel is None:
-        model.save_pretrained(out_dir)
-    else:
-        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
-    if rank == 0:
-        tokenizer.save_pretrained(out_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process=rank == 0)
 
     metrics = {
         **{key: result.last_eval[key] for key in ("val_accuracy", "val_loss", "reward_margin")},

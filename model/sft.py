@@ -26,16 +26,16 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.sources import is_quarantined, read_sft_rows
+from model.artifact_io import export_trained_model, write_jsonl
 from model.build import count_parameters, resolve_device
 from model.generation import chat_prompt_ids
 from model.losses import IGNORE_INDEX, token_cross_entropy
@@ -53,30 +53,6 @@ REJECTED = "rejected.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write one JSON object per line (UTF-8, non-ASCII kept readable); returns the number of rows."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file this project wrote; a broken line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); the artifact is damaged") from None
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------- splits
@@ -418,13 +394,7 @@ def sft(
     model.generation_config.eos_token_id = [im_end_id] + (
         [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
     model.generation_config.pad_token_id = pad_id
-    if parallel is None:
-        model.save_pretrained(out_dir)
-    else:
-        parallel.save_pretrained(model, out_dir, checkpoint_dir)  # all ranks: ZeRO weights are gathered
-    if is_main_process:
-        tokenizer.save_pretrained(out_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process)
 
     metrics: dict[str, Any] = {
         "val_loss": result.last_eval["val_loss"],

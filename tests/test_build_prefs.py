@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 from data_process.demo_corpus import demo_documents, demo_sft_pairs
 from model.build import build_model
 from model.prefs import PAIRS, SAMPLED_SOURCE, build_prefs, select_prompts
-from model.sft import REJECTED, RLHF_PROMPTS, read_jsonl, write_jsonl
+from model.artifact_io import read_jsonl, write_jsonl
+from model.sft import REJECTED, RLHF_PROMPTS
 from tokenizer.toy_corpus import write_corpus_parts
 from tokenizer.train import train_tokenizer
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, ModelConfig, PrefSource, TrainTokenizerConfig

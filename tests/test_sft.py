@@ -13,8 +13,9 @@ from data_process.demo_corpus import demo_documents, demo_sft_pairs
 from model.build import build_model
 from model.generation import chat_prompt_ids, response_texts, sample
 from model.losses import IGNORE_INDEX
+from model.artifact_io import read_jsonl
 from model.sft import (RLHF_PROMPTS, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
-                       read_jsonl, sft, split_sft_rows, truncate_pair)
+                       sft, split_sft_rows, truncate_pair)
 from tokenizer.chat import IM_END, IM_END_ID
 from tokenizer.toy_corpus import write_corpus_parts
 from tokenizer.train import train_tokenizer
