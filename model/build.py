@@ -7,7 +7,9 @@ Pretrain builds from scratch here; SFT, the reward model and PPO load what pretr
 from __future__ import annotations
 
 import logging
+import random
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -80,3 +82,10 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators: every stage starts from the same state."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -8,7 +8,6 @@ works) and `metrics.jsonl`, one record per step (loss, lr, tokens/s) plus the pe
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from transformers import AutoTokenizer
 
 from data_process.token_shards import TokenShards
 from model.artifact_io import export_trained_model
-from model.build import build_model, count_parameters, resolve_device
+from model.build import build_model, count_parameters, resolve_device, seed_everything
 from model.losses import causal_lm_window_loss, token_cross_entropy
 from model.throughput import peak_flops_per_s, training_flops_per_token
 from model.training import Parallel, train
@@ -104,11 +103,6 @@ def make_val_loss_fn(windows: list[torch.Tensor], batch_size: int, device: torch
     return val_loss
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def pretrain(
     cfg: PretrainConfig,
@@ -140,7 +134,7 @@ def pretrain(
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     is_main_process = rank == 0
     optim, model_cfg = cfg.optim, cfg.model
-    _seed_everything(seed)
+    seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab_size = len(tokenizer)

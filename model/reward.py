@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.artifact_io import export_trained_model, read_jsonl
-from model.build import count_parameters, resolve_device
+from model.build import count_parameters, resolve_device, seed_everything
 from model.generation import positions_from_mask
 from model.training import Parallel, train
 from tokenizer.chat import PAD_ID, render_chat
@@ -311,11 +311,6 @@ def length_baseline_accuracy(encoded: list[tuple[list[int], list[int]]]) -> floa
 # --------------------------------------------------------------------------------------------- stage
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def train_reward_model(
     cfg: TrainRmConfig,
@@ -345,7 +340,7 @@ def train_reward_model(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
-    _seed_everything(seed)
+    seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     pairs = read_pairs(prefs_dir / PAIRS_FILE)

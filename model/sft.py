@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.sources import is_quarantined, read_sft_rows
 from model.artifact_io import export_trained_model, write_jsonl
-from model.build import count_parameters, resolve_device
+from model.build import count_parameters, resolve_device, seed_everything
 from model.generation import chat_prompt_ids
 from model.losses import IGNORE_INDEX, token_cross_entropy
 from model.training import Parallel, autocast_dtype, evaluate, train
@@ -293,11 +292,6 @@ def make_val_loss_fn(examples: list[SftExample], batch_size: int, pad_id: int, d
 # ------------------------------------------------------------------------------------------------ stage
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def _public_row(row: dict[str, Any]) -> dict[str, Any]:
     """What later stages read of a prompt row: id, prompt, reference response, and where it came from."""
@@ -331,7 +325,7 @@ def sft(
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     is_main_process = rank == 0
     optim = cfg.optim
-    _seed_everything(seed)
+    seed_everything(seed)
 
     rows, quarantined = read_all_sft_rows(sft_sources, demo, seed)
     if is_main_process:

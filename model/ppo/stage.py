@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.token_shards import TokenShards
-from model.build import resolve_device
+from model.build import resolve_device, seed_everything
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from model.generation import chat_prompt_ids, sample
 from model.ppo.maths import adaptive_kl_coef
@@ -132,11 +131,6 @@ def evaluate_policy(
             "response_length": float(torch.cat(lengths).mean())}
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
 
 def ppo(
     cfg: PpoConfig,
@@ -164,7 +158,7 @@ def ppo(
     dtype = autocast_dtype(cfg.optim.precision, torch_device)
     if cfg.ptx_coef > 0 and shard_dir is None:
         raise ValueError("ppo.ptx_coef > 0 mixes in the pretraining loss: pass the shard dir (shard_dir)")
-    _seed_everything(seed)
+    seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / PROMPTS_FILE), cfg.num_eval_prompts, seed)
