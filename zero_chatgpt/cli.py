@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         force=args.force or None,
     )
     metrics = {stage: (read_manifest(entry["path"]) or {}).get("metrics", {}) for stage, entry in latest.items()}
-    print_summary(latest, metrics)
+    print_summary(latest, metrics, root)
     print(f"latest: {root / 'latest.json'}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -46,12 +47,12 @@ def print_stage_row(stage: str, status: str, seconds: float, metrics: dict[str, 
     _console.print(_ROW.format(stage, status, f"{seconds:.1f}", key_metric_text(stage, metrics)), style=style)
 
 
-def print_summary(latest: dict[str, dict[str, Any]], metrics: dict[str, dict[str, Any]]) -> None:
-    """The whole run as one table."""
-    table = Table(title="zero-chatgpt run")
-    for column in ("stage", "status", "seconds", "key metric", "artifact"):
-        table.add_column(column)
+def print_summary(latest: dict[str, dict[str, Any]], metrics: dict[str, dict[str, Any]], root: Path) -> None:
+    """The whole run as one table; each artifact is `<root>/<stage>/<artifact id>`, so the row fits 80 columns."""
+    table = Table(title=f"zero-chatgpt run in {root}")
+    for column in ("stage", "status", "seconds", "key metric", "artifact id"):
+        table.add_column(column, no_wrap=True)
     for stage, entry in latest.items():
         table.add_row(stage, entry["status"], f"{entry['seconds']:.1f}",
-                      key_metric_text(stage, metrics.get(stage, {})), entry["path"])
+                      key_metric_text(stage, metrics.get(stage, {})), Path(entry["path"]).name)
     _console.print(table)
