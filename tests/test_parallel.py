@@ -31,16 +31,32 @@ def flaky_shard(job: tuple[str, int]) -> tuple[int, int]:
 
 
 @flow(name="parallel-map-test")
-def map_shards(calls_dir: str, shards: int) -> list[tuple[int, int]]:
-    resources = ResourcesConfig(task_runner="processes", workers=2)
-    return prefect_map(resources, "test")(flaky_shard, [(calls_dir, shard) for shard in range(shards)])
+def map_shards(calls_dir: str, shards: int, resources: dict) -> list[tuple[int, int]]:
+    run = prefect_map(ResourcesConfig.model_validate(resources), "test")
+    return run(flaky_shard, [(calls_dir, shard) for shard in range(shards)])
 
 
 def test_a_failing_shard_is_retried_alone_on_a_process_pool(tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
-    results = map_shards(str(calls), 4)
+    results = map_shards(str(calls), 4, {"task_runner": "processes", "workers": 2})
     assert [value for value, _ in results] == [0, 10, 20, 30]
     assert all(pid != os.getpid() for _, pid in results), "shards must run in worker processes"
+    attempts = {shard: sum(1 for f in calls.iterdir() if f.name.startswith(f"{shard}-")) for shard in range(4)}
+    assert attempts == {0: 1, 1: 1, 2: 2, 3: 1}
+
+
+def test_a_dask_address_runs_the_same_shard_tasks_on_that_cluster(tmp_path):
+    pytest.importorskip("prefect_dask")
+    from distributed import Client, LocalCluster
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            worker_pids = set(client.run(os.getpid).values())
+        results = map_shards(str(calls), 4, {"task_runner": "dask", "address": cluster.scheduler_address})
+    assert [value for value, _ in results] == [0, 10, 20, 30]
+    assert {pid for _, pid in results} <= worker_pids, "shards must run on the cluster's workers"
     attempts = {shard: sum(1 for f in calls.iterdir() if f.name.startswith(f"{shard}-")) for shard in range(4)}
     assert attempts == {0: 1, 1: 1, 2: 2, 3: 1}
