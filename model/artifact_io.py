@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -27,11 +27,9 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
-def read_jsonl(path: Path, required_str_keys: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSONL file this project wrote. A broken line, or a row whose `required_str_keys` are missing or
-    not strings, is an error naming the file and line: these files are artifacts, so damage must not pass."""
-    required = tuple(required_str_keys)
-    rows = []
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error naming the
+    file and line, so a damaged or hand-edited file never passes silently."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -39,11 +37,22 @@ def read_jsonl(path: Path, required_str_keys: Iterable[str] = ()) -> list[dict[s
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); the artifact is damaged") from None
-            for key in required:
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{path}:{number}: key {key!r} is missing or not a string")
-            rows.append(row)
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def read_jsonl(path: Path, required_str_keys: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a JSONL file this project wrote; a row whose `required_str_keys` are missing or not strings is
+    an error naming the file and line, like a broken line (see `iter_jsonl`)."""
+    required = tuple(required_str_keys)
+    rows = []
+    for number, row in iter_jsonl(path):
+        for key in required:
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{number}: key {key!r} is missing or not a string")
+        rows.append(row)
     return rows
 
 

@@ -6,13 +6,13 @@ token, so what a user sees here is what PPO and evaluation saw.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from model.artifact_io import iter_jsonl
 from model.build import resolve_device
 from model.generation import chat_prompt_ids, response_texts, sample
 from tokenizer.chat import IM_END, render_chat
@@ -98,20 +98,14 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+    if path.suffix == ".jsonl":
+        prompts = []
+        for number, row in iter_jsonl(path):
+            if not isinstance(row.get("prompt"), str):
                 raise ValueError(f"{path}:{number}: expected an object with a string `prompt`")
             prompts.append(row["prompt"])
-        else:
-            prompts.append(line)
+    else:
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

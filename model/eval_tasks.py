@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transformers import PreTrainedModel
 
 from model.eval_templates import BUILTIN_TASKS
+from model.artifact_io import iter_jsonl
 from model.generation import left_pad, positions_from_mask
 from tokenizer.chat import ENDOFTEXT_ID, PAD_ID
 
@@ -140,18 +141,7 @@ class PreparedTask:
 def read_task_file(path: Path) -> tuple[TaskSpec, list[tuple[int, dict[str, Any]]]]:
     """The spec of a task file and its rows as (line number, row); errors name the file and line."""
     path = Path(path)
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
+    rows = list(iter_jsonl(path))
     header = None
     if rows and SPEC_HEADER_KEY in rows[0][1]:
         header = rows.pop(0)[1][SPEC_HEADER_KEY]

@@ -10,7 +10,6 @@ Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.js
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.token_shards import TokenShards
+from model.artifact_io import iter_jsonl
 from model.build import resolve_device, seed_everything
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from model.generation import chat_prompt_ids, sample
@@ -51,17 +51,11 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def read_prompts(path: Path) -> list[str]:
     """The `prompt` of each row of `rlhf_prompts.jsonl`; a bad line is an error naming file and line."""
     prompts = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                prompt = json.loads(line).get("prompt")
-            except (json.JSONDecodeError, AttributeError) as err:
-                raise ValueError(f"{path}:{line_number}: not a JSON object ({err})") from err
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{line_number}: key 'prompt' is missing, empty or not a string")
-            prompts.append(prompt)
+    for line_number, row in iter_jsonl(path):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}:{line_number}: key 'prompt' is missing, empty or not a string")
+        prompts.append(prompt)
     if len(prompts) < 2:
         raise ValueError(f"{path}: {len(prompts)} prompts; PPO needs at least 2 (training and held-out)")
     return prompts
