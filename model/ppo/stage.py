@@ -11,7 +11,6 @@ Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.js
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_process.token_shards import TokenShards
-from model.artifact_io import iter_jsonl
+from model.artifact_io import export_trained_model, iter_jsonl
 from model.build import resolve_device, seed_everything
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from model.generation import chat_prompt_ids, sample
@@ -263,9 +262,7 @@ def ppo(
     if cfg.lora_rank > 0:
         policy = policy.merge_and_unload()  # a plain causal LM: loading the output needs no peft
     after = evaluate(policy)
-    policy.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=None, is_main_process=True)
 
     metrics: dict[str, Any] = {
         "reward_before": before["reward"],
