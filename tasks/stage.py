@@ -129,20 +129,21 @@ def run_stage(
 def _progress_artifact(stage: str, min_step: float = 0.02, min_seconds: float = 5.0) -> Callable[[float], None]:
     """A listener that shows the stage's progress as a Prefect progress artifact, created on the first report
     and updated at most every `min_seconds` or `min_step` of progress (each update is an API call)."""
-    state = {"id": None, "shown": 0.0, "at": 0.0}
+    state = {"id": None, "shown": 0.0, "at": 0.0, "broken": False}
 
     def listen(fraction: float) -> None:
         now = time.monotonic()
-        if state["id"] is not None and fraction < 1.0 and (
-                fraction - state["shown"] < min_step or now - state["at"] < min_seconds):
+        if state["broken"] or (state["id"] is not None and fraction < 1.0 and (
+                fraction - state["shown"] < min_step or now - state["at"] < min_seconds)):
             return
         try:
             if state["id"] is None:
                 state["id"] = create_progress_artifact(progress=100.0 * fraction, description=f"{stage} progress")
             else:
                 update_progress_artifact(state["id"], progress=100.0 * fraction)
-        except Exception as err:  # no API (a script outside a run): progress is a nicety, never a failure
-            stage_logger().debug("progress artifact not updated: %s", err)
+        except Exception as err:  # progress is a nicety: say once that it stopped, never fail the stage for it
+            stage_logger().warning("%s: progress artifact not updated, giving up on it: %s", stage, err)
+            state["broken"] = True
             return
         state["shown"], state["at"] = fraction, now
 
