@@ -16,7 +16,7 @@ from model.build import build_model
 from model.eval_tasks import (TaskSpec, continuation_logprobs, encode_request, expand_task_globs, load_task,
                               option_scores, predict, read_task_file, render_row, task_accuracy, task_summary)
 from model.eval_templates import BUILTIN_TASKS
-from test_train_rm import make_tokenizer_dir
+from model_fixtures import make_tokenizer_dir
 from tokenizer.chat import ENDOFTEXT_ID
 from zero_chatgpt.config import ModelConfig
 

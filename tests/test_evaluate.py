@@ -17,7 +17,8 @@ from model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_p
                             seeded_subset, split_pairs_for_independent_judge)
 from model.generation import chat_prompt_ids
 from model.reward import normalise_text, pair_groups, read_pairs, train_reward_model
-from test_train_rm import make_sft_dir, make_tokenizer_dir, rm_config, toy_prompts, write_toy_pairs
+from model_fixtures import make_tokenizer_dir
+from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 

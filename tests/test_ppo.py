@@ -16,7 +16,8 @@ from model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
 from model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
 from model.reward import load_reward_model, train_reward_model
 from model.generation import chat_prompt_ids
-from test_train_rm import make_sft_dir, make_tokenizer_dir, rm_config, toy_prompts, write_toy_pairs
+from model_fixtures import make_tokenizer_dir
+from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import OptimConfig, PpoConfig
 

@@ -15,24 +15,15 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.build import build_model
+from model_fixtures import make_tokenizer_dir
 from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, normalise_text, pair_batch, pair_groups,
                           read_pairs, sequence_scores, split_pairs, train_reward_model)
-from tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from tokenizer.train import train_tokenizer
-from zero_chatgpt.config import ModelConfig, TrainRmConfig, TrainTokenizerConfig
+from zero_chatgpt.config import ModelConfig, TrainRmConfig
 
 GOOD_WORDS = "river bridge harbour lantern garden".split()
 BAD_WORDS = "winter stone merchant festival mountain".split()
 RM_METRIC_KEYS = {"val_accuracy", "length_baseline_accuracy", "val_loss", "train_pairs", "val_pairs", "reward_margin"}
 
-
-def make_tokenizer_dir(root: Path) -> Path:
-    """A 400-piece tokenizer trained on toy documents (a couple of seconds)."""
-    corpus = root / "corpus"
-    write_corpus_parts(toy_documents(300, seed=0), corpus)
-    out = root / "tokenizer"
-    train_tokenizer(TrainTokenizerConfig(vocab_size=400), corpus, out, seed=0, num_threads=1)
-    return out
 
 
 def make_sft_dir(root: Path, tokenizer_dir: Path, prompts: list[str], seed: int = 0) -> Path:
