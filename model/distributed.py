@@ -121,6 +121,52 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_numel: int = 1 << 24) -> None:
+    """Replace each tensor, in place, by its mean over the ranks (a no-op on one rank).
+
+    Every rank must pass tensors of the same shapes in the same order. They are flattened into buckets of
+    at most `bucket_numel` elements per dtype and device: one collective per bucket, not one per tensor.
+    """
+    if world_size == 1 or not tensors:
+        return
+    by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_kind.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for group in by_kind.values():
+        bucket: list[torch.Tensor] = []
+        numel = 0
+        for tensor in group + [None]:  # None flushes the last bucket
+            if tensor is None or (bucket and numel + tensor.numel() > bucket_numel):
+                flat = torch.cat([t.reshape(-1) for t in bucket])
+                torch.distributed.all_reduce(flat)
+                flat.div_(world_size)
+                offset = 0
+                for t in bucket:
+                    t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                    offset += t.numel()
+                bucket, numel = [], 0
+            if tensor is not None:
+                bucket.append(tensor)
+                numel += tensor.numel()
+
+
+def broadcast_from_main_(tensors: list[torch.Tensor]) -> None:
+    """Overwrite each tensor, in place, with rank 0's copy (a no-op outside a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for tensor in tensors:
+        torch.distributed.broadcast(tensor.detach(), src=0)  # detached: shares storage, skips autograd
+
+
+def all_gather_objects(value: Any, world_size: int) -> list[Any]:
+    """Every rank's `value` (picklable), in rank order: `[value]` on one rank."""
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
 # ------------------------------------------------------------------------------------ DeepSpeed config
 
 

@@ -60,6 +60,7 @@ STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("model.pretrain", "pretrain", "PretrainConfig"),
     "sft": ("model.sft", "sft", "SftConfig"),
     "train_rm": ("model.reward", "train_reward_model", "TrainRmConfig"),
+    "ppo": ("model.ppo.stage", "ppo", "PpoConfig"),
 }
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from model.ppo.stage import ppo
-from tasks.stage import StageSpec, resume_dir, run_stage, stage_task
+from tasks.stage import StageSpec, stage_task
+from tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
 PPO = StageSpec("ppo", version="1", config_keys=("ppo",), upstream=("sft", "train_rm", "shard"))
@@ -14,9 +15,8 @@ PPO = StageSpec("ppo", version="1", config_keys=("ppo",), upstream=("sft", "trai
 
 @stage_task(PPO)
 def ppo_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Optimise the SFT policy against the reward model with PPO (KL-penalised, resumable)."""
+    """Optimise the SFT policy against the reward model with PPO (KL-penalised, resumable; several ranks if asked)."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(PPO, config, upstream, root, force, lambda out_dir: ppo(
-        cfg.ppo, Path(upstream["sft"]["path"]), Path(upstream["train_rm"]["path"]), out_dir, cfg.run.seed,
-        cfg.run.device, shard_dir=Path(upstream["shard"]["path"]),
-        checkpoint_dir=resume_dir(PPO, config, upstream, root)))
+    inputs = {"sft_dir": Path(upstream["sft"]["path"]), "rm_dir": Path(upstream["train_rm"]["path"]),
+              "shard_dir": Path(upstream["shard"]["path"])}
+    return run_training_stage(PPO, config, upstream, root, force, ppo, cfg.ppo, inputs)

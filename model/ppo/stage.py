@@ -6,6 +6,9 @@ from SFT), reference (frozen SFT), reward model (frozen), critic (the reward mod
 trained, read per token). Each PPO step samples `rollout_batch_size` prompts, scores the rollouts
 (`rollout.py`) and runs `ppo_epochs` clipped updates over them (`update.py`).
 Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.jsonl` (one record per step).
+
+On several ranks (`model.launch`) PPO is data-parallel: every rank holds all four models and samples its
+own slice of each global rollout batch; actor and critic gradients are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -25,6 +29,7 @@ from data_process.token_shards import TokenShards
 from model.artifact_io import export_trained_model, iter_jsonl
 from model.build import resolve_device, seed_everything
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from model.distributed import DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects, broadcast_from_main_
 from model.generation import chat_prompt_ids, sample
 from model.ppo.maths import adaptive_kl_coef
 from model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
@@ -65,6 +70,42 @@ def split_prompts(prompts: list[str], num_eval: int, seed: int) -> tuple[list[st
     order = np.random.default_rng(seed).permutation(len(prompts))
     num_eval = max(1, min(num_eval, len(prompts) // 2))
     return [prompts[i] for i in order[num_eval:]], [prompts[i] for i in order[:num_eval]]
+
+
+def rank_prompt_batches(prompts: list[list[int]], rollout_batch_size: int, seed: int, rank: int = 0,
+                        world_size: int = 1) -> ShuffledBatches:
+    """This rank's prompts of each PPO step: `rollout_batch_size` counts prompts over all ranks.
+
+    Every rank draws the same seeded global batch and keeps its own disjoint `rollout_batch_size //
+    world_size` of them (rank r: the r-th slice), so the ranks together take exactly what one rank would.
+    """
+    if rollout_batch_size % world_size:
+        raise ValueError(f"ppo.rollout_batch_size {rollout_batch_size} does not split evenly over {world_size} "
+                         f"ranks: make it a multiple of resources.ranks x nodes")
+    return ShuffledBatches(prompts, rollout_batch_size // world_size, seed, rank=rank, world_size=world_size)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s sampling generator: `seed` itself on rank 0 (a 1-rank run is unchanged),
+    an unrelated stream on the others (not `seed + rank`, which would collide with other seeded streams)."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device,
+                    weight: float = 1.0) -> dict[str, float]:
+    """The `weight`-weighted mean over ranks of each value (one all-reduce); `values` itself on one rank.
+
+    Every rank must pass the same keys; a rank with nothing to report passes weight 0.
+    """
+    if world_size == 1:
+        return values
+    keys = sorted(values)
+    packed = torch.tensor([weight, *(weight * values[key] for key in keys)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(packed)
+    total = float(packed[0])
+    return {key: float(packed[1 + i]) / total for i, key in enumerate(keys)}
 
 
 def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
@@ -134,15 +175,26 @@ def ppo(
     device: str = "auto",
     shard_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
+    parallel: DdpParallel | DeepSpeedParallel | None = None,
 ) -> dict[str, Any]:
     """Run `cfg.optim.max_steps` PPO steps from the SFT model against the reward model; save the actor.
 
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end) every
-    `cfg.optim.checkpoint_every` steps. Returns metrics: reward_before / reward_after (mean reward of the
-    greedy answers of the SFT model / the trained actor on held-out prompts), kl (mean per-sequence KL of
-    the actor to the reference there), kl_bound (= target_kl), steps, resumed_from, train/eval prompt
-    counts, and `mean_<name>` of each per-step metric (reward, kl, entropy, response_length, clip_fraction,
-    value_loss, policy_loss).
+    `cfg.optim.checkpoint_every` steps.
+
+    `parallel` (from `model.launch`, one call per rank): data-parallel replicas. Each rank samples its
+    `rollout_batch_size / world_size` prompts of every step (`rank_prompt_batches`) with its own sampling
+    seed; `mini_batch_size` and `ptx_batch_size` are global counts too; actor and critic gradients are
+    averaged over ranks, so the replicas stay identical. Advantages are whitened per rank. Step metrics
+    and held-out figures (each rank evaluates its share of the held-out prompts) are means over ranks;
+    rank 0 alone writes `metrics.jsonl`, checkpoints (with every rank's sampling and RNG states) and the
+    exported actor. The DeepSpeed engine is not used here: PPO runs the same replicas with a warning, as
+    ZeRO partitions only pretrain / sft / train_rm.
+
+    Returns metrics: reward_before / reward_after (mean reward of the greedy answers of the SFT model / the
+    trained actor on held-out prompts), kl (mean per-sequence KL of the actor to the reference there),
+    kl_bound (= target_kl), steps, resumed_from, train/eval prompt counts, and `mean_<name>` of each
+    per-step metric (reward, kl, entropy, response_length, clip_fraction, value_loss, policy_loss).
     """
     sft_dir, rm_dir, out_dir = Path(sft_dir), Path(rm_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +203,15 @@ def ppo(
     dtype = autocast_dtype(cfg.optim.precision, torch_device)
     if cfg.ptx_coef > 0 and shard_dir is None:
         raise ValueError("ppo.ptx_coef > 0 mixes in the pretraining loss: pass the shard dir (shard_dir)")
+    rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
+    is_main_process = rank == 0
+    if isinstance(parallel, DeepSpeedParallel):
+        if is_main_process:
+            logger.warning("ppo runs data-parallel replicas; ZeRO applies to pretrain/sft/train_rm (engine "
+                           "deepspeed, ZeRO %d: PPO holds full models and averages gradients on every rank)",
+                           parallel.zero_stage)
+        # The process group is already up (deepspeed.init_distributed is torch.distributed underneath).
+        parallel = DdpParallel(RankInfo(parallel.rank, parallel.world_size, parallel.local_rank))
     seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
@@ -167,25 +228,38 @@ def ppo(
         actor = with_lora(actor, cfg.lora_rank)
     actor.eval()  # no dropout anywhere in PPO (see ppo_update); gradients still flow
     critic.eval()
+    if world_size > 1:
+        # Same seed and files give the same start on every rank; broadcasting rank 0's copy makes sure of
+        # it (LoRA's random init included), since averaged gradients keep replicas equal only from equal.
+        broadcast_from_main_([*actor.state_dict().values(), *critic.state_dict().values()])
 
-    optimizers = PpoOptimizers(actor, critic, cfg.optim, cfg.critic_lr, torch_device, dtype)
+    optimizers = PpoOptimizers(actor, critic, cfg.optim, cfg.critic_lr, torch_device, dtype, world_size)
     ema = (AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
-    prompt_batches = ShuffledBatches(train_ids, cfg.rollout_batch_size, seed)
-    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"), cfg.ptx_batch_size, cfg.ptx_seq_len, seed)
+    prompt_batches = rank_prompt_batches(train_ids, cfg.rollout_batch_size, seed, rank, world_size)
+    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"), max(1, cfg.ptx_batch_size // world_size),
+                                 cfg.ptx_seq_len, seed, rank, world_size)
                    if cfg.ptx_coef > 0 else None)
-    generator = torch.Generator(device=torch_device).manual_seed(seed)
+    generator = torch.Generator(device=torch_device).manual_seed(rank_seed(seed, rank))
     rollout_settings = RolloutSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        top_p=cfg.top_p, eos_id=IM_END_ID, pad_id=PAD_ID, gamma=cfg.gamma,
                                        gae_lambda=cfg.gae_lambda, reward_clip=cfg.reward_clip)
-    update_settings = UpdateSettings.from_config(cfg)
-    log = MetricsLog(out_dir / METRICS_LOG)
-    if log.path.exists():
+    update_settings = UpdateSettings.from_config(cfg, world_size)
+    log = MetricsLog(out_dir / METRICS_LOG, enabled=is_main_process)
+    if log.path is not None and log.path.exists():
         log.path.unlink()
 
-    # Evaluation draws use their own seed so before and after see the same prompts and RNG stream.
+    # Evaluation draws use their own seed so before and after see the same prompts and RNG stream. Each
+    # rank scores its share of the held-out prompts; the means are weighted by the prompts each scored.
+    eval_share = eval_ids[rank::world_size]
+
     def evaluate(policy: torch.nn.Module) -> dict[str, float]:
-        return evaluate_policy(policy, reference, reward_fn, eval_ids, cfg, torch_device, dtype, seed + 1)
+        if eval_share:
+            figures = evaluate_policy(policy, reference, reward_fn, eval_share, cfg, torch_device, dtype,
+                                      rank_seed(seed + 1, rank))
+        else:  # more ranks than held-out prompts: this rank only joins the all-reduce
+            figures = {"reward": 0.0, "kl": 0.0, "response_length": 0.0}
+        return mean_over_ranks(figures, world_size, torch_device, weight=len(eval_share))
 
     kl_coef, start_step, history = cfg.kl_coef, 0, []
     # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and moments.
@@ -199,8 +273,15 @@ def ppo(
         prompt_batches.load_state_dict(state["prompts"])
         if ptx_batches is not None:
             ptx_batches.load_state_dict(state["ptx"])
-        generator.set_state(state["generator"])
-        restore_rng_states(state["rng"])
+        # Checkpoints from before multi-rank PPO hold one generator / RNG state at the top level.
+        rank_states = state.get("rank_states") or [{"generator": state["generator"], "rng": state["rng"]}]
+        if len(rank_states) == world_size:
+            generator.set_state(rank_states[rank]["generator"])
+            restore_rng_states(rank_states[rank]["rng"])
+        elif is_main_process:
+            logger.warning("the PPO checkpoint was written by %d rank(s), this run has %d: model, optimizer and "
+                           "data position resume, sampling restarts from fresh seeded generators",
+                           len(rank_states), world_size)
         kl_coef, start_step, history = state["kl_coef"], state["step"], state["history"]
         before = state["before"]
         for record in history:  # the log may live in a dir that did not survive the crash
@@ -212,7 +293,7 @@ def ppo(
                     before["reward"])
 
     progress = tqdm(total=cfg.optim.max_steps, initial=start_step, desc="ppo", unit="step", mininterval=2.0,
-                    leave=False)
+                    leave=False, disable=not is_main_process)
     for step in range(start_step, cfg.optim.max_steps):
         started = time.perf_counter()
         with autocast(torch_device, dtype):
@@ -224,45 +305,54 @@ def ppo(
         if ema is not None:
             ema.update_parameters(actor)
         step_seconds = time.perf_counter() - started
-        record = {
-            "step": step + 1,
+        # Means over ranks (equal batches): the record describes the whole global rollout batch, and
+        # every rank's adaptive kl_coef moves the same way.
+        measured = mean_over_ranks({
             "reward": float(experience.scores.mean()),
             "kl": float(experience.kl.sum(dim=1).mean()),
             "response_length": float(experience.response_mask.sum(dim=1).mean()),
-            "kl_coef": kl_coef,
             **update_stats,
             "step_seconds": step_seconds,
             "generate_share": generate_seconds / step_seconds,
-        }
+        }, world_size, torch_device)
+        record = {"step": step + 1, "reward": measured.pop("reward"), "kl": measured.pop("kl"),
+                  "response_length": measured.pop("response_length"), "kl_coef": kl_coef, **measured}
         if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience), cfg.kl_horizon)
+            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience) * world_size,
+                                       cfg.kl_horizon)
         history.append(record)
         log.write(record)
         progress.update(1)
         progress.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}", refresh=False)
-        report_progress(step + 1, cfg.optim.max_steps)
-        if (step + 1) % LOG_EVERY_STEPS == 0 or step == start_step:  # the bar shows every step
+        if is_main_process:
+            report_progress(step + 1, cfg.optim.max_steps)
+        if is_main_process and ((step + 1) % LOG_EVERY_STEPS == 0 or step == start_step):  # the bar shows every step
             logger.info("ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
                         step + 1, cfg.optim.max_steps, record["reward"], record["kl"], record["entropy"],
                         record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
         last = step + 1 == cfg.optim.max_steps
         if (step + 1) % cfg.optim.checkpoint_every == 0 and not last:
-            save_checkpoint(checkpoint_dir, {
-                "step": step + 1, "actor": actor.state_dict(), "critic": critic.state_dict(),
-                "optimizers": optimizers.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "prompts": prompt_batches.state_dict(),
-                "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
-                "generator": generator.get_state(), "rng": rng_states(), "kl_coef": kl_coef,
-                "history": history, "before": before,
-            })
-            logger.info("saved PPO checkpoint at step %d", step + 1)
+            # Models, optimizers and data positions are the same on every rank: rank 0 writes one copy,
+            # plus each rank's own sampling generator and RNG states, so every rank resumes its own draws.
+            rank_states = all_gather_objects({"generator": generator.get_state(), "rng": rng_states()},
+                                             world_size)
+            if is_main_process:
+                save_checkpoint(checkpoint_dir, {
+                    "step": step + 1, "actor": actor.state_dict(), "critic": critic.state_dict(),
+                    "optimizers": optimizers.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                    "prompts": prompt_batches.state_dict(),
+                    "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
+                    "rank_states": rank_states, "kl_coef": kl_coef, "history": history, "before": before,
+                })
+                logger.info("saved PPO checkpoint at step %d", step + 1)
     progress.close()
 
     policy = ema.module if ema is not None else actor
     if cfg.lora_rank > 0:
         policy = policy.merge_and_unload()  # a plain causal LM: loading the output needs no peft
     after = evaluate(policy)
-    export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=None, is_main_process=True)
+    export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=parallel,
+                         is_main_process=is_main_process)
 
     metrics: dict[str, Any] = {
         "reward_before": before["reward"],
@@ -280,6 +370,7 @@ def ppo(
     }
     for name in STEP_METRICS:
         metrics[f"mean_{name}"] = float(np.mean([record[name] for record in history])) if history else float("nan")
-    logger.info("ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)", metrics["reward_before"],
-                metrics["reward_after"], metrics["kl"], metrics["kl_bound"])
+    if is_main_process:
+        logger.info("ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)", metrics["reward_before"],
+                    metrics["reward_after"], metrics["kl"], metrics["kl_bound"])
     return metrics

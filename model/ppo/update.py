@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from model.distributed import all_reduce_mean_
 from model.losses import causal_lm_window_loss
 from model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
 from model.ppo.rollout import Experience, ValueModel, response_logits, token_logprobs
@@ -32,8 +33,11 @@ class UpdateSettings:
     ptx_coef: float = 0.0
 
     @classmethod
-    def from_config(cls, cfg: PpoConfig) -> "UpdateSettings":
-        return cls(ppo_epochs=cfg.ppo_epochs, mini_batch_size=cfg.mini_batch_size, clip_range=cfg.clip_range,
+    def from_config(cls, cfg: PpoConfig, world_size: int = 1) -> "UpdateSettings":
+        """`cfg.mini_batch_size` counts rollouts over all ranks: each of `world_size` ranks takes its share
+        (at least 1), so every rank makes the same number of optimizer steps as one rank would."""
+        mini_batch_size = max(1, cfg.mini_batch_size // world_size)
+        return cls(ppo_epochs=cfg.ppo_epochs, mini_batch_size=mini_batch_size, clip_range=cfg.clip_range,
                    value_clip_range=cfg.value_clip_range, temperature=cfg.temperature,
                    grad_clip=cfg.optim.grad_clip, ptx_coef=cfg.ptx_coef)
 
@@ -42,16 +46,33 @@ class PpoOptimizers:
     """AdamW + schedule for the actor and for the critic, and one loss scaler (used with fp16 only).
 
     The schedules advance once per PPO step (`step_schedules`), so `optim.max_steps` counts PPO steps.
+    With `world_size` > 1 (data-parallel replicas) `average_gradients` makes every rank's gradients the
+    mean over ranks before a step, so the replicas stay identical.
     """
 
     def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module, optim: OptimConfig,
-                 critic_lr: float | None, device: torch.device, dtype: torch.dtype | None) -> None:
+                 critic_lr: float | None, device: torch.device, dtype: torch.dtype | None,
+                 world_size: int = 1) -> None:
         critic_optim = optim.model_copy(update={"lr": critic_lr}) if critic_lr is not None else optim
         self.actor = make_optimizer(actor, optim, device)
         self.critic = make_optimizer(critic, critic_optim, device)
         self.actor_schedule = make_scheduler(self.actor, optim)
         self.critic_schedule = make_scheduler(self.critic, critic_optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.world_size = world_size
+
+    def average_gradients(self) -> None:
+        """All-reduce (mean) the gradients of both optimizers' parameters; a no-op on one rank.
+
+        Done by hand rather than with DDP wrappers: PPO-ptx runs the actor forward twice per backward, which
+        DDP's reducer rejects, and the rollouts use the bare models anyway. Still-scaled fp16 gradients are
+        fine: after the mean every rank sees the same infs, so the scalers skip and adjust together.
+        """
+        if self.world_size == 1:
+            return
+        grads = [param.grad for optimizer in (self.actor, self.critic) for group in optimizer.param_groups
+                 for param in group["params"] if param.grad is not None]
+        all_reduce_mean_(grads, self.world_size)
 
     def step_schedules(self) -> None:
         self.actor_schedule.step()
@@ -124,6 +145,7 @@ def ppo_update(
             stats.update(value_loss=critic_loss.detach(), **value_stats)
             # Actor and critic share no parameters: one backward fills both sets of gradients.
             optimizers.scaler.scale(actor_loss + critic_loss).backward()
+            optimizers.average_gradients()
             _clip_and_step(optimizers.actor, optimizers.scaler, settings.grad_clip)
             _clip_and_step(optimizers.critic, optimizers.scaler, settings.grad_clip)
             optimizers.scaler.update()
