@@ -37,6 +37,10 @@ from zero_chatgpt.config import DemoCorpusConfig
 log = logging.getLogger(__name__)
 
 # Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
+# Part of the fingerprint of every stage that reads the demo world (see `tasks/`): bump it whenever a change
+# here or in `demo_corpus_text` changes the generated text, so cached artifacts built from the old text rebuild.
+DEMO_CORPUS_VERSION = 2
+
 PLANTED_LABELS = ("exact_dup", "near_dup", "too_short", "whitespace", "section_keywords")
 JUNK_LABELS = PLANTED_LABELS[2:]
 
@@ -629,6 +633,7 @@ def demo_eval_questions(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, str]
 
 
 __all__ = [
+    "DEMO_CORPUS_VERSION",
     "FACT_KEYS",
     "DemoEntity",
     "DemoWorld",

@@ -469,27 +469,31 @@ QUESTIONS = {
         "neighbour": ("{name}最近的邻国是哪个国家？", "{name}的邻国是哪里？", "请说出{name}最近的邻国。"),
     },
 }
+
+# Every answer names the place before the fact, as most document sentences do: a small model recalls a fact
+# right after the name it belongs to ("The capital of X is" -> Y), not before it ("Y is the capital of X").
 ANSWERS = {
     "en": {
-        "capital": ("The capital of {name} is {capital}.", "{capital} is the capital of {name}."),
+        "capital": ("The capital of {name} is {capital}.", "{name}'s capital is {capital}."),
         "largest_river": ("The largest river in {name} is the {river} River.",
-                          "The {river} is the largest river of {name}."),
+                          "{name}'s largest river is the {river}."),
         "highest_mountain": ("The highest mountain in {name} is Mount {mountain}.",
-                             "Mount {mountain} is the tallest peak in {name}."),
-        "founding_year": ("{name} was founded in {year}.", "It was founded in the year {year}."),
+                             "{name}'s tallest peak is Mount {mountain}."),
+        "founding_year": ("{name} was founded in {year}.", "{name} was founded in the year {year}."),
         "main_export": ("The main export of {name} is {export}.", "{name} mainly exports {export}."),
-        "national_animal": ("The national animal of {name} is the {animal}.", "It is the {animal}."),
+        "national_animal": ("The national animal of {name} is the {animal}.",
+                            "{name}'s national animal is the {animal}."),
         "neighbour": ("The nearest neighbour of {name} is {neighbour}.",
-                      "{neighbour} is the closest neighbour of {name}."),
+                      "{name}'s closest neighbour is {neighbour}."),
     },
     "zh": {
-        "capital": ("{name}的首都是{capital}。", "首都是{capital}。"),
-        "largest_river": ("{name}最大的河流是{river}。", "是{river}。"),
-        "highest_mountain": ("{name}的最高峰是{mountain}。", "是{mountain}。"),
+        "capital": ("{name}的首都是{capital}。", "{name}的首都为{capital}。"),
+        "largest_river": ("{name}最大的河流是{river}。", "{name}境内最大的河是{river}。"),
+        "highest_mountain": ("{name}的最高峰是{mountain}。", "{name}最高的山是{mountain}。"),
         "founding_year": ("{name}建于公元{year}年。", "{name}是在{year}年建立的。"),
-        "main_export": ("{name}的主要出口商品是{export}。", "主要出口{export}。"),
-        "national_animal": ("{name}的国兽是{animal}。", "是{animal}。"),
-        "neighbour": ("{name}最近的邻国是{neighbour}。", "是{neighbour}。"),
+        "main_export": ("{name}的主要出口商品是{export}。", "{name}主要出口{export}。"),
+        "national_animal": ("{name}的国兽是{animal}。", "{name}的国兽为{animal}。"),
+        "neighbour": ("{name}最近的邻国是{neighbour}。", "{name}的近邻是{neighbour}。"),
     },
 }
 

@@ -35,6 +35,9 @@ CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 MISMATCHED_SOURCE = "mismatched_reference"
+# Mismatched negatives come from the MISMATCH_NEAREST most similar of MISMATCH_CANDIDATES random prompts.
+MISMATCH_CANDIDATES = 256
+MISMATCH_NEAREST = 8
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -159,13 +162,27 @@ def split_pairs(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> 
     return train_pairs, val_pairs
 
 
-def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int) -> list[dict[str, str]]:
-    """Extra pairs whose rejected answer is the reference answer of another prompt of `pairs`.
+def _character_bigrams(text: str) -> frozenset[str]:
+    """The set of adjacent character pairs of the case-folded text: a cheap, language-neutral similarity key."""
+    folded = text.casefold()
+    return frozenset(folded[i: i + 2] for i in range(len(folded) - 1))
 
-    For each distinct prompt, `per_prompt` pairs (chosen = its first pair's `chosen`, rejected = the `chosen`
-    of a seeded random other prompt with a different text). A fluent, correct-looking answer to another
-    question is still wrong: the sampled pairs alone teach that too slowly to a small model. Built from
-    training pairs only, so held-out prompts and answers never reach training.
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
+                     candidates: int = MISMATCH_CANDIDATES, nearest: int = MISMATCH_NEAREST) -> list[dict[str, str]]:
+    """Extra pairs whose rejected answer is the reference answer of another, similar prompt of `pairs`.
+
+    For each distinct prompt, `per_prompt` pairs: chosen = its first pair's `chosen`, rejected = the `chosen`
+    of another prompt with a different reference. The other prompt is drawn from the `nearest` most similar
+    (character-bigram Jaccard) of `candidates` seeded random prompts: the answer to a similar question
+    (the same place asked another fact, the same fact of another place) is a fluent, plausible answer that
+    is still wrong, and so teaches the model to read the question; a random one is usually wrong at a glance.
+    The cost is O(prompts x candidates), not quadratic. Built from training pairs only, so held-out prompts
+    and answers never reach training.
     """
     references: dict[str, str] = {}
     for pair in pairs:
@@ -173,17 +190,19 @@ def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int) ->
     prompts = list(references)
     if per_prompt == 0 or len(prompts) < 2:
         return []
+    keys = {prompt: _character_bigrams(prompt) for prompt in prompts}
     rng = random.Random(seed)
     extra = []
     for prompt in prompts:
-        for _ in range(per_prompt):
-            # A few draws find another answer unless (nearly) all references are the same text: then skip.
-            for _attempt in range(8):
-                other = rng.choice(prompts)
-                if references[other].strip() != references[prompt].strip():
-                    extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
-                                  "source": MISMATCHED_SOURCE})
-                    break
+        own = references[prompt].strip()
+        pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
+        others = [other for other in pool if references[other].strip() != own]
+        # Ties broken by the prompt text, so the result does not depend on the pool's order.
+        others.sort(key=lambda other: (-_jaccard(keys[prompt], keys[other]), other))
+        closest = others[:nearest]
+        for other in rng.sample(closest, min(per_prompt, len(closest))):
+            extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
+                          "source": MISMATCHED_SOURCE})
     return extra
 
 

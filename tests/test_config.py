@@ -70,3 +70,13 @@ def test_config_show_prints_resolved_config_and_rejects_typos(capsys):
     assert "threshold: 0.8" in capsys.readouterr().out
     assert main(["config", "show", "--set", "dedup.thresold=0.8"]) == 2
     assert "dedup.thresold" in capsys.readouterr().err
+
+
+def test_setting_one_key_keeps_the_sections_own_defaults():
+    """PPO's optimizer defaults to 40 steps; `--set ppo.optim.lr` must not reset it to OptimConfig's 200."""
+    default = load_config("tiny")
+    changed = load_config("tiny", set_options=["ppo.optim.lr=5e-5"])
+    assert changed.ppo.optim.lr == 5e-5
+    assert changed.ppo.optim.model_dump(exclude={"lr"}) == default.ppo.optim.model_dump(exclude={"lr"})
+    nested = load_config("tiny", overrides={"evaluate": {"independent_rm": {"optim": {"lr": 1e-3}}}})
+    assert nested.evaluate.independent_rm.optim.max_steps == default.evaluate.independent_rm.optim.max_steps

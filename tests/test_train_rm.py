@@ -128,6 +128,20 @@ def test_mismatched_pairs_reject_another_prompts_reference():
     assert mismatched_pairs(pairs, 0, seed=5) == [] and mismatched_pairs(pairs[:1], 3, seed=5) == []
 
 
+def test_mismatched_negatives_are_answers_to_the_most_similar_questions():
+    """An answer to a near question (same place or same fact) is the informative negative, not a random one."""
+    questions = ["What is the capital of Aldoria?", "What is the capital of Brenmark?",
+                 "What is the largest river of Aldoria?"]
+    unrelated = [f"Tell me a story number {i} about xylophones" for i in range(40)]
+    pairs = [{"prompt": q, "chosen": f"reference {i}", "rejected": "s"} for i, q in enumerate(questions + unrelated)]
+    extra = mismatched_pairs(pairs, 2, seed=3, nearest=2)
+    by_prompt = {}
+    for pair in extra:
+        by_prompt.setdefault(pair["prompt"], set()).add(pair["rejected"])
+    assert by_prompt[questions[0]] == {"reference 1", "reference 2"}  # the two questions closest to it
+    assert mismatched_pairs(pairs, 2, seed=3, nearest=2) == extra
+
+
 def test_shuffled_batches_resume_exactly():
     source = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
     first = [source.next_batch() for _ in range(2)]

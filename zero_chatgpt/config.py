@@ -599,9 +599,14 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     set_options: list[str] | None = None,
 ) -> PipelineConfig:
-    """Resolve preset (name or file, with `base:` chain), then nested overrides, then `--set` options."""
-    raw = load_preset_dict(preset)
-    for layer in (overrides or {}, overrides_from_set_options(set_options or [])):
+    """Resolve preset (name or file, with `base:` chain), then nested overrides, then `--set` options.
+
+    Every layer is merged over the full default tree, not over the preset alone: setting one key of a section
+    whose default differs from its class defaults (`ppo.optim.lr`, where PPO's optimizer defaults to 40 steps)
+    keeps that section's other defaults instead of resetting them to the class's (`OptimConfig`'s 200 steps).
+    """
+    raw = PipelineConfig().model_dump(mode="python")
+    for layer in (load_preset_dict(preset), overrides or {}, overrides_from_set_options(set_options or [])):
         raw = _apply_list_indices(raw, layer, "")
     return validate_config(raw)
 
