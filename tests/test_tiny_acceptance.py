@@ -94,6 +94,27 @@ def test_ppo_beats_sft_by_both_judges(tiny_run):
     assert evaluation["win_rate_vs_sft_independent"] > 0.5, evaluation["win_rate_vs_sft_independent"]
 
 
+def test_pretrained_model_recalls_the_demo_worlds_capitals(tiny_run):
+    """Knowledge comes from pretraining: completing "The capital of X is" names X's capital for most places."""
+    import torch
+
+    from data_process.demo_corpus import build_demo_world
+    from zero_chatgpt.config import load_config
+
+    cfg = load_config("tiny")
+    world = build_demo_world(cfg.data.demo, cfg.run.seed)
+    path = tiny_run[1]["pretrain"]["path"]
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    recalled = 0
+    for entity in world.entities:
+        ids = tokenizer(f"The capital of {entity.name['en']} is", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=6, do_sample=False)
+        recalled += entity.fact("capital", "en") in tokenizer.decode(out[0, ids.shape[1]:])
+    # Measured: 18 of 24 (the model saw each capital stated ~100 times); chance is about 1 in 24.
+    assert recalled >= len(world.entities) // 2, (recalled, len(world.entities))
+
+
 def test_sft_and_ppo_answer_held_out_fact_questions_better_than_the_pretrained_model(tiny_run):
     """The held-out facts are stated only in the pretraining documents: SFT and PPO must surface them in chat."""
     exact_match = tiny_run[2]["evaluate"]["exact_match"]
