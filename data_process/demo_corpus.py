@@ -37,7 +37,7 @@ from zero_chatgpt.config import DemoCorpusConfig
 log = logging.getLogger(__name__)
 
 # Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
-# Part of the fingerprint of every stage that reads the demo world (see `tasks/`): bump it whenever a change
+# Part of the fingerprint of every stage that reads the demo world (`tasks/stage.py`): bump it whenever a change
 # here or in `demo_corpus_text` changes the generated text, so cached artifacts built from the old text rebuild.
 DEMO_CORPUS_VERSION = 2
 

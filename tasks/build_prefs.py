@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from model.prefs import build_prefs
-from data_process.demo_corpus import DEMO_CORPUS_VERSION
 from tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-BUILD_PREFS = StageSpec("build_prefs", version=f"1-demo{DEMO_CORPUS_VERSION}", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
+BUILD_PREFS = StageSpec("build_prefs", version="1", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
                         upstream=("sft",))
 
 

@@ -6,11 +6,10 @@ from typing import Any
 
 from data_process.clean import clean_corpus
 from tasks.parallel import prefect_map
-from data_process.demo_corpus import DEMO_CORPUS_VERSION
 from tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-CLEAN = StageSpec("clean", version=f"1-demo{DEMO_CORPUS_VERSION}", config_keys=("clean", "data.sources", "data.demo"))
+CLEAN = StageSpec("clean", version="1", config_keys=("clean", "data.sources", "data.demo"))
 
 
 @stage_task(CLEAN)

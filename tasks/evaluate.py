@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from model.evaluate import evaluate
-from data_process.demo_corpus import DEMO_CORPUS_VERSION
 from tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-EVALUATE = StageSpec("evaluate", version=f"1-demo{DEMO_CORPUS_VERSION}", config_keys=("evaluate", "data.demo"),
+EVALUATE = StageSpec("evaluate", version="1", config_keys=("evaluate", "data.demo"),
                      upstream=("pretrain", "sft", "build_prefs", "train_rm", "ppo"))
 
 

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from model.sft import sft
-from data_process.demo_corpus import DEMO_CORPUS_VERSION
 from tasks.stage import StageSpec, stage_task
 from tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
-SFT = StageSpec("sft", version=f"1-demo{DEMO_CORPUS_VERSION}", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
+SFT = StageSpec("sft", version="1", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
 
 
 @stage_task(SFT)

@@ -178,3 +178,24 @@ def test_training_stages_publish_progress_artifacts(tiny_root):
         progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
     finished = {artifact.description for artifact in progress if artifact.data == 100}
     assert {"pretrain progress", "sft progress", "train_rm progress"} <= finished, finished
+
+
+def test_a_new_demo_generator_version_changes_every_demo_stages_fingerprint(monkeypatch):
+    """Cached artifacts built from the old demo text must rebuild when the generator's output changes."""
+    import tasks.stage as stage_module
+    from tasks.build_prefs import BUILD_PREFS
+    from tasks.clean import CLEAN
+    from tasks.dedup import DEDUP
+    from tasks.evaluate import EVALUATE
+    from tasks.sft import SFT
+    from zero_chatgpt.config import load_config
+
+    config = load_config("tiny").model_dump(mode="json")
+    upstream = {"sft": {"fingerprint": "0" * 64}, "clean": {"fingerprint": "1" * 64}}
+    specs = (CLEAN, SFT, BUILD_PREFS, EVALUATE, DEDUP)
+    before = {spec.name: spec.fingerprint(config, upstream) for spec in specs}
+    assert CLEAN.config_section(config)["data.demo"]["generator_version"] == stage_module.DEMO_CORPUS_VERSION
+    monkeypatch.setitem(stage_module.GENERATOR_VERSIONS, "data.demo", {"generator_version": -1})
+    after = {spec.name: spec.fingerprint(config, upstream) for spec in specs}
+    assert all(after[spec.name] != before[spec.name] for spec in (CLEAN, SFT, BUILD_PREFS, EVALUATE))
+    assert after["dedup"] == before["dedup"]  # reads no demo config: only its upstream would change it
