@@ -121,6 +121,15 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def per_rank_count(name: str, total: int, world_size: int) -> int:
+    """Each rank's share of a batch size `name` that counts items over all ranks; an uneven split is an error
+    (rounding down would silently shrink the global batch the config asks for)."""
+    if total % world_size:
+        raise ValueError(f"{name} {total} does not split evenly over {world_size} ranks: make it a multiple of "
+                         "resources.ranks x nodes")
+    return total // world_size
+
+
 def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_numel: int = 1 << 24) -> None:
     """Replace each tensor, in place, by its mean over the ranks (a no-op on one rank).
 

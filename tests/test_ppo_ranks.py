@@ -57,6 +57,8 @@ def test_per_rank_sizes_and_sampling_seeds():
     cfg = ppo_config(mini_batch_size=4)
     assert UpdateSettings.from_config(cfg).mini_batch_size == 4
     assert UpdateSettings.from_config(cfg, world_size=2).mini_batch_size == 2  # a global count, like rollouts
+    with pytest.raises(ValueError, match="ppo.mini_batch_size 4 does not split evenly over 3 ranks"):
+        UpdateSettings.from_config(cfg, world_size=3)  # rounding down would shrink the global mini-batch
     assert rank_seed(7, 0) == 7  # a one-rank run samples exactly as before
     seeds = {rank_seed(7, r) for r in range(4)} | {rank_seed(8, r) for r in range(4)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)

@@ -29,7 +29,8 @@ from data_process.token_shards import TokenShards
 from model.artifact_io import export_trained_model, iter_jsonl
 from model.build import resolve_device, seed_everything
 from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from model.distributed import DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects, broadcast_from_main_
+from model.distributed import (DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects,
+                               broadcast_from_main_, per_rank_count)
 from model.generation import chat_prompt_ids, sample
 from model.ppo.maths import adaptive_kl_coef
 from model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
@@ -79,10 +80,8 @@ def rank_prompt_batches(prompts: list[list[int]], rollout_batch_size: int, seed:
     Every rank draws the same seeded global batch and keeps its own disjoint `rollout_batch_size //
     world_size` of them (rank r: the r-th slice), so the ranks together take exactly what one rank would.
     """
-    if rollout_batch_size % world_size:
-        raise ValueError(f"ppo.rollout_batch_size {rollout_batch_size} does not split evenly over {world_size} "
-                         f"ranks: make it a multiple of resources.ranks x nodes")
-    return ShuffledBatches(prompts, rollout_batch_size // world_size, seed, rank=rank, world_size=world_size)
+    per_rank = per_rank_count("ppo.rollout_batch_size", rollout_batch_size, world_size)
+    return ShuffledBatches(prompts, per_rank, seed, rank=rank, world_size=world_size)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -237,7 +236,8 @@ def ppo(
     ema = (AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
     prompt_batches = rank_prompt_batches(train_ids, cfg.rollout_batch_size, seed, rank, world_size)
-    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"), max(1, cfg.ptx_batch_size // world_size),
+    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"),
+                                 per_rank_count("ppo.ptx_batch_size", cfg.ptx_batch_size, world_size),
                                  cfg.ptx_seq_len, seed, rank, world_size)
                    if cfg.ptx_coef > 0 else None)
     generator = torch.Generator(device=torch_device).manual_seed(rank_seed(seed, rank))

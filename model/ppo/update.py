@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from model.distributed import all_reduce_mean_
+from model.distributed import all_reduce_mean_, per_rank_count
 from model.losses import causal_lm_window_loss
 from model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
 from model.ppo.rollout import Experience, ValueModel, response_logits, token_logprobs
@@ -34,9 +34,9 @@ class UpdateSettings:
 
     @classmethod
     def from_config(cls, cfg: PpoConfig, world_size: int = 1) -> "UpdateSettings":
-        """`cfg.mini_batch_size` counts rollouts over all ranks: each of `world_size` ranks takes its share
-        (at least 1), so every rank makes the same number of optimizer steps as one rank would."""
-        mini_batch_size = max(1, cfg.mini_batch_size // world_size)
+        """`cfg.mini_batch_size` counts rollouts over all ranks: each of `world_size` ranks takes its equal
+        share, so every rank makes the same number of optimizer steps as one rank would."""
+        mini_batch_size = per_rank_count("ppo.mini_batch_size", cfg.mini_batch_size, world_size)
         return cls(ppo_epochs=cfg.ppo_epochs, mini_batch_size=mini_batch_size, clip_range=cfg.clip_range,
                    value_clip_range=cfg.value_clip_range, temperature=cfg.temperature,
                    grad_clip=cfg.optim.grad_clip, ptx_coef=cfg.ptx_coef)
