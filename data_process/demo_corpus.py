@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 # Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
 # Part of the fingerprint of every stage that reads the demo world (`tasks/stage.py`): bump it whenever a change
-# here or in `demo_corpus_text` changes the generated text, so cached artifacts built from the old text rebuild.
-DEMO_CORPUS_VERSION = 2
+# here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the old text rebuild.
+DEMO_CORPUS_VERSION = 3
 
 PLANTED_LABELS = ("exact_dup", "near_dup", "too_short", "whitespace", "section_keywords")
 JUNK_LABELS = PLANTED_LABELS[2:]
@@ -586,9 +586,9 @@ def demo_documents(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, Any]]:
 
 
 def demo_sft_pairs(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, str]]:
-    """Question/answer pairs about every fact not held out: `{"id", "prompt", "response", "lang"}`.
+    """Question/answer pairs about every fact not held out: `{"id", "prompt", "response", "answer", "lang"}`.
 
-    Each response contains the fact's exact answer string. `id` is `demo:sft:<lang>:<place>:<fact>:<n>`.
+    Each response contains `answer`, the fact's exact answer string. `id` is `demo:sft:<lang>:<place>:<fact>:<n>`.
     """
     world = build_demo_world(cfg, seed)
     pairs = []
@@ -605,6 +605,7 @@ def demo_sft_pairs(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, str]]:
                     "id": f"demo:sft:{lang}:{entity.index:04d}:{key}:{n}",
                     "prompt": _fill(question, slots, lang, rng),
                     "response": _fill(rng.choice(words.ANSWERS[lang][key]), slots, lang, rng),
+                    "answer": entity.fact(key, lang),
                     "lang": lang,
                 })
     return pairs

@@ -57,7 +57,10 @@ def source_fields(source: SourceBase) -> dict[str, str]:
     if isinstance(source, TextSource):
         return {"text": source.text_field}
     if isinstance(source, SftSource):
-        return {"prompt": source.prompt_field, "response": source.response_field}
+        fields = {"prompt": source.prompt_field, "response": source.response_field}
+        if source.answer_field:
+            fields["answer"] = source.answer_field
+        return fields
     if isinstance(source, PrefSource):
         return {"prompt": source.prompt_field, "chosen": source.chosen_field, "rejected": source.rejected_field}
     raise TypeError(f"unsupported source type {type(source).__name__}")
@@ -274,7 +277,7 @@ def _demo_rows(source: SourceBase, demo: DemoCorpusConfig, seed: int) -> Iterato
     demo_corpus = importlib.import_module("data_process.demo_corpus")
     if isinstance(source, SftSource):
         records = demo_corpus.demo_sft_pairs(demo, seed)
-        fields = {"prompt": "prompt", "response": "response"}
+        fields = {"prompt": "prompt", "response": "response", "answer": "answer"}
     else:
         records = demo_corpus.demo_documents(demo, seed)
         fields = {"text": "text"}

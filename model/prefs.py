@@ -4,12 +4,16 @@ For each held-out RLHF prompt of the sft artifact (`rlhf_prompts.jsonl`) the SFT
 (batched, KV-cached sampling); the pair is `chosen` = the reference answer, `rejected` = the model's answer,
 as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. Each prompt
 is sampled `samples_per_prompt` times. A pair whose two sides are equal after stripping whitespace carries no
-preference and is dropped (counted), and so is a repeat of an earlier pair (counted).
+preference and is dropped (counted), and so is a repeat of an earlier pair (counted). When the prompt row has a
+short `answer` (an SFT source's `answer_field`; demo rows have one), a sampled answer containing it (ignoring case)
+is right in other words, not worse: that pair would teach the reward model to punish a correct answer, so it is
+dropped too (counted as `dropped_correct`).
 User-supplied pairs from `data.pref_sources` are merged in with their file as `source`; their bad rows go
 to `rejected.jsonl`.
 
-Output (in `out_dir`): `pairs.jsonl`, one `{"id", "prompt", "chosen", "rejected", "source"}` per line
-(sampled pairs first, in prompt-file order, then user pairs in source order), and `rejected.jsonl`.
+Output (in `out_dir`): `pairs.jsonl`, one `{"id", "prompt", "chosen", "rejected", "source"}` per line, plus
+`answer` on sampled pairs whose prompt row has one (sampled pairs first, in prompt-file order, then user pairs in
+source order), and `rejected.jsonl`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from data_process.sources import is_quarantined, read_pref_rows
 from model.build import resolve_device
 from model.generation import chat_prompt_ids, response_texts, sample
 from model.artifact_io import read_jsonl, write_jsonl
+from model.reward import states_the_answer
 from model.sft import RLHF_PROMPTS, REJECTED, hash_fraction
 from tokenizer.chat import IM_END
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, PrefSource
@@ -94,6 +99,22 @@ def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
     return pairs, quarantined
 
 
+def _sampled_pair(row: dict[str, Any], answer: str) -> dict[str, Any]:
+    """A pair of the reference and the model's answer; the row's short `answer` rides along when it has one, so
+    train_rm can tell which other references also state it."""
+    pair = {"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
+            "source": SAMPLED_SOURCE}
+    if row.get("answer"):
+        pair["answer"] = row["answer"]
+    return pair
+
+
+def _right_in_other_words(answer: str, row: dict[str, Any]) -> bool:
+    """A sampled answer that states the row's short answer without repeating its reference word for word (an
+    identical one is counted with the identical pairs)."""
+    return answer.strip() != row["response"].strip() and states_the_answer(answer, row.get("answer"))
+
+
 def _without_repeats(pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """(pairs, count dropped): a (prompt, chosen, rejected) triple seen before (a prompt sampled twice to the
     same answer) is kept once, so it does not weigh double in the reward model's loss."""
@@ -121,7 +142,8 @@ def build_prefs(
 ) -> dict[str, Any]:
     """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs.
 
-    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, dropped_repeated, quarantined, prompts,
+    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, dropped_repeated, dropped_correct,
+    quarantined, prompts,
     mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens, unfinished.
     """
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
@@ -144,8 +166,9 @@ def build_prefs(
         repeated = [row for row in prompt_rows for _ in range(cfg.samples_per_prompt)]
         answers, stats = generate_answers(model, tokenizer, [row["prompt"] for row in repeated], cfg, seed,
                                           torch_device)
-        sampled = [{"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
-                    "source": SAMPLED_SOURCE} for row, answer in zip(repeated, answers)]
+        sampled = [_sampled_pair(row, answer) for row, answer in zip(repeated, answers)
+                   if not _right_in_other_words(answer, row)]
+    dropped_correct = len(prompt_rows) * cfg.samples_per_prompt - len(sampled)
 
     candidates = sampled + user_pairs
     pairs = [pair for pair in candidates if pair["chosen"].strip() != pair["rejected"].strip()]
@@ -153,7 +176,8 @@ def build_prefs(
     pairs, dropped_repeated = _without_repeats(pairs)
     if not pairs:
         raise ValueError(f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
-                         f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs dropped)")
+                         f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs and {dropped_correct} "
+                         "stating the reference's answer dropped)")
     write_jsonl(out_dir / PAIRS, pairs)
 
     sampled_pairs = sum(pair["source"] == SAMPLED_SOURCE for pair in pairs)
@@ -163,13 +187,14 @@ def build_prefs(
         "user_pairs": len(pairs) - sampled_pairs,
         "dropped_identical": dropped_identical,
         "dropped_repeated": dropped_repeated,
+        "dropped_correct": dropped_correct,
         "quarantined": len(quarantined),
         "prompts": len(prompt_rows),
         "mean_chosen_chars": _mean_chars(pairs, "chosen"),
         "mean_rejected_chars": _mean_chars(pairs, "rejected"),
         **stats,
     }
-    logger.info("build_prefs: %d pairs (%d sampled, %d user), %d identical dropped, %d quarantined, "
-                "%.0f generated tokens/s", metrics["pairs"], sampled_pairs, metrics["user_pairs"],
-                dropped_identical, len(quarantined), metrics["tokens_per_s"])
+    logger.info("build_prefs: %d pairs (%d sampled, %d user), %d identical and %d stating the reference's answer "
+                "dropped, %d quarantined, %.0f generated tokens/s", metrics["pairs"], sampled_pairs,
+                metrics["user_pairs"], dropped_identical, dropped_correct, len(quarantined), metrics["tokens_per_s"])
     return metrics

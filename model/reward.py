@@ -114,6 +114,13 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def states_the_answer(text: str, answer: str | None) -> bool:
+    """Whether `text` contains the short reference `answer` (ignoring case and runs of whitespace); False without one."""
+    if answer is None or not answer.strip():
+        return False
+    return normalise_text(answer) in normalise_text(text)
+
+
 def pair_groups(pairs: list[dict[str, str]]) -> list[list[int]]:
     """Indices of `pairs` grouped so that pairs sharing a prompt or a reference (`chosen`) answer share a group.
 
@@ -181,12 +188,17 @@ def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
     (character-bigram Jaccard) of `candidates` seeded random prompts: the answer to a similar question
     (the same place asked another fact, the same fact of another place) is a fluent, plausible answer that
     is still wrong, and so teaches the model to read the question; a random one is usually wrong at a glance.
-    The cost is O(prompts x candidates), not quadratic. Built from training pairs only, so held-out prompts
-    and answers never reach training.
+    When a prompt's pairs carry a short `answer` (build_prefs copies it from the SFT row), a reference that
+    states it is never its rejected answer: it answers the same question in other words. The cost is
+    O(prompts x candidates), not quadratic. Built from training pairs only, so held-out prompts and answers never
+    reach training.
     """
     references: dict[str, str] = {}
+    short_answers: dict[str, str] = {}
     for pair in pairs:
         references.setdefault(pair["prompt"], pair["chosen"])
+        if pair.get("answer"):
+            short_answers.setdefault(pair["prompt"], pair["answer"])
     prompts = list(references)
     if per_prompt == 0 or len(prompts) < 2:
         return []
@@ -196,7 +208,9 @@ def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
     for prompt in prompts:
         own = references[prompt].strip()
         pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
-        others = [other for other in pool if references[other].strip() != own]
+        # Another reference that says the same thing (the same fact asked in other words) is not a wrong answer.
+        others = [other for other in pool if references[other].strip() != own
+                  and not states_the_answer(references[other], short_answers.get(prompt))]
         # Ties broken by the prompt text, so the result does not depend on the pool's order.
         others.sort(key=lambda other: (-_jaccard(keys[prompt], keys[other]), other))
         closest = others[:nearest]

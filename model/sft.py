@@ -294,8 +294,12 @@ def make_val_loss_fn(examples: list[SftExample], batch_size: int, pad_id: int, d
 
 
 def _public_row(row: dict[str, Any]) -> dict[str, Any]:
-    """What later stages read of a prompt row: id, prompt, reference response, and where it came from."""
-    return {"id": row["id"], "prompt": row["prompt"], "response": row["response"], "source": row["source"]}
+    """What later stages read of a prompt row: id, prompt, reference response, where it came from, and the short
+    answer a correct response contains when the source gives one (build_prefs uses it)."""
+    public = {"id": row["id"], "prompt": row["prompt"], "response": row["response"], "source": row["source"]}
+    if "answer" in row:
+        public["answer"] = row["answer"]
+    return public
 
 
 def sft(

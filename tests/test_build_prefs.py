@@ -1,4 +1,4 @@
-"""build_prefs: pair counts, identical pairs dropped, user pairs merged (bad rows quarantined), determinism."""
+"""build_prefs: pair counts, identical and right-in-other-words pairs dropped, user pairs merged (bad rows quarantined), determinism."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from data_process.demo_corpus import demo_documents, demo_sft_pairs
 from model.build import build_model
 from model.prefs import PAIRS, SAMPLED_SOURCE, build_prefs, select_prompts
+from model.reward import states_the_answer
 from model.artifact_io import read_jsonl, write_jsonl
 from model.sft import REJECTED, RLHF_PROMPTS
 from tokenizer.toy_corpus import write_corpus_parts
@@ -99,6 +100,35 @@ def test_identical_pairs_are_dropped_and_counted(first_run, sft_dir, tmp_path):
     assert again["pairs"] == metrics["pairs"] - 3
     kept = {pair["id"] for pair in read_jsonl(tmp_path / "out" / PAIRS)}
     assert not kept & set(targets)
+
+
+def test_sampled_answers_stating_the_short_answer_are_dropped_and_counted(first_run, sft_dir, tmp_path):
+    out, metrics = first_run
+    assert metrics["dropped_correct"] == 0  # the fixture's prompt rows have no `answer`
+    answers = {pair["id"]: pair["rejected"] for pair in read_jsonl(out / PAIRS)}
+    with_answers = tmp_path / "sft"
+    shutil.copytree(sft_dir, with_answers)
+    rows = read_jsonl(sft_dir / RLHF_PROMPTS)
+    targets = [row["id"] for row in rows if len(answers.get(row["id"], "").split()) >= 2][:3]
+    assert len(targets) == 3
+    for row in rows:
+        # The model's answer, case changed and spaces doubled, as the short answer of three rows: their sampled
+        # answers are "right in other words". Every other row gets an answer the model never writes.
+        row["answer"] = "  ".join(answers[row["id"]].upper().split()) if row["id"] in targets else "Qzxv Wkpj"
+    write_jsonl(with_answers / RLHF_PROMPTS, rows)
+    again = build_prefs(CFG, [], DEMO, with_answers, tmp_path / "out", seed=SEED, device="cpu")
+    assert again["dropped_correct"] == 3
+    assert again["pairs"] == metrics["pairs"] - 3
+    assert again["dropped_identical"] == metrics["dropped_identical"]
+    kept = {pair["id"] for pair in read_jsonl(tmp_path / "out" / PAIRS)}
+    assert not kept & set(targets)
+
+
+def test_states_the_answer_ignores_case_and_spacing_and_needs_an_answer():
+    assert states_the_answer("The capital is  TALMER.", "talmer")
+    assert states_the_answer("首都是 塔尔 默。", "塔尔 默")
+    assert not states_the_answer("The capital is Orvane.", "Talmer")
+    assert not states_the_answer("anything", None) and not states_the_answer("anything", "  ")
 
 
 def test_several_samples_per_prompt_give_several_distinct_pairs(sft_dir, tmp_path):

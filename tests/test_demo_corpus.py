@@ -318,7 +318,8 @@ def test_every_sft_response_contains_its_fact_which_the_pages_state(default_corp
         lang, index, key = parse_fact_id(pair["id"])
         assert lang == pair["lang"] and key in FACT_KEYS
         assert world.entities[index].name[lang] in pair["prompt"]
-        assert world.entities[index].fact(key, lang) in pair["response"], pair
+        assert pair["answer"] == world.entities[index].fact(key, lang)
+        assert pair["answer"] in pair["response"], pair
         prompts_per_fact[(lang, index, key)] += 1
     assert set(prompts_per_fact.values()) == {cfg.sft_questions_per_fact}
     for lang, index, key in prompts_per_fact:

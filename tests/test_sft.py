@@ -225,6 +225,11 @@ def test_stage_metrics_and_files(sft_run):
     rlhf, val = read_jsonl(out / RLHF_PROMPTS), read_jsonl(out / SFT_VAL)
     assert len(rlhf) == metrics["rlhf_prompts"] > 0 and len(val) == metrics["val_rows"] > 0
     assert set(rlhf[0]) >= {"id", "prompt", "response"}
+    # Demo rows keep their short answer for build_prefs; the jsonl rows (no answer_field) have none.
+    for row in rlhf:
+        assert ("answer" in row) == (row["source"] == "demo")
+        if row["source"] == "demo":
+            assert row["answer"] in row["response"]
     total = len(demo_sft_pairs(DEMO, SEED)) + 2
     assert metrics["train_rows"] + metrics["val_rows"] + metrics["rlhf_prompts"] == total
     assert not {r["id"] for r in rlhf} & {r["id"] for r in val}

@@ -150,6 +150,16 @@ def test_sft_and_pref_rows_use_canonical_names(tmp_path):
     assert good == [{"id": f"{sft}:1", "source": str(sft), "line": 1, "prompt": "What is 2+2?", "response": "4"}]
     assert "'a'" in bad[0]["reason"]
 
+    # With `answer_field` the short answer is read too, and a row without it is quarantined naming the field.
+    qa = write_lines(tmp_path / "qa.jsonl", [
+        json.dumps({"q": "Capital of Eldonia?", "a": "Its capital is Talmer.", "short": "Talmer"}).encode(),
+        json.dumps({"q": "Capital of Orvane?", "a": "Its capital is Pell."}).encode(),
+    ])
+    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(qa), prompt_field="q",
+                                                   response_field="a", answer_field="short")))
+    assert [(r["prompt"], r["answer"]) for r in good] == [("Capital of Eldonia?", "Talmer")]
+    assert bad[0]["line"] == 2 and "'short'" in bad[0]["reason"]
+
     pref = write_lines(tmp_path / "pref.jsonl", [
         json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}).encode(),
         json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": ["list"]}).encode(),
@@ -168,7 +178,8 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
                 {"id": "demo-1", "text": "", "lang": "en", "planted": False}]
 
     def demo_sft_pairs(cfg, seed):
-        return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "lang": "en"}]
+        return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "answer": "river",
+                 "lang": "en"}]
 
     fake = types.ModuleType("data_process.demo_corpus")
     fake.demo_documents, fake.demo_sft_pairs = demo_documents, demo_sft_pairs
@@ -179,7 +190,7 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
     assert [(r["id"], r["source"], r["line"]) for r in good] == [("demo-0", "demo", 1)]
     assert reason_kind(bad[0]["reason"]) == "empty_field"
     sft = list(read_sft_rows(SftSource(kind="demo"), DemoCorpusConfig(), seed=5))
-    assert sft[0]["id"] == "sft-0" and sft[0]["response"] == "By the river."
+    assert sft[0]["id"] == "sft-0" and sft[0]["response"] == "By the river." and sft[0]["answer"] == "river"
     with pytest.raises(SourceError, match="no demo preference data"):
         read_pref_rows(PrefSource(kind="demo"))
 

@@ -142,6 +142,23 @@ def test_mismatched_negatives_are_answers_to_the_most_similar_questions():
     assert mismatched_pairs(pairs, 2, seed=3, nearest=2) == extra
 
 
+def test_mismatched_negatives_never_state_the_prompts_short_answer():
+    """Another question about the same fact has a reference that is right in other words: not a negative."""
+    questions = ["What is the capital of Aldoria?", "Name the capital of Aldoria.", "What is the capital of Brenmark?",
+                 "What is the largest river of Aldoria?"]
+    references = ["Aldoria's capital is Talmer.", "The capital of Aldoria is TALMER.", "Brenmark's capital is Pell.",
+                  "Aldoria's largest river is the Neran."]
+    answers = ["Talmer", "Talmer", "Pell", "Neran"]
+    pairs = [{"prompt": q, "chosen": r, "rejected": "s", "answer": a} for q, r, a in zip(questions, references, answers)]
+    extra = mismatched_pairs(pairs, 3, seed=3)
+    rejected = {pair["rejected"] for pair in extra if pair["prompt"] == questions[0]}
+    assert rejected == {references[2], references[3]}
+    # Without the short answers the paraphrased reference is picked: the filter is what keeps it out.
+    plain = [{key: value for key, value in pair.items() if key != "answer"} for pair in pairs]
+    assert references[1] in {pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3)
+                             if pair["prompt"] == questions[0]}
+
+
 def test_shuffled_batches_resume_exactly():
     source = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
     first = [source.next_batch() for _ in range(2)]

@@ -74,6 +74,10 @@ class SftSource(SourceBase):
 
     prompt_field: str = "prompt"
     response_field: str = "response"
+    answer_field: str | None = Field(
+        None, description="optional field with the short answer every correct response contains (a name, a "
+        "number); build_prefs then drops a sampled answer that contains it, since it is not a wrong answer. "
+        "Demo rows carry it")
 
 
 class PrefSource(SourceBase):
