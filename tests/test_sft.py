@@ -14,7 +14,7 @@ from model.build import build_model
 from model.generation import chat_prompt_ids, response_texts, sample
 from model.losses import IGNORE_INDEX
 from model.artifact_io import read_jsonl
-from model.sft import (RLHF_PROMPTS, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
+from model.sft import (RLHF_PROMPTS, SFT_TRAIN, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
                        sft, split_sft_rows, truncate_pair)
 from tokenizer.chat import IM_END, IM_END_ID
 from tokenizer.toy_corpus import write_corpus_parts
@@ -233,6 +233,9 @@ def test_stage_metrics_and_files(sft_run):
     total = len(demo_sft_pairs(DEMO, SEED)) + 2
     assert metrics["train_rows"] + metrics["val_rows"] + metrics["rlhf_prompts"] == total
     assert not {r["id"] for r in rlhf} & {r["id"] for r in val}
+    train = read_jsonl(out / SFT_TRAIN)
+    assert len(train) == metrics["train_rows"]  # none dropped as too long here
+    assert not {r["id"] for r in train} & ({r["id"] for r in rlhf} | {r["id"] for r in val})
     assert not (out / "checkpoints").exists()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from model.build import build_model
 from model_fixtures import make_tokenizer_dir
 from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, normalise_text, pair_batch, pair_groups,
+                          sft_reference_pairs,
                           read_pairs, sequence_scores, split_pairs, train_reward_model)
 from zero_chatgpt.config import ModelConfig, TrainRmConfig
 
@@ -149,7 +151,8 @@ def test_mismatched_negatives_never_state_the_prompts_short_answer():
     references = ["Aldoria's capital is Talmer.", "The capital of Aldoria is TALMER.", "Brenmark's capital is Pell.",
                   "Aldoria's largest river is the Neran."]
     answers = ["Talmer", "Talmer", "Pell", "Neran"]
-    pairs = [{"prompt": q, "chosen": r, "rejected": "s", "answer": a} for q, r, a in zip(questions, references, answers)]
+    pairs = [{"prompt": q, "chosen": r, "rejected": "s", "answer": a}
+             for q, r, a in zip(questions, references, answers)]
     extra = mismatched_pairs(pairs, 3, seed=3)
     rejected = {pair["rejected"] for pair in extra if pair["prompt"] == questions[0]}
     assert rejected == {references[2], references[3]}
@@ -157,6 +160,36 @@ def test_mismatched_negatives_never_state_the_prompts_short_answer():
     plain = [{key: value for key, value in pair.items() if key != "answer"} for pair in pairs]
     assert references[1] in {pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3)
                              if pair["prompt"] == questions[0]}
+
+
+def test_sft_rows_are_references_unless_they_share_text_with_a_held_out_pair(tmp_path):
+    held_out = [{"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.", "rejected": "x"}]
+    rows = [
+        {"id": "1", "prompt": "what is the capital of  ALDORIA?", "response": "It is Talmer.", "answer": "Talmer"},
+        {"id": "2", "prompt": "Name the capital of Aldoria.", "response": "aldoria's capital is talmer."},
+        {"id": "3", "prompt": "Name the capital of Brenmark.", "response": "Brenmark's capital is Pell.",
+         "answer": "Pell"},
+    ]
+    (tmp_path / "sft_train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert sft_reference_pairs(tmp_path, held_out) == [
+        {"prompt": "Name the capital of Brenmark.", "chosen": "Brenmark's capital is Pell.", "answer": "Pell"}]
+    assert len(sft_reference_pairs(tmp_path, [])) == 3
+    assert sft_reference_pairs(tmp_path / "missing", held_out) == []
+
+
+def test_sft_rows_join_the_mismatched_pairs(tmp_path, toy_dirs):
+    sft = tmp_path / "sft"
+    shutil.copytree(toy_dirs["sft"], sft)
+    rows = [{"id": f"s{i}", "prompt": f"Describe region {i}.", "response": " ".join(GOOD_WORDS[i % 3:][:3])}
+            for i in range(12)]
+    (sft / "sft_train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    cfg = rm_config(max_steps=2, eval_every=2).model_copy(update={"mismatched_per_prompt": 1})
+    with_rows = train_reward_model(cfg, sft, toy_dirs["prefs"], tmp_path / "with", seed=0, device="cpu")
+    without = train_reward_model(cfg.model_copy(update={"mismatched_from_sft": False}), sft, toy_dirs["prefs"],
+                                 tmp_path / "without", seed=0, device="cpu")
+    assert with_rows["sft_references"] == 12 and without["sft_references"] == 0
+    assert with_rows["mismatched_pairs"] == without["mismatched_pairs"] + 12
+    assert with_rows["train_pairs"] == without["train_pairs"]
 
 
 def test_shuffled_batches_resume_exactly():

@@ -279,6 +279,9 @@ class TrainRmConfig(Section):
     mismatched_per_prompt: int = Field(
         1, ge=0, description="extra training pairs per training prompt whose rejected answer is another training "
         "prompt's reference answer (held-out pairs are never augmented)")
+    mismatched_from_sft: bool = Field(
+        True, description="also take the SFT training rows (sft_train.jsonl) as prompts and references for the "
+        "mismatched pairs; rows sharing a prompt or reference with a held-out pair are left out")
 
 
 class PpoConfig(Section):
