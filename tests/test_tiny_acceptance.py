@@ -55,9 +55,10 @@ def test_reward_model_is_accurate_and_not_a_length_shortcut(tiny_run):
     rm = tiny_run[2]["train_rm"]
     # Held-out pairs share neither a prompt nor a reference answer with training pairs (no paraphrase leakage),
     # and the SFT model's rejected answers are fluent and wrong only in content (another place, fact or year).
-    # Under that split the tiny RM reaches ~0.77 (seed 1234); the 0.90 bar is tracked as open, and this
-    # guards against regressions below the level reached.
-    assert rm["val_accuracy"] >= 0.70, rm
+    # Under that split the tiny RM reaches 0.82 (seed 1234; English 0.95, Chinese 0.71); the 0.90 bar is
+    # tracked as open, and this guards against regressions below the level reached.
+    assert rm["val_accuracy"] >= 0.75, rm
+    assert rm["sft_references"] > 0, rm  # the SFT rows joined the negatives
     assert rm["val_accuracy"] > rm["length_baseline_accuracy"] + 0.15, rm
 
 

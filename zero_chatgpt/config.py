@@ -267,9 +267,9 @@ class BuildPrefsConfig(Section):
 class TrainRmConfig(Section):
     """Reward model with a scalar head, pairwise loss."""
 
-    # tiny, held-out pairs sharing neither prompt nor reference answer with training (`split_pairs`): ~2.7 epochs
-    # over ~2450 sampled + ~1230 mismatched pairs. Held-out accuracy by lr (600 steps): 1e-4 0.85, 2e-4 0.90,
-    # 3e-4 0.88, 5e-4 0.84; without mismatched pairs 0.86; 2 per prompt 0.86; 4 samples per prompt no better.
+    # Held-out pairs share neither prompt nor reference answer with training (`split_pairs`), so accuracy measures
+    # judging answers to new questions, not recognising memorised references. The tiny preset's figures, and what
+    # did not help there, are in configs/tiny.yaml.
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=10, max_steps=600))
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
     val_fraction: float = Field(
