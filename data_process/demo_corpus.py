@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
 # Part of the fingerprint of every stage that reads the demo world (`tasks/stage.py`): bump it whenever a change
-# here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the old text rebuild.
+# here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the old ones
+# rebuild.
 DEMO_CORPUS_VERSION = 3
 
 PLANTED_LABELS = ("exact_dup", "near_dup", "too_short", "whitespace", "section_keywords")

@@ -143,8 +143,8 @@ def build_prefs(
     """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs.
 
     Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, dropped_repeated, dropped_correct,
-    quarantined, prompts,
-    mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens, unfinished.
+    quarantined, prompts, mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens,
+    unfinished.
     """
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
