@@ -235,14 +235,17 @@ def sft_reference_pairs(sft_dir: Path, held_out: list[dict[str, str]]) -> list[d
                        "from the preference pairs only", path)
         return []
     banned = {normalise_text(pair[key]) for pair in held_out for key in ("prompt", "chosen")}
+    rows = read_jsonl(path, required_str_keys=("prompt", "response"))
     references = []
-    for row in read_jsonl(path, required_str_keys=("prompt", "response")):
+    for row in rows:
         if normalise_text(row["prompt"]) in banned or normalise_text(row["response"]) in banned:
             continue
         reference = {"prompt": row["prompt"], "chosen": row["response"]}
         if row.get("answer"):
             reference["answer"] = row["answer"]
         references.append(reference)
+    logger.info("train_rm: %d of %d SFT rows are references for mismatched pairs (%d share a prompt or reference "
+                "with a held-out pair)", len(references), len(rows), len(rows) - len(references))
     return references
 
 
