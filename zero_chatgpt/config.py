@@ -76,8 +76,8 @@ class SftSource(SourceBase):
     response_field: str = "response"
     answer_field: str | None = Field(
         None, description="optional field with the short answer every correct response contains (a name, a "
-        "number); build_prefs then drops a sampled answer that contains it, since it is not a wrong answer. "
-        "Demo rows carry it")
+        "number); build_prefs then drops a sampled answer that contains it and train_rm never uses a reference "
+        "containing it as a negative, since neither is a wrong answer. Demo rows carry it")
 
 
 class PrefSource(SourceBase):
