@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Part of the fingerprint of every stage that reads the demo world (`tasks/stage.py`): bump it whenever a change
 # here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the old ones
 # rebuild.
-DEMO_CORPUS_VERSION = 3
+DEMO_CORPUS_VERSION = 4
 
 PLANTED_LABELS = ("exact_dup", "near_dup", "too_short", "whitespace", "section_keywords")
 JUNK_LABELS = PLANTED_LABELS[2:]

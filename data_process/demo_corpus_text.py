@@ -211,7 +211,10 @@ FACT_SENTENCES = {
 }
 
 # Sentences that carry no checkable fact: they make documents long and varied enough that pages about
-# different places are not near-duplicates of each other.
+# different places are not near-duplicates of each other. Some are a question and its answer, so the corpus
+# (and the tokenizer trained on it) knows question words: without them 56% of the tokens of the Chinese SFT
+# questions were byte pieces the model had never been trained on. Their answers are concrete, never "nobody
+# knows": a model pretrained on evasive answers gave them to the fact questions too.
 FILLER = {
     "en": {
         "geo": (
@@ -222,6 +225,9 @@ FILLER = {
             "Travellers often describe the {landform} of {name} as {impression}.",
             "The climate of {name} is {climate}.",
             "Beyond the {landform} lie {vegetation} and {vegetation2}.",
+            "Which season is the best for a visit to {name}? Most travellers say {season}.",
+            "Which road do traders take most often? Mostly {road}.",
+            "Name the sight that visitors remember best, and many will mention the {vegetation}.",
         ),
         "history": (
             "During the {ordinal} century, {name} {history_event}.",
@@ -231,6 +237,9 @@ FILLER = {
             "Later, the country {history_event}.",
             "Local songs still remember the year when the country {history_event}.",
             "In the {ordinal} century, power passed to {ruler}.",
+            "When was the old {building} built? In the {ordinal} century.",
+            "In what year did the {kind} write down its first laws? Some time in the {ordinal} century.",
+            "Which country did the first settlers come from? From the lands beyond the {landform}.",
         ),
         "economy": (
             "Farmers grow {crop} and {crop2} on the {landform}.",
@@ -240,6 +249,9 @@ FILLER = {
             "Craft workshops in the smaller towns produce {goods}.",
             "Many young people leave the {landform} to work in the ports.",
             "In {season}, the harvest of {crop} employs almost every family.",
+            "What does a visitor buy first at the markets of {name}? Usually {goods}.",
+            "Which crop is the biggest on the {landform}? Farmers there would say {crop}.",
+            "Where can one buy the best {fish}? The fishermen say at the morning market.",
         ),
         "culture": (
             "The main festival, held every {season}, celebrates {festival}.",
@@ -249,6 +261,10 @@ FILLER = {
             "Visitors are often surprised by how {impression} the countryside feels.",
             "Storytellers in the villages still tell how {legend}.",
             "Weddings last three days and end with a meal of {food} and {food2}.",
+            "What is the best loved festival in {name}? Most people name the one that celebrates {festival}.",
+            "Which dish should a visitor try first? The cooks of {name} would choose {food}.",
+            "Which city has the liveliest music? The ports, where {instrument} play every night.",
+            "Which animal appears most often in the folk tales of {name}? A talking crow.",
         ),
     },
     "zh": {
@@ -260,6 +276,9 @@ FILLER = {
             "旅行者常说{name}的{landform}{impression}。",
             "{name}的气候{climate}。",
             "越过{landform}，便是{vegetation}和{vegetation2}。",
+            "请问去{name}旅行最好选在哪个季节？多数旅人会说是{season}。",
+            "商人们最常走的是哪条路？他们大多走{road}。",
+            "请说出{name}最让游客难忘的景色，很多人会说是{vegetation}。",
         ),
         "history": (
             "{ordinal}世纪时，{name}{history_event}。",
@@ -269,6 +288,9 @@ FILLER = {
             "后来，这个国家{history_event}。",
             "当地的民歌至今还在传唱这个国家{history_event}的那一年。",
             "到了{ordinal}世纪，权力转到了{ruler}手中。",
+            "那座古老的{building}建于哪一年？它建于{ordinal}世纪。",
+            "这个{kind}是在哪一年有了第一部成文法律？是在{ordinal}世纪。",
+            "最早来这里定居的人来自哪个国家？他们来自{landform}另一边的土地。",
         ),
         "economy": (
             "农民在{landform}上种植{crop}和{crop2}。",
@@ -278,6 +300,9 @@ FILLER = {
             "小城镇的手工作坊生产{goods}。",
             "许多年轻人离开{landform}，到港口城市谋生。",
             "每到{season}，几乎家家户户都忙着收获{crop}。",
+            "游客在{name}的集市上最先买什么？通常是{goods}。",
+            "{landform}上种得最多的庄稼叫什么名字？当地农民会说是{crop}。",
+            "请问最好的{fish}在哪里能买到？渔民们说在港口的早市上。",
         ),
         "culture": (
             "最重要的节日在每年{season}举行，用来庆祝{festival}。",
@@ -287,6 +312,10 @@ FILLER = {
             "游客常常惊讶于这里的乡村如此{impression}。",
             "村里的说书人至今还讲述着{legend}的故事。",
             "婚礼要持续三天，最后以{food}和{food2}招待宾客。",
+            "{name}人最喜爱的节日是哪一个？很多人会提到庆祝{festival}的那个节日。",
+            "请问来{name}的客人应该先尝哪种菜？当地厨师会推荐{food}。",
+            "哪座城市的音乐最热闹？是港口城市，那里每晚都用{instrument}演奏。",
+            "哪种动物最常出现在{name}的民间故事里？是一只会说话的乌鸦。",
         ),
     },
 }
@@ -472,19 +501,22 @@ QUESTIONS = {
 
 # Every answer names the place before the fact, as most document sentences do: a small model recalls a fact
 # right after the name it belongs to ("The capital of X is" -> Y), not before it ("Y is the capital of X").
+# No English answer starts with the name: there it is another token (no leading space) than in the question,
+# and the tiny reward model then told places apart worse in English than in Chinese (0.79 vs 0.98 held out).
 ANSWERS = {
     "en": {
-        "capital": ("The capital of {name} is {capital}.", "{name}'s capital is {capital}."),
+        "capital": ("The capital of {name} is {capital}.", "In {name}, the capital is {capital}."),
         "largest_river": ("The largest river in {name} is the {river} River.",
-                          "{name}'s largest river is the {river}."),
+                          "In {name}, the largest river is the {river}."),
         "highest_mountain": ("The highest mountain in {name} is Mount {mountain}.",
-                             "{name}'s tallest peak is Mount {mountain}."),
-        "founding_year": ("{name} was founded in {year}.", "{name} was founded in the year {year}."),
-        "main_export": ("The main export of {name} is {export}.", "{name} mainly exports {export}."),
+                             "In {name}, the tallest peak is Mount {mountain}."),
+        "founding_year": ("The country of {name} was founded in {year}.",
+                          "The {kind} of {name} was founded in the year {year}."),
+        "main_export": ("The main export of {name} is {export}.", "In {name}, the main export is {export}."),
         "national_animal": ("The national animal of {name} is the {animal}.",
-                            "{name}'s national animal is the {animal}."),
+                            "In {name}, the national animal is the {animal}."),
         "neighbour": ("The nearest neighbour of {name} is {neighbour}.",
-                      "{name}'s closest neighbour is {neighbour}."),
+                      "In {name}, the closest neighbour is {neighbour}."),
     },
     "zh": {
         "capital": ("{name}的首都是{capital}。", "{name}的首都为{capital}。"),

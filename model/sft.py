@@ -40,6 +40,7 @@ from model.generation import chat_prompt_ids
 from model.losses import IGNORE_INDEX, token_cross_entropy
 from model.training import Parallel, autocast_dtype, evaluate, train
 from tokenizer.chat import IM_END
+from tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,20 @@ def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tupl
         truncated += example.truncated
         examples.append(example)
     return examples, dropped, truncated
+
+
+def check_tokenizer_coverage(tokenizer, rows: list[dict[str, Any]]) -> tuple[ByteFallbackReport, ByteFallbackReport]:
+    """Byte-fallback reports of the rows' prompts and responses; a warning naming the characters when either
+    share is above `BYTE_FALLBACK_WARN_SHARE` (see `tokenizer.coverage` for why that matters)."""
+    reports = (byte_fallback_report(tokenizer, (row["prompt"] for row in rows)),
+               byte_fallback_report(tokenizer, (row["response"] for row in rows)))
+    for side, report in zip(("prompt", "response"), reports):
+        if report.share > BYTE_FALLBACK_WARN_SHARE:
+            logger.warning("sft: %.0f%% of the SFT %s tokens are byte-fallback pieces: the tokenizer, trained on the "
+                           "pretraining corpus, has no piece for %s, and pretraining never trained their bytes. "
+                           "Pretraining text that uses these characters (or fewer such rows) fixes it",
+                           100 * report.share, side, report.most_common())
+    return reports
 
 
 def supervised_token_count(example: SftExample) -> int:
@@ -321,7 +336,8 @@ def sft(
     batch, evaluates the same val rows and joins the export; rank 0 alone writes `out_dir`.
     Returns metrics: val_loss, base_val_loss (the pretrained model on the same val set, before training),
     train_loss, train_rows, val_rows (val_scored_rows of them scored), rlhf_prompts, quarantined,
-    dropped_too_long, truncated, steps, tokens_seen, tokens_per_s, params, resumed_from.
+    dropped_too_long, truncated, prompt_byte_fallback_share and response_byte_fallback_share (see
+    `check_tokenizer_coverage`), steps, tokens_seen, tokens_per_s, params, resumed_from.
     """
     pretrain_dir, out_dir = Path(pretrain_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,6 +372,7 @@ def sft(
         max_seq_len = context
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    prompt_coverage, response_coverage = check_tokenizer_coverage(tokenizer, splits.train)
     train_examples, dropped_train, truncated_train = encode_rows(tokenizer, splits.train, max_seq_len)
     val_examples, dropped_val, truncated_val = encode_rows(tokenizer, splits.val, max_seq_len)
     if not train_examples or not val_examples:
@@ -407,6 +424,8 @@ def sft(
         "quarantined": len(quarantined),
         "dropped_too_long": dropped_train + dropped_val,
         "truncated": truncated_train + truncated_val,
+        "prompt_byte_fallback_share": prompt_coverage.share,
+        "response_byte_fallback_share": response_coverage.share,
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "tokens_per_s": result.tokens_per_s,

@@ -10,7 +10,7 @@ from tasks.stage import StageSpec, stage_task
 from tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
-TRAIN_RM = StageSpec("train_rm", version="2", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
+TRAIN_RM = StageSpec("train_rm", version="3", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
 
 
 @stage_task(TRAIN_RM)

@@ -220,6 +220,9 @@ def test_stage_metrics_and_files(sft_run):
     assert json.loads(json.dumps(metrics)) == metrics
     assert metrics["val_loss"] < metrics["base_val_loss"] - 0.5
     assert metrics["quarantined"] == 1 and metrics["dropped_too_long"] == 0 and metrics["steps"] == 40
+    # The fixture's 600-piece tokenizer saw the SFT text, so only rare characters fall back to bytes.
+    for side in ("prompt", "response"):
+        assert 0.0 <= metrics[f"{side}_byte_fallback_share"] < 0.2
     rejected = read_jsonl(out / REJECTED)
     assert len(rejected) == 1 and rejected[0]["line"] == 2 and "invalid_json" in rejected[0]["reason"]
     rlhf, val = read_jsonl(out / RLHF_PROMPTS), read_jsonl(out / SFT_VAL)

@@ -17,9 +17,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model.build import build_model
 from model_fixtures import make_tokenizer_dir
-from model.reward import (ShuffledBatches, encode_answer, mismatched_pairs, normalise_text, pair_batch, pair_groups,
-                          sft_reference_pairs,
-                          read_pairs, sequence_scores, split_pairs, train_reward_model)
+from model.reward import (SAME_SUBJECT_SOURCE, ShuffledBatches, encode_answer, mismatched_pairs, normalise_text,
+                          pair_batch, pair_groups, read_pairs, same_subject_pairs, sequence_scores,
+                          sft_reference_pairs, split_pairs, train_reward_model)
 from zero_chatgpt.config import ModelConfig, TrainRmConfig
 
 GOOD_WORDS = "river bridge harbour lantern garden".split()
@@ -160,6 +160,53 @@ def test_mismatched_negatives_never_state_the_prompts_short_answer():
     plain = [{key: value for key, value in pair.items() if key != "answer"} for pair in pairs]
     assert references[1] in {pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3)
                              if pair["prompt"] == questions[0]}
+
+
+PLACES = ["Aldoria", "Brenmark", "Corvel", "Dunhaven", "Elsmere", "Fenwick"]
+ASKED = {"capital": "What is the capital of {}?", "river": "What is the largest river in {}?",
+         "animal": "Which animal is the national animal of {}?", "year": "When was {} founded?"}
+
+
+def subject_world(with_answers: bool = True) -> list[dict[str, str]]:
+    """Four questions about each of six places, each with its own reference (and short answer)."""
+    pairs = []
+    for place in PLACES:
+        for fact, question in ASKED.items():
+            answer = f"{fact}-of-{place.lower()}"
+            pair = {"prompt": question.format(place), "chosen": f"In {place} the {fact} is {answer}.",
+                    "rejected": "s", "id": f"{place}:{fact}"}
+            if with_answers:
+                pair["answer"] = answer
+            pairs.append(pair)
+    return pairs
+
+
+def test_same_subject_negatives_answer_another_question_about_the_same_place():
+    """The look-alikes of a question ask the same thing of other places; what the question does not share with
+    them is its subject, and the negatives are answers to other questions about that subject."""
+    pairs = subject_world()
+    place_of = {pair["prompt"]: pair["id"].split(":")[0] for pair in pairs}
+    extra = same_subject_pairs(pairs, 3, seed=1, nearest=3)
+    assert len(extra) == len(pairs) * 3
+    by_chosen = {pair["chosen"]: pair["prompt"] for pair in pairs}
+    for pair in extra:
+        place = place_of[pair["prompt"]]
+        assert pair["chosen"].startswith(f"In {place} ") and pair["rejected"].startswith(f"In {place} ")
+        assert pair["rejected"] != pair["chosen"] and pair["rejected"] in by_chosen
+        assert pair["source"] == SAME_SUBJECT_SOURCE
+    assert same_subject_pairs(pairs, 3, seed=1, nearest=3) == extra
+    assert same_subject_pairs(pairs, 0, seed=1) == [] and same_subject_pairs(pairs[:2], 2, seed=1) == []
+
+
+def test_same_subject_negatives_skip_references_that_state_the_answer():
+    """A second wording of the same question about the same place is not a wrong answer."""
+    pairs = subject_world()
+    paraphrase = {"prompt": "Name the capital city of Aldoria.", "chosen": "Aldoria's capital is capital-of-aldoria.",
+                  "rejected": "s", "answer": "capital-of-aldoria"}
+    extra = same_subject_pairs(pairs + [paraphrase], 8, seed=1, nearest=8)
+    asked = ASKED["capital"].format("Aldoria")
+    rejected = {pair["rejected"] for pair in extra if pair["prompt"] == asked}
+    assert rejected and paraphrase["chosen"] not in rejected
 
 
 def test_sft_rows_are_references_unless_they_share_text_with_a_held_out_pair(tmp_path):
