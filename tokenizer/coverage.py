@@ -46,13 +46,14 @@ def byte_fallback_report(tokenizer, texts: Iterable[str]) -> ByteFallbackReport:
     """Encode `texts` without special tokens and count byte-fallback tokens and the characters behind them.
 
     A (non-space) character counts as falling back when encoding it alone uses a byte piece; each distinct
-    character is tested once.
+    character is tested once. The texts are encoded in one batch call (the fast tokenizer's parallel path).
     """
     byte_ids = byte_piece_ids(tokenizer)
     report = ByteFallbackReport()
     verdicts: dict[str, bool] = {}
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    texts = list(texts)
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    for text, ids in zip(texts, encoded):
         report.tokens += len(ids)
         in_bytes = sum(index in byte_ids for index in ids)
         if not in_bytes:
