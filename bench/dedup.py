@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash
 
-from data_process.dedup import compute_signatures, signature_jobs
-from data_process.minhash import MinHashParams, shingle_hashes, shingles, signatures_for_texts
+from zero_chatgpt.data_process.dedup import compute_signatures, signature_jobs
+from zero_chatgpt.data_process.minhash import MinHashParams, shingle_hashes, shingles, signatures_for_texts
 from zero_chatgpt.parallel import process_pool_map
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -24,12 +24,12 @@ from transformers import LlamaForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.build import build_model, llama_config, resolve_device  # noqa: E402
-from model.generation import sample  # noqa: E402
-from model.ppo.rollout import RolloutSettings, ValueModel, collect_experience, reward_model_scores  # noqa: E402
-from model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update  # noqa: E402
-from model.training import autocast, autocast_dtype  # noqa: E402
-from tokenizer.chat import IM_END_ID, PAD_ID  # noqa: E402
+from zero_chatgpt.model.build import build_model, llama_config, resolve_device  # noqa: E402
+from zero_chatgpt.model.generation import sample  # noqa: E402
+from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience, reward_model_scores  # noqa: E402
+from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update  # noqa: E402
+from zero_chatgpt.model.training import autocast, autocast_dtype  # noqa: E402
+from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID  # noqa: E402
 from zero_chatgpt.config import ModelConfig, PpoConfig  # noqa: E402
 
 

@@ -30,10 +30,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import sentencepiece as spm  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from data_process.shard import shard_corpus  # noqa: E402
-from tokenizer.toy_corpus import toy_documents, write_corpus_parts  # noqa: E402
-from tokenizer.files import SP_MODEL_FILE  # noqa: E402
-from tokenizer.train import train_tokenizer  # noqa: E402
+from zero_chatgpt.data_process.shard import shard_corpus  # noqa: E402
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts  # noqa: E402
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE  # noqa: E402
+from zero_chatgpt.tokenizer.train import train_tokenizer  # noqa: E402
 from zero_chatgpt.config import ShardConfig, TrainTokenizerConfig  # noqa: E402
 from zero_chatgpt.parallel import process_pool_map  # noqa: E402
 

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.build import build_model, count_parameters, resolve_device  # noqa: E402
-from model.losses import causal_lm_window_loss  # noqa: E402
-from model.training import train  # noqa: E402
+from zero_chatgpt.model.build import build_model, count_parameters, resolve_device  # noqa: E402
+from zero_chatgpt.model.losses import causal_lm_window_loss  # noqa: E402
+from zero_chatgpt.model.training import train  # noqa: E402
 from zero_chatgpt.config import ModelConfig, OptimConfig  # noqa: E402
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_process.sources import (
+from zero_chatgpt.data_process.sources import (
     SourceError,
     describe_source,
     expand_source_files,

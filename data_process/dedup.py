@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_process.minhash import MinHashParams, near_duplicate_pairs, resolve_bands_rows, signatures_for_texts
+from zero_chatgpt.data_process.minhash import MinHashParams, near_duplicate_pairs, resolve_bands_rows, signatures_for_texts
 from zero_chatgpt.config import DedupConfig
 from zero_chatgpt.parallel import ParallelMap, serial_map
 

@@ -30,8 +30,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from data_process import demo_corpus_text as words
-from data_process.demo_corpus_text import FACT_KEYS
+from zero_chatgpt.data_process import demo_corpus_text as words
+from zero_chatgpt.data_process.demo_corpus_text import FACT_KEYS
 from zero_chatgpt.config import DemoCorpusConfig
 
 log = logging.getLogger(__name__)

@@ -274,7 +274,7 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
 
 def _demo_rows(source: SourceBase, demo: DemoCorpusConfig, seed: int) -> Iterator[dict[str, Any]]:
     # Imported late: the demo corpus is optional for every other kind, and tests may substitute it.
-    demo_corpus = importlib.import_module("data_process.demo_corpus")
+    demo_corpus = importlib.import_module("zero_chatgpt.data_process.demo_corpus")
     if isinstance(source, SftSource):
         records = demo_corpus.demo_sft_pairs(demo, seed)
         fields = {"prompt": "prompt", "response": "response", "answer": "answer"}

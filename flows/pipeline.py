@@ -15,18 +15,18 @@ from prefect import flow
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
-from tasks.build_prefs import build_prefs_task
-from tasks.clean import clean_task
-from tasks.dedup import dedup_task
-from tasks.evaluate import evaluate_task
-from tasks.ppo import ppo_task
-from tasks.pretrain import pretrain_task
-from tasks.report import publish_report_task, report_task
-from tasks.sft import sft_task
-from tasks.shard import shard_task
-from tasks.stage import needs_refresh
-from tasks.train_rm import train_rm_task
-from tasks.train_tokenizer import train_tokenizer_task
+from zero_chatgpt.tasks.build_prefs import build_prefs_task
+from zero_chatgpt.tasks.clean import clean_task
+from zero_chatgpt.tasks.dedup import dedup_task
+from zero_chatgpt.tasks.evaluate import evaluate_task
+from zero_chatgpt.tasks.ppo import ppo_task
+from zero_chatgpt.tasks.pretrain import pretrain_task
+from zero_chatgpt.tasks.report import publish_report_task, report_task
+from zero_chatgpt.tasks.sft import sft_task
+from zero_chatgpt.tasks.shard import shard_task
+from zero_chatgpt.tasks.stage import needs_refresh
+from zero_chatgpt.tasks.train_rm import train_rm_task
+from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
 from zero_chatgpt.config import ConfigError, load_config
 from zero_chatgpt.console import print_stage_row, print_table_header

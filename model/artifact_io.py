@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from model.training import Parallel
+from zero_chatgpt.model.training import Parallel
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -12,10 +12,10 @@ from typing import Callable, Iterable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model.artifact_io import iter_jsonl
-from model.build import resolve_device
-from model.generation import chat_prompt_ids, response_texts, sample
-from tokenizer.chat import IM_END, render_chat
+from zero_chatgpt.model.artifact_io import iter_jsonl
+from zero_chatgpt.model.build import resolve_device
+from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
+from zero_chatgpt.tokenizer.chat import IM_END, render_chat
 
 
 def load_chat_model(model_dir: str | Path, device: str = "auto"):

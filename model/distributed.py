@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import torch
 
-from model.checkpoint import rng_states
-from model.training import LocalBackend, autocast_dtype
+from zero_chatgpt.model.checkpoint import rng_states
+from zero_chatgpt.model.training import LocalBackend, autocast_dtype
 from zero_chatgpt.config import OptimConfig, ResourcesConfig
 
 logger = logging.getLogger(__name__)

@@ -51,10 +51,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import PreTrainedModel
 
-from model.eval_templates import BUILTIN_TASKS
-from model.artifact_io import iter_jsonl
-from model.generation import left_pad, positions_from_mask
-from tokenizer.chat import ENDOFTEXT_ID, PAD_ID
+from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
+from zero_chatgpt.model.artifact_io import iter_jsonl
+from zero_chatgpt.model.generation import left_pad, positions_from_mask
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, PAD_ID
 
 logger = logging.getLogger(__name__)
 

@@ -47,18 +47,18 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_process.demo_corpus import demo_eval_questions
-from model.build import resolve_device
-from model.eval_tasks import PreparedTask, expand_task_globs, load_task, task_accuracy, task_summary
-from model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
-from model.generation import Rollout, chat_prompt_ids, sample
-from model.ppo.rollout import response_logits, token_logprobs
-from model.reward import (encode_answer, load_reward_model, make_pair_eval_fn, pair_batch, read_pairs,
+from zero_chatgpt.data_process.demo_corpus import demo_eval_questions
+from zero_chatgpt.model.build import resolve_device
+from zero_chatgpt.model.eval_tasks import PreparedTask, expand_task_globs, load_task, task_accuracy, task_summary
+from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
+from zero_chatgpt.model.generation import Rollout, chat_prompt_ids, sample
+from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
+from zero_chatgpt.model.reward import (encode_answer, load_reward_model, make_pair_eval_fn, pair_batch, read_pairs,
                           sequence_scores, split_pairs, train_reward_model)
-from model.artifact_io import read_jsonl, write_jsonl
-from model.sft import SFT_VAL, hash_fraction
-from model.training import autocast, autocast_dtype
-from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
+from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.sft import SFT_VAL, hash_fraction
+from zero_chatgpt.model.training import autocast, autocast_dtype
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 
 logger = logging.getLogger(__name__)

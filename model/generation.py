@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
-from tokenizer.chat import render_chat
+from zero_chatgpt.tokenizer.chat import render_chat
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Run a training stage on several ranks: the launcher subprocess (parent side) and the entry point the
-ranks run (`python -m model.launch <spec.json>`, child side).
+ranks run (`python -m zero_chatgpt.model.launch <spec.json>`, child side).
 
 Parent: `launch_stage` writes a JSON spec (stage name, the stage's config section, the stage function's
 other inputs, output dir, seed, device, checkpoint dir, engine), starts torchrun or the deepspeed launcher
@@ -34,7 +34,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
-from model.distributed import (
+from zero_chatgpt.model.distributed import (
     free_port,
     init_process_group,
     make_parallel,
@@ -46,7 +46,6 @@ from zero_chatgpt.config import ResourcesConfig
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The CPU accelerator compiles a small communication extension on first use (~20 s): a stable cache dir
 # means a machine pays for it once, not on every launch.
 DEFAULT_TORCH_EXTENSIONS_DIR = Path.home() / ".cache" / "zero-chatgpt" / "torch_extensions"
@@ -57,10 +56,10 @@ TAIL_LINES = 40
 # `fn(cfg, **inputs, out_dir, seed, device, checkpoint_dir, parallel) -> metrics` and returns its metrics;
 # its type annotations say how each input is read back from the JSON spec (see `decode_inputs`).
 STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
-    "pretrain": ("model.pretrain", "pretrain", "PretrainConfig"),
-    "sft": ("model.sft", "sft", "SftConfig"),
-    "train_rm": ("model.reward", "train_reward_model", "TrainRmConfig"),
-    "ppo": ("model.ppo.stage", "ppo", "PpoConfig"),
+    "pretrain": ("zero_chatgpt.model.pretrain", "pretrain", "PretrainConfig"),
+    "sft": ("zero_chatgpt.model.sft", "sft", "SftConfig"),
+    "train_rm": ("zero_chatgpt.model.reward", "train_reward_model", "TrainRmConfig"),
+    "ppo": ("zero_chatgpt.model.ppo.stage", "ppo", "PpoConfig"),
 }
 
 
@@ -72,7 +71,7 @@ class LaunchError(RuntimeError):
 
 
 def launcher_command(resources: ResourcesConfig, spec_path: Path, master_port: int) -> list[str]:
-    """The command line that starts `resources.ranks` ranks per node running `python -m model.launch spec`."""
+    """The command line that starts `resources.ranks` ranks per node running `python -m zero_chatgpt.model.launch spec`."""
     master_addr = resources.master_addr or "127.0.0.1"
     if resources.launcher == "torchrun":
         return [
@@ -83,7 +82,7 @@ def launcher_command(resources: ResourcesConfig, spec_path: Path, master_port: i
             "--master_addr", master_addr,
             "--master_port", str(master_port),
             *resources.launcher_args,
-            "-m", "model.launch", str(spec_path),
+            "-m", "zero_chatgpt.model.launch", str(spec_path),
         ]
     command = [
         sys.executable, "-m", "deepspeed.launcher.runner",
@@ -98,16 +97,15 @@ def launcher_command(resources: ResourcesConfig, spec_path: Path, master_port: i
     elif resources.nodes > 1:
         # No hostfile: the pipeline is started on every node, each launching only its own ranks.
         command += ["--no_ssh", "--node_rank", str(resources.node_rank)]
-    return command + [*resources.launcher_args, "--module", "model.launch", str(spec_path)]
+    return command + [*resources.launcher_args, "--module", "zero_chatgpt.model.launch", str(spec_path)]
 
 
 def launcher_env(device: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The launcher's environment: the repo importable, unbuffered output, no progress bars, the CPU
+    """The launcher's environment: unbuffered output, no progress bars, the CPU
     accelerator for CPU runs, one OpenMP thread per rank unless set, and a stable extension cache."""
     import torch
 
     env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env["TQDM_DISABLE"] = "1"  # the core's log lines stream well; carriage-return bars do not
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -120,7 +118,7 @@ def launcher_env(device: str, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str], Any],
-                 cwd: Path = REPO_ROOT) -> int:
+                 cwd: Path | None = None) -> int:
     """Run `command` in a new session, passing each output line (stdout and stderr) to `on_line`.
 
     On any exception (including KeyboardInterrupt, and SIGTERM, which is turned into one while this runs
@@ -306,10 +304,10 @@ def _configure_rank_logging(rank: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of every rank: `python -m model.launch <spec.json>`. Never returns."""
+    """Entry point of every rank: `python -m zero_chatgpt.model.launch <spec.json>`. Never returns."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m model.launch <spec.json> (written by model.launch.launch_stage)", file=sys.stderr)
+        print("usage: python -m zero_chatgpt.model.launch <spec.json> (written by launch_stage)", file=sys.stderr)
         shutdown_and_exit(2)
     _configure_rank_logging(int(os.environ.get("RANK", 0)))
     code = 1

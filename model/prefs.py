@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_process.sources import is_quarantined, read_pref_rows
-from model.build import resolve_device
-from model.generation import chat_prompt_ids, response_texts, sample
-from model.artifact_io import read_jsonl, write_jsonl
-from model.reward import states_the_answer
-from model.sft import RLHF_PROMPTS, REJECTED, hash_fraction
-from tokenizer.chat import IM_END
+from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
+from zero_chatgpt.model.build import resolve_device
+from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
+from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.reward import states_the_answer
+from zero_chatgpt.model.sft import RLHF_PROMPTS, REJECTED, hash_fraction
+from zero_chatgpt.tokenizer.chat import IM_END
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, PrefSource
 
 logger = logging.getLogger(__name__)

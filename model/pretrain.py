@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from data_process.token_shards import TokenShards
-from model.artifact_io import export_trained_model
-from model.build import build_model, count_parameters, resolve_device, seed_everything
-from model.losses import causal_lm_window_loss, token_cross_entropy
-from model.throughput import peak_flops_per_s, training_flops_per_token
-from model.training import Parallel, train
+from zero_chatgpt.data_process.token_shards import TokenShards
+from zero_chatgpt.model.artifact_io import export_trained_model
+from zero_chatgpt.model.build import build_model, count_parameters, resolve_device, seed_everything
+from zero_chatgpt.model.losses import causal_lm_window_loss, token_cross_entropy
+from zero_chatgpt.model.throughput import peak_flops_per_s, training_flops_per_token
+from zero_chatgpt.model.training import Parallel, train
 from zero_chatgpt.config import PretrainConfig
 
 logger = logging.getLogger(__name__)

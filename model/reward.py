@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from model.artifact_io import export_trained_model, read_jsonl
-from model.build import count_parameters, resolve_device, seed_everything
-from model.generation import positions_from_mask
-from model.sft import SFT_TRAIN
-from model.training import Parallel, train
-from tokenizer.chat import PAD_ID, render_chat
+from zero_chatgpt.model.artifact_io import export_trained_model, read_jsonl
+from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
+from zero_chatgpt.model.generation import positions_from_mask
+from zero_chatgpt.model.sft import SFT_TRAIN
+from zero_chatgpt.model.training import Parallel, train
+from zero_chatgpt.tokenizer.chat import PAD_ID, render_chat
 from zero_chatgpt.config import TrainRmConfig
 
 logger = logging.getLogger(__name__)

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_process.sources import is_quarantined, read_sft_rows
-from model.artifact_io import export_trained_model, write_jsonl
-from model.build import count_parameters, resolve_device, seed_everything
-from model.generation import chat_prompt_ids
-from model.losses import IGNORE_INDEX, token_cross_entropy
-from model.training import Parallel, autocast_dtype, evaluate, train
-from tokenizer.chat import IM_END
-from tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
+from zero_chatgpt.data_process.sources import is_quarantined, read_sft_rows
+from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
+from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
+from zero_chatgpt.model.generation import chat_prompt_ids
+from zero_chatgpt.model.losses import IGNORE_INDEX, token_cross_entropy
+from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
+from zero_chatgpt.tokenizer.chat import IM_END
+from zero_chatgpt.tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 
 logger = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 
-from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from zero_chatgpt.config import OptimConfig
 from zero_chatgpt.progress import report_progress
 

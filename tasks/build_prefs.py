@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.prefs import build_prefs
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.model.prefs import build_prefs
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 BUILD_PREFS = StageSpec("build_prefs", version="2", config_keys=("build_prefs", "data.pref_sources", "data.demo"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_process.clean import clean_corpus
-from tasks.parallel import prefect_map
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.data_process.clean import clean_corpus
+from zero_chatgpt.tasks.parallel import prefect_map
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 CLEAN = StageSpec("clean", version="1", config_keys=("clean", "data.sources", "data.demo"))

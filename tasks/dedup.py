@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_process.dedup import dedup_corpus
-from tasks.parallel import prefect_map
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.data_process.dedup import dedup_corpus
+from zero_chatgpt.tasks.parallel import prefect_map
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 DEDUP = StageSpec("dedup", version="1", config_keys=("dedup",), upstream=("clean",))

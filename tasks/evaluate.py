@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.evaluate import evaluate
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.model.evaluate import evaluate
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 EVALUATE = StageSpec("evaluate", version="2", config_keys=("evaluate", "data.demo"),

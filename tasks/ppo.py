@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.ppo.stage import ppo
-from tasks.stage import StageSpec, stage_task
-from tasks.training import run_training_stage
+from zero_chatgpt.model.ppo.stage import ppo
+from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
 PPO = StageSpec("ppo", version="1", config_keys=("ppo",), upstream=("sft", "train_rm", "shard"))

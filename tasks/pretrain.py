@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.pretrain import pretrain
-from tasks.stage import StageSpec, stage_task
-from tasks.training import run_training_stage
+from zero_chatgpt.model.pretrain import pretrain
+from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
 PRETRAIN = StageSpec("pretrain", version="1", config_keys=("pretrain",), upstream=("shard", "train_tokenizer"))

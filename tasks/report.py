@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.console import KEY_METRICS
 from zero_chatgpt.report import build_report, render_markdown

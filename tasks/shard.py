@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_process.shard import shard_corpus
-from tasks.parallel import prefect_map
-from tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.data_process.shard import shard_corpus
+from zero_chatgpt.tasks.parallel import prefect_map
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
 SHARD = StageSpec("shard", version="1", config_keys=("shard",), upstream=("dedup", "train_tokenizer"))

@@ -20,7 +20,7 @@ from prefect.context import TaskRunContext
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
-from data_process.demo_corpus import DEMO_CORPUS_VERSION
+from zero_chatgpt.data_process.demo_corpus import DEMO_CORPUS_VERSION
 from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete
 from zero_chatgpt.progress import listening_to_progress
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.reward import train_reward_model
-from tasks.stage import StageSpec, stage_task
-from tasks.training import run_training_stage
+from zero_chatgpt.model.reward import train_reward_model
+from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
 TRAIN_RM = StageSpec("train_rm", version="3", config_keys=("train_rm",), upstream=("sft", "build_prefs"))

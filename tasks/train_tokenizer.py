@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.stage import StageSpec, run_stage, stage_task
-from tokenizer.train import train_tokenizer
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.tokenizer.train import train_tokenizer
 from zero_chatgpt.config import PipelineConfig
 
 TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_tokenizer",), upstream=("dedup",))

@@ -7,9 +7,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from model.distributed import needs_launcher
-from model.launch import launch_stage
-from tasks.stage import StageSpec, resume_dir, run_stage, stage_logger
+from zero_chatgpt.model.distributed import needs_launcher
+from zero_chatgpt.model.launch import launch_stage
+from zero_chatgpt.tasks.stage import StageSpec, resume_dir, run_stage, stage_logger
 from zero_chatgpt.config import PipelineConfig
 
 

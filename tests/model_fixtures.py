@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from model.build import build_model
-from tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from tokenizer.train import train_tokenizer
+from zero_chatgpt.model.build import build_model
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from zero_chatgpt.tokenizer.train import train_tokenizer
 from zero_chatgpt.config import ModelConfig, TrainTokenizerConfig
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from data_process.demo_corpus import demo_documents, demo_sft_pairs
-from model.build import build_model
-from model.prefs import PAIRS, SAMPLED_SOURCE, build_prefs, select_prompts
-from model.reward import states_the_answer
-from model.artifact_io import read_jsonl, write_jsonl
-from model.sft import REJECTED, RLHF_PROMPTS
-from tokenizer.toy_corpus import write_corpus_parts
-from tokenizer.train import train_tokenizer
+from zero_chatgpt.data_process.demo_corpus import demo_documents, demo_sft_pairs
+from zero_chatgpt.model.build import build_model
+from zero_chatgpt.model.prefs import PAIRS, SAMPLED_SOURCE, build_prefs, select_prompts
+from zero_chatgpt.model.reward import states_the_answer
+from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.sft import REJECTED, RLHF_PROMPTS
+from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
+from zero_chatgpt.tokenizer.train import train_tokenizer
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, ModelConfig, PrefSource, TrainTokenizerConfig
 
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from model.chat import ChatSession, generate_replies, load_chat_model, read_prompts
+from zero_chatgpt.model.chat import ChatSession, generate_replies, load_chat_model, read_prompts
 from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 
 
@@ -29,7 +29,7 @@ def test_streaming_never_splits_a_character_and_joins_to_the_answer(model_dir, m
         for token in [*scripted, eos_id]:
             on_tokens(torch.tensor([token]))
 
-    monkeypatch.setattr("model.chat.sample", scripted_sample)
+    monkeypatch.setattr("zero_chatgpt.model.chat.sample", scripted_sample)
     session = ChatSession(model, tokenizer, seed=0)
     pieces: list[str] = []
     answer = session.reply("Tell me about the river.", on_text=pieces.append)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_process.clean import (
+from zero_chatgpt.data_process.clean import (
     DOC_SCHEMA,
     REJECTED_SCHEMA,
     clean_corpus,
@@ -22,7 +22,7 @@ from data_process.clean import (
     normalize_unicode,
     strip_citations,
 )
-from data_process.sources import SourceError
+from zero_chatgpt.data_process.sources import SourceError
 from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.parallel import process_pool_map
 
@@ -298,12 +298,12 @@ def test_demo_source_through_the_stage(tmp_path, monkeypatch):
     import sys
     import types
 
-    fake = types.ModuleType("data_process.demo_corpus")
+    fake = types.ModuleType("zero_chatgpt.data_process.demo_corpus")
     fake.demo_documents = lambda cfg, seed: [
         {"id": f"demo-{i}", "text": f"{EN_GOOD} Seed {seed}, place {i}.", "lang": "en", "planted": False}
         for i in range(cfg.num_entities)
     ]
-    monkeypatch.setitem(sys.modules, "data_process.demo_corpus", fake)
+    monkeypatch.setitem(sys.modules, "zero_chatgpt.data_process.demo_corpus", fake)
     metrics = clean_corpus([TextSource(kind="demo")], DemoCorpusConfig(num_entities=8), CleanConfig(), tmp_path, 3)
     docs, _ = read_output(tmp_path)
     assert [d["id"] for d in docs] == [f"demo-{i}" for i in range(8)]
@@ -312,7 +312,7 @@ def test_demo_source_through_the_stage(tmp_path, monkeypatch):
 
 
 def test_real_demo_corpus_mostly_survives_cleaning(tmp_path):
-    demo_corpus = pytest.importorskip("data_process.demo_corpus")
+    demo_corpus = pytest.importorskip("zero_chatgpt.data_process.demo_corpus")
     cfg = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
     metrics = clean_corpus([TextSource(kind="demo")], cfg, CleanConfig(), tmp_path, 0)
     assert metrics["docs_in"] == len(demo_corpus.demo_documents(cfg, 0))

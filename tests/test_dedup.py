@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from xxhash import xxh32_intdigest
 
-from data_process.dedup import (
+from zero_chatgpt.data_process.dedup import (
     CLUSTERS_FILE,
     compute_signatures,
     dedup_corpus,
@@ -20,7 +20,7 @@ from data_process.dedup import (
     read_rows,
     signature_jobs,
 )
-from data_process.minhash import (
+from zero_chatgpt.data_process.minhash import (
     MinHashParams,
     cjk_share,
     minhash_from_hashes,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from data_process.demo_corpus import (
+from zero_chatgpt.data_process.demo_corpus import (
     FACT_KEYS,
     build_demo_world,
     demo_documents,
@@ -245,7 +245,7 @@ def test_each_junk_page_breaks_exactly_its_cleaning_rule(default_corpus):
 
 def test_cleaning_stage_keeps_good_pages_and_drops_junk_by_its_rule():
     """Against the real cleaner, when it is there: the corpus and the cleaning rules must agree."""
-    clean = pytest.importorskip("data_process.clean")
+    clean = pytest.importorskip("zero_chatgpt.data_process.clean")
     if not hasattr(clean, "clean_text"):
         pytest.skip("data_process.clean has no clean_text")
     rule_of = {"too_short": "min_length", "whitespace": "whitespace", "section_keywords": "section_keywords"}

@@ -17,16 +17,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from data_process.token_shards import TokenShards
-from model import reward as rm
-from model import sft as sft_module
-from model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
-from model.launch import LaunchError, decode_inputs, encode_inputs, launch_stage, launcher_command, run_launcher
-from model.pretrain import RandomWindows, pretrain
+from zero_chatgpt.data_process.token_shards import TokenShards
+from zero_chatgpt.model import reward as rm
+from zero_chatgpt.model import sft as sft_module
+from zero_chatgpt.model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
+from zero_chatgpt.model.launch import LaunchError, decode_inputs, encode_inputs, launch_stage, launcher_command, run_launcher
+from zero_chatgpt.model.pretrain import RandomWindows, pretrain
 from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 from test_pretrain import tiny_config, write_pattern_shards, write_tokenizer
 from test_train_rm import rm_config, toy_prompts, write_toy_pairs
-from tokenizer.chat import IM_END_ID
+from zero_chatgpt.tokenizer.chat import IM_END_ID
 from zero_chatgpt.config import DemoCorpusConfig, OptimConfig, ResourcesConfig, SftConfig, SftSource
 
 GLOBAL_BATCH = 8
@@ -70,13 +70,13 @@ def test_launcher_commands_pass_multi_node_options_through(tmp_path):
     joined = " ".join(torchrun)
     assert "torch.distributed.run" in joined and "--nproc_per_node 4" in joined and "--nnodes 2" in joined
     assert "--node_rank 1" in joined and "--master_addr 10.0.0.1 --master_port 29600" in joined
-    assert torchrun[-3:] == ["-m", "model.launch", str(spec)]
+    assert torchrun[-3:] == ["-m", "zero_chatgpt.model.launch", str(spec)]
 
     ds = " ".join(launcher_command(ResourcesConfig(ranks=8, nodes=2, launcher="deepspeed", hostfile="/etc/hosts.ds",
                                                    launcher_args=["--ssh_port", "2222"]), spec, 29601))
     assert "deepspeed.launcher.runner" in ds and "--num_gpus 8 --num_nodes 2" in ds
     assert "--hostfile /etc/hosts.ds" in ds and "--ssh_port 2222" in ds and "--no_ssh" not in ds
-    assert ds.endswith(f"--module model.launch {spec}")
+    assert ds.endswith(f"--module zero_chatgpt.model.launch {spec}")
     no_ssh = " ".join(launcher_command(ResourcesConfig(ranks=2, nodes=2, node_rank=1, launcher="deepspeed"), spec, 1))
     assert "--no_ssh --node_rank 1" in no_ssh
     local = " ".join(launcher_command(ResourcesConfig(ranks=2), spec, 1234))
@@ -197,7 +197,7 @@ def test_two_ranks_with_half_batches_match_one_rank_and_export_an_hf_model(data,
 
 def test_the_pretrain_task_routes_through_the_launcher_when_ranks_exceed_one(data, one_rank, tmp_path):
     """The Prefect task's body (called without a flow run) with 2 DDP ranks under torchrun."""
-    from tasks.pretrain import pretrain_task
+    from zero_chatgpt.tasks.pretrain import pretrain_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
 
@@ -217,7 +217,7 @@ def test_the_pretrain_task_routes_through_the_launcher_when_ranks_exceed_one(dat
 
 
 def test_a_cancelled_zero2_run_converts_to_hf_and_resumes_from_its_checkpoint(data, one_rank, tmp_path):
-    from model.distributed import zero_checkpoint_to_hf
+    from zero_chatgpt.model.distributed import zero_checkpoint_to_hf
 
     out, checkpoint_dir = tmp_path / "out", tmp_path / "ckpt"
 
@@ -346,7 +346,7 @@ def test_sft_on_two_zero2_ranks_with_half_batches_matches_one_rank(chat_model_di
 
 def test_the_train_rm_task_on_two_ddp_ranks_with_half_batches_matches_one_rank(chat_model_dir, tmp_path):
     """The Prefect task's body (called without a flow run) routes through torchrun with 2 DDP ranks."""
-    from tasks.train_rm import train_rm_task
+    from zero_chatgpt.tasks.train_rm import train_rm_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model.build import build_model
-from model.eval_tasks import (TaskSpec, continuation_logprobs, encode_request, expand_task_globs, load_task,
+from zero_chatgpt.model.build import build_model
+from zero_chatgpt.model.eval_tasks import (TaskSpec, continuation_logprobs, encode_request, expand_task_globs, load_task,
                               option_scores, predict, read_task_file, render_row, task_accuracy, task_summary)
-from model.eval_templates import BUILTIN_TASKS
+from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
 from model_fixtures import make_tokenizer_dir
-from tokenizer.chat import ENDOFTEXT_ID
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID
 from zero_chatgpt.config import ModelConfig
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zh_eval"

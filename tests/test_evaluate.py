@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
+from zero_chatgpt.model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
                              refusal_rate, repeated_ngram_rate, text_statistics, win_rate)
-from model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_prompt_ids, samples_markdown,
+from zero_chatgpt.model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_prompt_ids, samples_markdown,
                             seeded_subset, split_pairs_for_independent_judge)
-from model.generation import chat_prompt_ids
-from model.reward import normalise_text, pair_groups, read_pairs, train_reward_model
+from zero_chatgpt.model.generation import chat_prompt_ids
+from zero_chatgpt.model.reward import normalise_text, pair_groups, read_pairs, train_reward_model
 from model_fixtures import make_tokenizer_dir
 from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
-from tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 
 

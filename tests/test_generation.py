@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from model.generation import (chat_prompt_ids, left_pad, next_token_distribution_filter, positions_from_mask,
+from zero_chatgpt.model.generation import (chat_prompt_ids, left_pad, next_token_distribution_filter, positions_from_mask,
                               response_texts, sample)
 
 VOCAB, PAD_ID, EOS_ID = 64, 2, 1

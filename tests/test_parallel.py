@@ -11,7 +11,7 @@ import cloudpickle
 import pytest
 from prefect import flow
 
-from tasks.parallel import prefect_map
+from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.config import ResourcesConfig
 
 # The worker processes cannot import this test module by name: ship its functions by value.

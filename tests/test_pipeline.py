@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.pipeline import PIPELINE_STAGES
+from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
 
@@ -75,7 +75,7 @@ def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root, monkeypatc
         assert hasattr(module, "run_stage") or hasattr(module, "run_training_stage"), stage
         if hasattr(module, "run_stage"):
             monkeypatch.setattr(module, "run_stage", must_not_run)
-    monkeypatch.setattr(importlib.import_module("tasks.training"), "run_stage", must_not_run)
+    monkeypatch.setattr(importlib.import_module("zero_chatgpt.tasks.training"), "run_stage", must_not_run)
     manifests_before = {s: (Path(e["path"]) / "manifest.json").stat().st_mtime_ns for s, e in first.items()}
     latest, seconds = run_cli(root, *[f"--set={s}" for s in FAST])
     assert set(statuses(latest).values()) == {"cached"}
@@ -182,12 +182,12 @@ def test_training_stages_publish_progress_artifacts(tiny_root):
 
 def test_a_new_demo_generator_version_changes_every_demo_stages_fingerprint(monkeypatch):
     """Cached artifacts built from the old demo text must rebuild when the generator's output changes."""
-    import tasks.stage as stage_module
-    from tasks.build_prefs import BUILD_PREFS
-    from tasks.clean import CLEAN
-    from tasks.dedup import DEDUP
-    from tasks.evaluate import EVALUATE
-    from tasks.sft import SFT
+    import zero_chatgpt.tasks.stage as stage_module
+    from zero_chatgpt.tasks.build_prefs import BUILD_PREFS
+    from zero_chatgpt.tasks.clean import CLEAN
+    from zero_chatgpt.tasks.dedup import DEDUP
+    from zero_chatgpt.tasks.evaluate import EVALUATE
+    from zero_chatgpt.tasks.sft import SFT
     from zero_chatgpt.config import load_config
 
     config = load_config("tiny").model_dump(mode="json")

@@ -10,15 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import model.ppo.stage as ppo_stage
-from model.ppo import ppo
-from model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
-from model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
-from model.reward import load_reward_model, train_reward_model
-from model.generation import chat_prompt_ids
+import zero_chatgpt.model.ppo.stage as ppo_stage
+from zero_chatgpt.model.ppo import ppo
+from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
+from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
+from zero_chatgpt.model.reward import load_reward_model, train_reward_model
+from zero_chatgpt.model.generation import chat_prompt_ids
 from model_fixtures import make_tokenizer_dir
 from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
-from tokenizer.chat import IM_END_ID, PAD_ID
+from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import OptimConfig, PpoConfig
 
 PPO_METRIC_KEYS = {"reward_before", "reward_after", "kl", "kl_bound", "steps", "mean_reward", "mean_kl",
@@ -122,7 +122,7 @@ def test_ppo_resumes_after_a_crash_to_the_same_run(dirs, tmp_path, monkeypatch, 
     assert (checkpoints / "latest.pt").is_file()
     monkeypatch.setattr(ppo_stage, "ppo_update", real_update)
 
-    with caplog.at_level(logging.INFO, logger="model.ppo.stage"):
+    with caplog.at_level(logging.INFO, logger="zero_chatgpt.model.ppo.stage"):
         metrics = ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "resumed", seed=0, device="cpu",
                       checkpoint_dir=checkpoints)
     assert "resuming from step 2" in caplog.text

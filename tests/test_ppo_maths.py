@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.ppo.maths import (adaptive_kl_coef, gae_advantages, kl_shaped_rewards, masked_mean, policy_loss,
+from zero_chatgpt.model.ppo.maths import (adaptive_kl_coef, gae_advantages, kl_shaped_rewards, masked_mean, policy_loss,
                              token_entropy, value_loss, whiten)
 
 

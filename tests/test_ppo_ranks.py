@@ -14,10 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
-from model.distributed import all_reduce_mean_
-from model.launch import decode_inputs, launch_stage
-from model.ppo.stage import mean_over_ranks, ppo, rank_prompt_batches, rank_seed
-from model.ppo.update import UpdateSettings
+from zero_chatgpt.model.distributed import all_reduce_mean_
+from zero_chatgpt.model.launch import decode_inputs, launch_stage
+from zero_chatgpt.model.ppo.stage import mean_over_ranks, ppo, rank_prompt_batches, rank_seed
+from zero_chatgpt.model.ppo.update import UpdateSettings
 from test_ppo import dirs, ppo_config  # noqa: F401 - `dirs` is a fixture: a tiny sft dir and a trained rm
 from zero_chatgpt.config import ResourcesConfig
 
@@ -135,7 +135,7 @@ def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_laun
 
 def test_the_ppo_task_routes_through_the_launcher_when_ranks_exceed_one(dirs, tmp_path):  # noqa: F811
     """The Prefect task's body (called without a flow run) with 2 DDP ranks under torchrun."""
-    from tasks.ppo import ppo_task
+    from zero_chatgpt.tasks.ppo import ppo_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
 

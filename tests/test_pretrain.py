@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from data_process.token_shards import ShardWriter, TokenShards, write_meta
-from model.pretrain import consecutive_val_windows, pretrain, unigram_entropy
+from zero_chatgpt.data_process.token_shards import ShardWriter, TokenShards, write_meta
+from zero_chatgpt.model.pretrain import consecutive_val_windows, pretrain, unigram_entropy
 from zero_chatgpt.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_shards_with_a_larger_vocab_than_the_tokenizer_are_rejected(data, tmp_pa
 CHILD = textwrap.dedent("""
     import json, logging, os, sys, time
     from pathlib import Path
-    import model.pretrain as stage
+    import zero_chatgpt.model.pretrain as stage
     from zero_chatgpt.config import PretrainConfig
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")

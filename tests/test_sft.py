@@ -9,16 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_process.demo_corpus import demo_documents, demo_sft_pairs
-from model.build import build_model
-from model.generation import chat_prompt_ids, response_texts, sample
-from model.losses import IGNORE_INDEX
-from model.artifact_io import read_jsonl
-from model.sft import (RLHF_PROMPTS, SFT_TRAIN, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
+from zero_chatgpt.data_process.demo_corpus import demo_documents, demo_sft_pairs
+from zero_chatgpt.model.build import build_model
+from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
+from zero_chatgpt.model.losses import IGNORE_INDEX
+from zero_chatgpt.model.artifact_io import read_jsonl
+from zero_chatgpt.model.sft import (RLHF_PROMPTS, SFT_TRAIN, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
                        sft, split_sft_rows, truncate_pair)
-from tokenizer.chat import IM_END, IM_END_ID
-from tokenizer.toy_corpus import write_corpus_parts
-from tokenizer.train import train_tokenizer
+from zero_chatgpt.tokenizer.chat import IM_END, IM_END_ID
+from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
+from zero_chatgpt.tokenizer.train import train_tokenizer
 from zero_chatgpt.config import DemoCorpusConfig, ModelConfig, SftConfig, SftSource, TrainTokenizerConfig
 
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)

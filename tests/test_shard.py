@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from data_process import shard as shard_module
-from data_process.shard import assign_validation, batch_bounds, shard_corpus
-from data_process.token_shards import ShardWriter, TokenShards, dtype_for_vocab, write_meta
-from tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from tokenizer.files import SP_MODEL_FILE
-from tokenizer.train import train_tokenizer
+from zero_chatgpt.data_process import shard as shard_module
+from zero_chatgpt.data_process.shard import assign_validation, batch_bounds, shard_corpus
+from zero_chatgpt.data_process.token_shards import ShardWriter, TokenShards, dtype_for_vocab, write_meta
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.train import train_tokenizer
 from zero_chatgpt.config import ShardConfig, TrainTokenizerConfig
 from zero_chatgpt.parallel import process_pool_map
 

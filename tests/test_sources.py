@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_process.sources import (
+from zero_chatgpt.data_process.sources import (
     SourceError,
     expand_source_files,
     is_quarantined,
@@ -181,9 +181,9 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
         return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "answer": "river",
                  "lang": "en"}]
 
-    fake = types.ModuleType("data_process.demo_corpus")
+    fake = types.ModuleType("zero_chatgpt.data_process.demo_corpus")
     fake.demo_documents, fake.demo_sft_pairs = demo_documents, demo_sft_pairs
-    monkeypatch.setitem(sys.modules, "data_process.demo_corpus", fake)
+    monkeypatch.setitem(sys.modules, "zero_chatgpt.data_process.demo_corpus", fake)
 
     good, bad = split_rows(read_text_rows(TextSource(kind="demo"), DemoCorpusConfig(num_entities=9), seed=5))
     assert seen["docs"] == (9, 5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from flows.pipeline import PIPELINE_STAGES
+from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
 
@@ -99,7 +99,7 @@ def test_pretrained_model_recalls_the_demo_worlds_capitals(tiny_run):
     """Knowledge comes from pretraining: completing "The capital of X is" names X's capital for most places."""
     import torch
 
-    from data_process.demo_corpus import build_demo_world
+    from zero_chatgpt.data_process.demo_corpus import build_demo_world
     from zero_chatgpt.config import load_config
 
     cfg = load_config("tiny")

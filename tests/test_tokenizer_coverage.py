@@ -7,9 +7,9 @@ import logging
 import pytest
 from transformers import AutoTokenizer
 
-from model.sft import check_tokenizer_coverage
+from zero_chatgpt.model.sft import check_tokenizer_coverage
 from model_fixtures import make_tokenizer_dir
-from tokenizer.coverage import byte_fallback_report, byte_piece_ids
+from zero_chatgpt.tokenizer.coverage import byte_fallback_report, byte_piece_ids
 
 # Characters the toy corpus (tokenizer/toy_corpus.py) never uses: they can only be spelled as bytes.
 UNSEEN = "鹮魁"
@@ -43,7 +43,7 @@ def test_unseen_characters_are_counted_and_named(tokenizer):
 
 def test_sft_warns_about_uncovered_prompts_and_names_the_characters(tokenizer, caplog):
     rows = [{"prompt": f"{UNSEEN}{UNSEEN}？", "response": "the old market"} for _ in range(3)]
-    with caplog.at_level(logging.WARNING, logger="model.sft"):
+    with caplog.at_level(logging.WARNING, logger="zero_chatgpt.model.sft"):
         prompt, response = check_tokenizer_coverage(tokenizer, rows)
     assert prompt.share > 0.5 and response.share == 0.0
     warnings = [record.getMessage() for record in caplog.records]
@@ -51,6 +51,6 @@ def test_sft_warns_about_uncovered_prompts_and_names_the_characters(tokenizer, c
 
 
 def test_sft_is_silent_when_the_data_is_covered(tokenizer, caplog):
-    with caplog.at_level(logging.WARNING, logger="model.sft"):
+    with caplog.at_level(logging.WARNING, logger="zero_chatgpt.model.sft"):
         check_tokenizer_coverage(tokenizer, [{"prompt": "the old road", "response": "的一是在"}])
     assert not caplog.records

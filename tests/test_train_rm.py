@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from model.build import build_model
+from zero_chatgpt.model.build import build_model
 from model_fixtures import make_tokenizer_dir
-from model.reward import (SAME_SUBJECT_SOURCE, ShuffledBatches, encode_answer, mismatched_pairs, normalise_text,
+from zero_chatgpt.model.reward import (SAME_SUBJECT_SOURCE, ShuffledBatches, encode_answer, mismatched_pairs, normalise_text,
                           pair_batch, pair_groups, read_pairs, same_subject_pairs, sequence_scores,
                           sft_reference_pairs, split_pairs, train_reward_model)
 from zero_chatgpt.config import ModelConfig, TrainRmConfig
@@ -260,7 +260,7 @@ def test_read_pairs_names_the_bad_line(tmp_path):
 
 def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
     """Right padding and left padding of the same sequence give the same score."""
-    from model.reward import load_reward_model
+    from zero_chatgpt.model.reward import load_reward_model
 
     tokenizer = AutoTokenizer.from_pretrained(toy_dirs["sft"])
     model = load_reward_model(toy_dirs["sft"]).eval()

@@ -11,11 +11,11 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from tokenizer.chat import (ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_END_ID, IM_START, IM_START_ID, PAD, PAD_ID,
+from zero_chatgpt.tokenizer.chat import (ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_END_ID, IM_START, IM_START_ID, PAD, PAD_ID,
                             SPECIAL_TOKENS, render_chat)
-from tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from tokenizer.files import SP_MODEL_FILE
-from tokenizer.train import draw_sample, train_tokenizer, training_lines
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.train import draw_sample, train_tokenizer, training_lines
 from zero_chatgpt.config import TrainTokenizerConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from model.build import build_model, derived_intermediate_size, llama_config
-from model.losses import IGNORE_INDEX, causal_lm_window_loss, token_cross_entropy
-from model.training import lr_multiplier, make_optimizer, make_scheduler, parameter_groups, train
+from zero_chatgpt.model.build import build_model, derived_intermediate_size, llama_config
+from zero_chatgpt.model.losses import IGNORE_INDEX, causal_lm_window_loss, token_cross_entropy
+from zero_chatgpt.model.training import lr_multiplier, make_optimizer, make_scheduler, parameter_groups, train
 from zero_chatgpt.config import ModelConfig, OptimConfig
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=16)
@@ -175,7 +175,7 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path, caplog
     # plain iterator to the saved data position, and land on the same weights as the uninterrupted run.
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in range(1, 13)))
     resumed = tiny_model(seed=1)
-    with caplog.at_level(logging.INFO, logger="model.training"):
+    with caplog.at_level(logging.INFO, logger="zero_chatgpt.model.training"):
         result = train(resumed, pattern_batches(), causal_lm_window_loss, optim, checkpoint_dir=tmp_path / "ckpt",
                        metrics_path=tmp_path / "b.jsonl")
     assert "resuming from step 10" in caplog.text and result.resumed_from == 10
@@ -186,7 +186,7 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path, caplog
 
 
 def test_plain_iterables_and_callables_are_resumable_by_replay():
-    from model.training import as_batch_source
+    from zero_chatgpt.model.training import as_batch_source
 
     counter = iter(range(100))
     source = as_batch_source(lambda: next(counter))

@@ -16,7 +16,7 @@ import sentencepiece as spm
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from tokenizer.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START, PAD, SPECIAL_TOKENS
+from zero_chatgpt.tokenizer.chat import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START, PAD, SPECIAL_TOKENS
 
 SPACE_MARK = "\u2581"  # ▁
 

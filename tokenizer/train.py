@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 from tqdm import tqdm
 
-from tokenizer.chat import ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_START, PAD, PAD_ID, UNK, UNK_ID
-from tokenizer.corpus import corpus_parts, doc_hash_keys, is_chinese, read_checked_table
-from tokenizer.files import SP_MODEL_FILE
-from tokenizer.hf_export import export_hf_tokenizer
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_START, PAD, PAD_ID, UNK, UNK_ID
+from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, is_chinese, read_checked_table
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.hf_export import export_hf_tokenizer
 from zero_chatgpt.config import TrainTokenizerConfig
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ def _preset_argument(preset: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     # Resolve the whole config here first: a bad key fails before Prefect or any stage starts.
     load_config(args.preset, set_options=args.set_options)
-    from flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
+    from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.console import print_summary
 
@@ -50,7 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows.pipeline import zero_chatgpt
+    from zero_chatgpt.flows.pipeline import zero_chatgpt
 
     zero_chatgpt.serve(name=args.name, parameters={"root": str(Path(args.root).resolve())})
     return 0
@@ -66,7 +66,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from model.chat import ChatSession, load_chat_model
+    from zero_chatgpt.model.chat import ChatSession, load_chat_model
 
     model, tokenizer = load_chat_model(args.model, args.device)
     session = ChatSession(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.system, args.seed)
@@ -94,7 +94,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from model.chat import generate_replies, load_chat_model, read_prompts
+    from zero_chatgpt.model.chat import generate_replies, load_chat_model, read_prompts
 
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_chat_model(args.model, args.device)

@@ -8,6 +8,7 @@ user file may say `base: tiny` and override any subset; `--set a.b.c=value` over
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -443,7 +444,8 @@ class PipelineConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- loading
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The presets ship inside the package (`zero_chatgpt.configs`), so an installed wheel finds them too.
+PRESETS_DIR = Path(str(importlib.resources.files("zero_chatgpt.configs")))
 
 
 def preset_names() -> list[str]:

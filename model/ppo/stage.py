@@ -25,21 +25,21 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data_process.token_shards import TokenShards
-from model.artifact_io import export_trained_model, iter_jsonl
-from model.build import resolve_device, seed_everything
-from model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from model.distributed import (DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects,
+from zero_chatgpt.data_process.token_shards import TokenShards
+from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
+from zero_chatgpt.model.build import resolve_device, seed_everything
+from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from zero_chatgpt.model.distributed import (DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects,
                                broadcast_from_main_, per_rank_count)
-from model.generation import chat_prompt_ids, sample
-from model.ppo.maths import adaptive_kl_coef
-from model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
+from zero_chatgpt.model.generation import chat_prompt_ids, sample
+from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
+from zero_chatgpt.model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
                                reward_model_scores, token_logprobs)
-from model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
-from model.pretrain import RandomWindows
-from model.reward import ShuffledBatches, load_reward_model
-from model.training import MetricsLog, autocast, autocast_dtype
-from tokenizer.chat import IM_END_ID, PAD_ID
+from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
+from zero_chatgpt.model.pretrain import RandomWindows
+from zero_chatgpt.model.reward import ShuffledBatches, load_reward_model
+from zero_chatgpt.model.training import MetricsLog, autocast, autocast_dtype
+from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import PpoConfig
 from zero_chatgpt.progress import report_progress
 

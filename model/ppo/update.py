@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from model.distributed import all_reduce_mean_, per_rank_count
-from model.losses import causal_lm_window_loss
-from model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
-from model.ppo.rollout import Experience, ValueModel, response_logits, token_logprobs
-from model.training import BatchSource, autocast, make_optimizer, make_scheduler
+from zero_chatgpt.model.distributed import all_reduce_mean_, per_rank_count
+from zero_chatgpt.model.losses import causal_lm_window_loss
+from zero_chatgpt.model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
+from zero_chatgpt.model.ppo.rollout import Experience, ValueModel, response_logits, token_logprobs
+from zero_chatgpt.model.training import BatchSource, autocast, make_optimizer, make_scheduler
 from zero_chatgpt.config import OptimConfig, PpoConfig
 
 
