@@ -43,6 +43,7 @@ from zero_chatgpt.data_process.sources import (
     reason_kind,
 )
 from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
+from zero_chatgpt.data_process.text_script import CJK_CHAR_RE, cjk_char_count
 from zero_chatgpt.parallel import ParallelMap, serial_map
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ _REJECTED_FLUSH_ROWS = 10_000
 
 # Full-width punctuation that NFKC would turn into ASCII (，-> ,  …-> ...). Chinese prose keeps these.
 _CJK_PUNCTUATION_RE = re.compile("([，！？：；（）～…])")
-# Han ideographs (with extensions and compatibility forms) and Japanese kana: each counts as one unit of length.
-_CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\U00020000-\U0002fa1f]")
 _WORD_RE = re.compile(r"[^\W_]+")
 # Citation marks: [1], [12], [1-2], [1,3], [1, 3, 5], [1–3] (en dash), [1，2]. Three digits at most, so
 # a bracketed year such as [2023] is kept.
@@ -131,8 +130,8 @@ def apply_transforms(text: str, cfg: CleanConfig) -> str:
 
 def length_units(text: str) -> int:
     """Length as CJK characters plus non-CJK words (`"北京 is big"` -> 2 + 2 = 4)."""
-    cjk = len(_CJK_RE.findall(text))
-    words = len(_WORD_RE.findall(_CJK_RE.sub(" ", text)))
+    cjk = cjk_char_count(text)
+    words = len(_WORD_RE.findall(CJK_CHAR_RE.sub(" ", text)))
     return cjk + words
 
 

@@ -20,14 +20,9 @@ from typing import Literal, Sequence
 import numpy as np
 from xxhash import xxh32_intdigest
 
-ShingleKind = Literal["char", "word"]
+from zero_chatgpt.data_process.text_script import cjk_share_of_code_points
 
-# Unicode blocks counted as CJK, in units of 256 code points: kana and CJK punctuation, Han (extension A,
-# basic, compatibility, supplementary planes), Hangul syllables, full-width forms. `code_point >> 8` indexes it.
-_CJK_BLOCKS = np.zeros(0x110000 >> 8, dtype=bool)
-for _first, _last in ((0x3000, 0x30FF), (0x3400, 0x4DFF), (0x4E00, 0x9FFF), (0xAC00, 0xD7FF), (0xF900, 0xFAFF),
-                      (0xFF00, 0xFFFF), (0x20000, 0x2FFFF)):
-    _CJK_BLOCKS[_first >> 8 : (_last >> 8) + 1] = True
+ShingleKind = Literal["char", "word"]
 
 # One permutation block holds num_perm x block uint32 values. Measured here (AMD EPYC, 2 MiB L2): 8 MiB
 # blocks run twice as fast as 1 MiB ones, as numpy's per-row loop overhead then matters less than the cache.
@@ -53,16 +48,7 @@ class MinHashParams:
 def _cjk_share_of_utf32(raw: bytes) -> float:
     """Share of CJK characters among the non-space characters of whitespace-normalised UTF-32-LE text."""
     code_points = np.frombuffer(raw, dtype="<u4")
-    visible = code_points[code_points != 32]
-    if visible.size == 0:
-        return 0.0
-    return np.count_nonzero(_CJK_BLOCKS[visible >> 8]) / visible.size
-
-
-def cjk_share(text: str) -> float:
-    """Share of CJK characters among the non-whitespace characters of a text (0.0 when it has none)."""
-    normalised = " ".join(text.split())
-    return 0.0 if normalised.isascii() else _cjk_share_of_utf32(normalised.encode("utf-32-le"))
+    return cjk_share_of_code_points(code_points[code_points != 32])
 
 
 def shingles_with_kind(text: str, params: MinHashParams) -> tuple[list[bytes], ShingleKind]:

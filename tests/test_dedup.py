@@ -22,7 +22,6 @@ from zero_chatgpt.data_process.dedup import (
 )
 from zero_chatgpt.data_process.minhash import (
     MinHashParams,
-    cjk_share,
     minhash_from_hashes,
     permutation_coefficients,
     resolve_bands_rows,
@@ -155,7 +154,6 @@ def test_auto_shingles_pick_chars_for_cjk_and_words_otherwise():
     assert kind == "word" and pieces == [b"hello big", b"big world"]
     assert shingles_with_kind("Hello world", MinHashParams(shingle="char"))[1] == "char"
     assert shingles_with_kind("你好世界", MinHashParams(shingle="word"))[1] == "word"
-    assert cjk_share("plain ascii") == 0.0 and cjk_share("你好 ab") == 0.5 and cjk_share(" \n") == 0.0
 
 
 def test_estimated_jaccard_tracks_exact_jaccard():

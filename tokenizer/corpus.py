@@ -7,7 +7,6 @@ whatever the number or order of input shards, and a document keeps its split whe
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -15,12 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from zero_chatgpt.data_process.text_script import cjk_share
+
 REQUIRED_COLUMNS = ("id", "text")
 
-# CJK ideographs (unified, extensions A-G, compatibility). Kana and Hangul are not counted: the metric is
-# about Chinese versus the rest.
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
-_NON_SPACE = re.compile(r"\S")
 
 
 def corpus_parts(corpus_dir: str | Path) -> list[Path]:
@@ -69,12 +66,6 @@ def hash_key_to_unit(keys: np.ndarray) -> np.ndarray:
     return (keys >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def cjk_share(text: str) -> float:
-    """Share of CJK ideographs among the non-whitespace characters (0 for empty text)."""
-    non_space = len(_NON_SPACE.findall(text))
-    return len(_CJK.findall(text)) / non_space if non_space else 0.0
-
-
 def is_chinese(text: str, threshold: float = 0.3) -> bool:
-    """A document counts as Chinese when at least `threshold` of its visible characters are CJK ideographs."""
+    """A document counts as Chinese when at least `threshold` of its visible characters are CJK."""
     return cjk_share(text) >= threshold
