@@ -19,7 +19,8 @@ from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+# The first test pays for the whole tiny run (about 11 minutes on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
