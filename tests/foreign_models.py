@@ -1,0 +1,39 @@
+"""Tiny random-weight models of the families users align (no downloads): LLaMA, Qwen2, GPT-2, BLOOM and OPT,
+each built from its `transformers` config at a few thousand parameters."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    Qwen2Config,
+)
+
+FAMILIES = ("llama", "qwen2", "gpt2", "bloom", "opt")
+
+
+def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
+    """A 2-layer, width-32 config of `family` for a tokenizer of `vocab_size` ids."""
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
+    if family == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=max_positions)
+    if family == "bloom":
+        return BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=max_positions, word_embed_proj_dim=32)
+    raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+
+
+def tiny_causal_lm(family: str, vocab_size: int = 320, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size))
