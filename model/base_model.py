@@ -1,0 +1,83 @@
+"""An existing model as the pipeline's input: where it is, and the fingerprint that stands for it.
+
+A local directory is fingerprinted by the content of every file in it (config, tokenizer, weights), so editing or
+swapping any of them reruns the stages after it; a hub id by the id and the commit its revision resolves to, and
+only when downloads are allowed (offline it is an error naming the id). Remote code is never run unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from zero_chatgpt.file_hash import FileHashCache
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+class BaseModelError(ValueError):
+    """A base model that cannot be used; the message names the path or id and what is missing."""
+
+
+@dataclass(frozen=True)
+class ResolvedBaseModel:
+    """A base model on local disk: `path` holds config, tokenizer and weights; `fingerprint` stands for them."""
+
+    path: Path
+    fingerprint: str
+    origin: str  # the local path, or "hub:<id>@<commit>"
+    files: int
+
+
+def resolve_base_model(name: str, revision: str | None = None, allow_download: bool = False,
+                       hash_cache: FileHashCache | None = None) -> ResolvedBaseModel:
+    """A local model directory, or (with `allow_download`) a hub id fetched into the local hub cache."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _local_model(local.resolve(), hash_cache or FileHashCache())
+    if local.exists():
+        raise BaseModelError(f"base_model.path {name!r} is a file; give the directory holding config.json, the "
+                             "tokenizer and the weights")
+    if not allow_download:
+        raise BaseModelError(
+            f"base_model.path {name!r} is not a local directory. To fetch it from the Hugging Face hub set "
+            "base_model.allow_download: true (needs network), or download it yourself and give its directory"
+        )
+    return _hub_model(name, revision)
+
+
+def _local_model(path: Path, hash_cache: FileHashCache) -> ResolvedBaseModel:
+    if not (path / "config.json").is_file():
+        raise BaseModelError(f"base model {path}: no config.json (is this a Hugging Face model directory?)")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise BaseModelError(f"base model {path}: no weights ({', '.join(WEIGHT_PATTERNS)})")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{hash_cache.hash(file)}\n".encode())
+    hash_cache.save()
+    return ResolvedBaseModel(path=path, fingerprint=digest.hexdigest(), origin=str(path), files=len(files))
+
+
+def _hub_model(name: str, revision: str | None) -> ResolvedBaseModel:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BaseModelError(f"base model {name!r}: HF_HUB_OFFLINE=1, so the hub cannot be asked for it")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(name, revision=revision))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise BaseModelError(f"base model {name!r} (revision {revision or 'main'}) could not be fetched from "
+                             f"the hub: {err}") from err
+    commit = path.name  # snapshots/<commit>
+    payload = json.dumps({"hub": name, "commit": commit}, sort_keys=True)
+    return ResolvedBaseModel(path=path, fingerprint=hashlib.sha256(payload.encode()).hexdigest(),
+                             origin=f"hub:{name}@{commit}", files=sum(1 for p in path.rglob("*") if p.is_file()))
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
