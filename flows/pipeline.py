@@ -112,8 +112,7 @@ def zero_chatgpt(
     prefs = run.stage(build_prefs_task, sft=tuned)
     reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
     policy = run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
-    evaluation = run.stage(evaluate_task, pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward,
-                           ppo=policy)
+    evaluation = run.stage(evaluate_task, pretrain=pretrained, sft=tuned, train_rm=reward, ppo=policy)
     report = run.stage(report_task, clean=clean, dedup=dedup, train_tokenizer=tokenizer, shard=shards,
                        pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward, ppo=policy,
                        evaluate=evaluation)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import torch
+if TYPE_CHECKING:  # the JSONL helpers are read by light modules (zero_chatgpt.stage_files): no torch import
+    import torch
 
-from zero_chatgpt.model.training import Parallel
+    from zero_chatgpt.model.training import Parallel
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -1,6 +1,6 @@
 """The `build_prefs` stage: preference pairs for the reward model, made from the SFT model's own answers.
 
-For each held-out RLHF prompt of the sft artifact (`rlhf_prompts.jsonl`) the SFT model writes an answer
+For each held-out RLHF prompt of the sft artifact (`RLHF_PROMPTS`) the SFT model writes an answer
 (batched, KV-cached sampling); the pair is `chosen` = the reference answer, `rejected` = the model's answer,
 as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. Each prompt
 is sampled `samples_per_prompt` times. A pair whose two sides are equal after stripping whitespace carries no
@@ -11,9 +11,16 @@ dropped too (counted as `dropped_correct`).
 User-supplied pairs from `data.pref_sources` are merged in with their file as `source`; their bad rows go
 to `rejected.jsonl`.
 
-Output (in `out_dir`): `pairs.jsonl`, one `{"id", "prompt", "chosen", "rejected", "source"}` per line, plus
-`answer` on sampled pairs whose prompt row has one (sampled pairs first, in prompt-file order, then user pairs in
-source order), and `rejected.jsonl`.
+The pairs are then split (`split_pairs`: `val_fraction` of the groups of pairs linked by a shared prompt or
+reference answer are held out), and the training side gets the mined negatives `negatives` asks for (all off by
+default): pairs whose rejected answer is another question's reference, drawn from the training side and, with
+`from_sft_rows`, the SFT training rows that share no text with a held-out pair. Mined pairs never touch a
+held-out prompt or reference.
+
+Output (in `out_dir`, names in zero_chatgpt.stage_files): `TRAIN_PAIRS` (real pairs, then mined ones) and
+`HELDOUT_PAIRS` (real pairs only), one `{"prompt", "chosen", "rejected", "source"}` per line, plus `id` on real
+pairs and `answer` on sampled pairs whose prompt row has one (sampled pairs first, in prompt-file order, then user
+pairs in source order); `source` is `sft_sample`, the user file, or the mining strategy. And `REJECTED`.
 """
 
 from __future__ import annotations
@@ -29,24 +36,22 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
 from zero_chatgpt.model.build import resolve_device
 from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
-from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
-from zero_chatgpt.model.reward import states_the_answer
-from zero_chatgpt.model.sft import RLHF_PROMPTS, REJECTED, hash_fraction
+from zero_chatgpt.model.artifact_io import write_jsonl
+from zero_chatgpt.model.batching import seeded_subset
+from zero_chatgpt.model.preference_pairs import (mismatched_pairs, same_subject_pairs, sft_reference_pairs,
+                                                 split_pairs, states_the_answer)
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
 from zero_chatgpt.tokenizer.chat import IM_END
-from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, PrefSource
+from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
 
 logger = logging.getLogger(__name__)
 
-PAIRS = "pairs.jsonl"
 SAMPLED_SOURCE = "sft_sample"
 
 
 def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: int) -> list[dict[str, Any]]:
     """At most `max_prompts` rows, a seeded subset that does not depend on file order, kept in file order."""
-    if max_prompts is None or len(rows) <= max_prompts:
-        return rows
-    chosen = sorted(range(len(rows)), key=lambda i: hash_fraction(rows[i]["id"], seed, "prefs"))[:max_prompts]
-    return [rows[i] for i in sorted(chosen)]
+    return seeded_subset(rows, max_prompts, seed, "prefs")
 
 
 def generate_answers(model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig, seed: int,
@@ -131,6 +136,25 @@ def _mean_chars(pairs: list[dict[str, Any]], side: str) -> float:
     return sum(len(pair[side]) for pair in pairs) / len(pairs) if pairs else 0.0
 
 
+def mine_negatives(cfg: MinedNegativesConfig, train_pairs: list[dict[str, Any]], heldout_pairs: list[dict[str, Any]],
+                   sft_dir: Path, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(mined pairs, counts) for the training side: `cfg.mismatched_per_prompt` look-alike and
+    `cfg.same_subject_per_prompt` same-subject negatives per prompt of `train_pairs` (and, with
+    `cfg.from_sft_rows`, of the SFT training rows sharing no normalised prompt or reference with `heldout_pairs`).
+
+    Counts: mismatched_pairs, same_subject_pairs, sft_references (SFT rows used as references).
+    """
+    sft_references: list[dict[str, str]] = []
+    if cfg.from_sft_rows and (cfg.mismatched_per_prompt or cfg.same_subject_per_prompt):
+        sft_references = sft_reference_pairs(read_chat_rows(sft_dir, SFT_TRAIN), heldout_pairs)
+    references = train_pairs + sft_references
+    look_alike = mismatched_pairs(references, cfg.mismatched_per_prompt, seed)
+    same_subject = same_subject_pairs(references, cfg.same_subject_per_prompt, seed)
+    counts = {"mismatched_pairs": len(look_alike), "same_subject_pairs": len(same_subject),
+              "sft_references": len(sft_references)}
+    return look_alike + same_subject, counts
+
+
 def build_prefs(
     cfg: BuildPrefsConfig,
     pref_sources: list[PrefSource],
@@ -140,20 +164,19 @@ def build_prefs(
     seed: int,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs.
+    """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs,
+    split them into training and held-out pairs and mine the negatives `cfg.negatives` asks for.
 
-    Returns metrics: pairs, sampled_pairs, user_pairs, dropped_identical, dropped_repeated, dropped_correct,
-    quarantined, prompts, mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens,
-    unfinished.
+    Returns metrics: pairs (real ones: sampled_pairs + user_pairs), train_pairs and heldout_pairs (real ones per
+    side), mismatched_pairs, same_subject_pairs and sft_references (mined, see `mine_negatives`), dropped_identical,
+    dropped_repeated, dropped_correct, quarantined, prompts, mean_chosen_chars, mean_rejected_chars, tokens_per_s
+    (generation), generated_tokens, unfinished.
     """
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
 
-    prompt_file = sft_dir / RLHF_PROMPTS
-    if not prompt_file.is_file():
-        raise FileNotFoundError(f"{prompt_file} is missing: {sft_dir} is not an sft artifact")
-    prompt_rows = select_prompts(read_jsonl(prompt_file), cfg.max_prompts, seed)
+    prompt_rows = select_prompts(read_chat_rows(sft_dir, RLHF_PROMPTS), cfg.max_prompts, seed)
     user_pairs, quarantined = read_user_pairs(pref_sources, demo, seed)
     write_jsonl(out_dir / REJECTED, quarantined)
 
@@ -178,13 +201,22 @@ def build_prefs(
         raise ValueError(f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
                          f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs and {dropped_correct} "
                          "stating the reference's answer dropped)")
-    write_jsonl(out_dir / PAIRS, pairs)
+    train_pairs, heldout_pairs = split_pairs(pairs, cfg.val_fraction, seed)
+    if not heldout_pairs:
+        raise ValueError(f"build_prefs: all {len(pairs)} pairs are linked by a shared prompt or reference answer; "
+                         "held-out accuracy needs at least two unrelated groups of pairs")
+    mined, mined_counts = mine_negatives(cfg.negatives, train_pairs, heldout_pairs, sft_dir, seed)
+    write_jsonl(out_dir / TRAIN_PAIRS, train_pairs + mined)
+    write_jsonl(out_dir / HELDOUT_PAIRS, heldout_pairs)
 
     sampled_pairs = sum(pair["source"] == SAMPLED_SOURCE for pair in pairs)
     metrics: dict[str, Any] = {
         "pairs": len(pairs),
         "sampled_pairs": sampled_pairs,
         "user_pairs": len(pairs) - sampled_pairs,
+        "train_pairs": len(train_pairs),
+        "heldout_pairs": len(heldout_pairs),
+        **mined_counts,
         "dropped_identical": dropped_identical,
         "dropped_repeated": dropped_repeated,
         "dropped_correct": dropped_correct,
@@ -194,7 +226,9 @@ def build_prefs(
         "mean_rejected_chars": _mean_chars(pairs, "rejected"),
         **stats,
     }
-    logger.info("build_prefs: %d pairs (%d sampled, %d user), %d identical and %d stating the reference's answer "
-                "dropped, %d quarantined, %.0f generated tokens/s", metrics["pairs"], sampled_pairs,
-                metrics["user_pairs"], dropped_identical, dropped_correct, len(quarantined), metrics["tokens_per_s"])
+    logger.info("build_prefs: %d pairs (%d sampled, %d user; %d train, %d held out), %d identical and %d stating "
+                "the reference's answer dropped, %d quarantined; mined %d look-alike and %d same-subject negatives; "
+                "%.0f generated tokens/s", metrics["pairs"], sampled_pairs, metrics["user_pairs"], len(train_pairs),
+                len(heldout_pairs), dropped_identical, dropped_correct, len(quarantined),
+                mined_counts["mismatched_pairs"], mined_counts["same_subject_pairs"], metrics["tokens_per_s"])
     return metrics

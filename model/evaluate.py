@@ -9,10 +9,9 @@ What is measured, and on what
 - `win_rate_vs_sft`: the train_rm reward model scores the PPO and the SFT answer to each prompt (the token
   sequences the models produced, read at their last token as PPO's reward is); a win is ppo > sft, a tie
   (equal answers or scores) counts 0.5.
-- `win_rate_vs_sft_independent`: the same judged by a reward model trained here, from the SFT model with a
-  fresh head, a different seed (seed + 1) and only one half of `pairs.jsonl` (`split_pairs`: pairs that
-  share a prompt or a reference answer are on one side). The other half measures its accuracy
-  (`independent_rm.heldout_accuracy`).
+- `win_rate_vs_sft_independent`: the same judged by a second reward model: `judge_model` when set, else the
+  independent judge of the train_rm artifact (trained there on training pairs the first judge never saw; its
+  held-out accuracy is train_rm's `judge_val_accuracy`). None when there is neither. Nothing is trained here.
   PPO optimised the first judge; a win rate that holds only under it is reward hacking.
 - `reward` / `reward_independent`: mean score of each model's answers under each judge.
 - `kl_to_sft`: mean per-sequence KL(model || SFT) = E over the model's own samples (at `kl_temperature`, on
@@ -38,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,11 +51,11 @@ from zero_chatgpt.model.eval_tasks import PreparedTask, expand_task_globs, load_
 from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
 from zero_chatgpt.model.generation import Rollout, chat_prompt_ids, sample
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
-from zero_chatgpt.model.reward import (encode_answer, load_reward_model, make_pair_eval_fn, pair_batch, read_pairs,
-                          sequence_scores, split_pairs, train_reward_model)
 from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
-from zero_chatgpt.model.sft import SFT_VAL, hash_fraction
+from zero_chatgpt.model.batching import seeded_subset
+from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
+from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 
@@ -69,8 +67,6 @@ SAMPLES_JSONL = "samples.jsonl"
 SAMPLES_MD = "samples.md"
 JUDGED_JSONL = "judged.jsonl"
 FACTS_JSONL = "facts.jsonl"
-PAIRS_FILE = "pairs.jsonl"
-INDEPENDENT_RM_DIR = "independent_rm"
 TEXT_METRICS = ("response_tokens", "response_chars", "distinct_1", "distinct_2", "repeated_3gram_rate",
                 "refusal_rate")
 
@@ -174,14 +170,6 @@ def judge_scores(reward_model: torch.nn.Module, generations: Generations) -> lis
 # --------------------------------------------------------------------------------------- inputs
 
 
-def seeded_subset(rows: list[dict[str, Any]], limit: int | None, seed: int, purpose: str) -> list[dict[str, Any]]:
-    """At most `limit` rows chosen by a seeded hash of their `id` (independent of file order), in file order."""
-    if limit is None or len(rows) <= limit:
-        return rows
-    chosen = sorted(range(len(rows)), key=lambda i: hash_fraction(str(rows[i]["id"]), seed, purpose))[:limit]
-    return [rows[i] for i in sorted(chosen)]
-
-
 def heldout_prompt_rows(sft_dir: Path, max_prompts: int, seed: int) -> list[dict[str, Any]]:
     """A seeded subset of the sft artifact's `sft_val.jsonl` rows `{id, prompt, response}`."""
     path = sft_dir / SFT_VAL
@@ -197,57 +185,19 @@ def heldout_prompt_rows(sft_dir: Path, max_prompts: int, seed: int) -> list[dict
     return seeded_subset(rows, max_prompts, seed, "evaluate")
 
 
-def split_pairs_for_independent_judge(pairs: list[dict[str, str]], seed: int) -> tuple[list[dict], list[dict]]:
-    """(train half, held-out half) of the preference pairs: `split_pairs`, so no prompt and no reference answer
-    is on both sides.
-
-    Uses seed + 1 so the halves do not line up with train_rm's own val split (which uses the run seed).
-    """
-    return split_pairs(pairs, 0.5, seed + 1)
-
-
-def train_independent_judge(cfg: EvaluateConfig, sft_dir: Path, prefs_dir: Path, work_dir: Path, seed: int,
-                            device: str) -> tuple[Path | None, dict[str, Any]]:
-    """Train the independent reward model on one half of the pairs; measure it on the other half.
-
-    Returns (model dir or None when there are too few prompts, metrics). The halves are written to
-    `work_dir/train_pairs.jsonl` and `work_dir/heldout_pairs.jsonl` so their disjointness can be checked.
-    """
-    pairs = read_pairs(prefs_dir / PAIRS_FILE)
-    train_half, heldout_half = split_pairs_for_independent_judge(pairs, seed)
-    prompts = {pair["prompt"] for pair in train_half}
-    if len(prompts) < 2 or not heldout_half:
-        logger.warning("evaluate: %d preference prompts are too few for an independent judge; skipped",
-                       len({pair["prompt"] for pair in pairs}))
-        return None, {"skipped": "fewer than 3 distinct prompts in pairs.jsonl"}
-    prefs_half = work_dir / "prefs"
-    prefs_half.mkdir(parents=True, exist_ok=True)
-    write_jsonl(prefs_half / PAIRS_FILE, train_half)
-    write_jsonl(work_dir / "train_pairs.jsonl", train_half)
-    write_jsonl(work_dir / "heldout_pairs.jsonl", heldout_half)
-    model_dir = work_dir / "model"
-    started = time.perf_counter()
-    trained = train_reward_model(cfg.independent_rm, sft_dir, prefs_half, model_dir, seed + 1, device=device)
-    shutil.rmtree(prefs_half, ignore_errors=True)  # a copy of train_pairs.jsonl
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    judge = load_reward_model(model_dir).to(resolve_device(device)).eval()
-    encoded = [(encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.independent_rm.max_seq_len),
-                encode_answer(tokenizer, row["prompt"], row["rejected"], cfg.independent_rm.max_seq_len))
-               for row in heldout_half]
-    size = cfg.independent_rm.optim.batch_size
-    with torch.no_grad():
-        heldout = make_pair_eval_fn([pair_batch(encoded[i: i + size]) for i in range(0, len(encoded), size)],
-                                    resolve_device(device))(judge)
-    metrics = {
-        "train_pairs": len(train_half), "heldout_pairs": len(heldout_half), "train_prompts": len(prompts),
-        "heldout_prompts": len({pair["prompt"] for pair in heldout_half}), "steps": trained["steps"],
-        "heldout_accuracy": heldout["val_accuracy"], "heldout_reward_margin": heldout["reward_margin"],
-        "train_seconds": time.perf_counter() - started,
-    }
-    logger.info("evaluate: independent judge trained on %d pairs, %.3f accuracy on the %d held-out pairs",
-                len(train_half), metrics["heldout_accuracy"], len(heldout_half))
-    return model_dir, metrics
+def find_judge(judge_model: str | None, rm_dir: Path) -> Path | None:
+    """The second judge's model dir: `judge_model` (which must exist), else train_rm's independent judge, else None."""
+    if judge_model is not None:
+        path = Path(judge_model)
+        if not path.is_dir():
+            raise FileNotFoundError(f"evaluate.judge_model: {path} is not a directory")
+        return path
+    path = independent_judge_dir(rm_dir)
+    if not path.is_dir():
+        logger.warning("evaluate: %s has no independent judge (train_rm.independent_judge was off) and "
+                       "evaluate.judge_model is not set: win_rate_vs_sft_independent is None", rm_dir)
+        return None
+    return path
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -298,7 +248,6 @@ def evaluate(
     demo: DemoCorpusConfig,
     pretrain_dir: Path,
     sft_dir: Path,
-    prefs_dir: Path,
     rm_dir: Path,
     ppo_dir: Path,
     out_dir: Path,
@@ -309,13 +258,14 @@ def evaluate(
     facts.jsonl to `out_dir` and return the metrics (see the module docstring for each key)."""
     started = time.perf_counter()
     dirs = {"pretrain": Path(pretrain_dir), "sft": Path(sft_dir), "ppo": Path(ppo_dir)}
-    prefs_dir, rm_dir, out_dir = Path(prefs_dir), Path(rm_dir), Path(out_dir)
+    rm_dir, out_dir = Path(rm_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
 
     # Everything read from files first, so a bad task file or a missing input fails before any model runs.
     prompt_rows = heldout_prompt_rows(dirs["sft"], cfg.max_prompts, seed)
+    judge_dir = find_judge(cfg.judge_model, rm_dir)
     questions = seeded_subset(demo_eval_questions(demo, seed), cfg.max_questions, seed, "evaluate")
     tasks: list[PreparedTask] = [load_task(path, cfg.few_shot, cfg.max_task_rows)
                                  for path in expand_task_globs(cfg.task_files)]
@@ -377,15 +327,11 @@ def evaluate(
     reward_model = load_reward_model(rm_dir).to(torch_device)
     rewards = {name: judge_scores(reward_model, judged[name]) for name in MODELS}
     del reward_model
-    work_dir = out_dir / INDEPENDENT_RM_DIR
-    judge_dir, independent_metrics = train_independent_judge(cfg, dirs["sft"], prefs_dir, work_dir, seed, device)
     independent_rewards: dict[str, list[float]] | None = None
     if judge_dir is not None:
         judge = load_reward_model(judge_dir).to(torch_device)
         independent_rewards = {name: judge_scores(judge, judged[name]) for name in MODELS}
         del judge
-        if not cfg.keep_independent_rm:
-            shutil.rmtree(judge_dir, ignore_errors=True)
 
     identical = [a == b for a, b in zip(judged["ppo"].token_ids, judged["sft"].token_ids)]
     outcomes = pairwise_outcomes(rewards["ppo"], rewards["sft"], identical)
@@ -415,7 +361,7 @@ def evaluate(
         "tasks": {task.name: task_summary(task, {model_name: task_accuracies[task.name][model_name]
                                                  for model_name in dict.fromkeys(cfg.task_models)}, cfg.task_score)
                   for task in tasks},
-        "independent_rm": independent_metrics,
+        "independent_judge": str(judge_dir) if judge_dir is not None else None,
         "prompts": len(prompt_rows),
         "questions": len(questions),
         "seconds": time.perf_counter() - started,
@@ -445,5 +391,5 @@ def evaluate(
 
 
 __all__ = ["evaluate", "Generations", "generate", "kl_to_reference", "judge_scores", "plain_prompt_ids",
-           "heldout_prompt_rows", "seeded_subset", "split_pairs_for_independent_judge", "train_independent_judge",
+           "heldout_prompt_rows", "seeded_subset", "find_judge",
            "samples_markdown", "MODELS"]

@@ -58,7 +58,7 @@ TAIL_LINES = 40
 STAGE_FUNCTIONS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("zero_chatgpt.model.pretrain", "pretrain", "PretrainConfig"),
     "sft": ("zero_chatgpt.model.sft", "sft", "SftConfig"),
-    "train_rm": ("zero_chatgpt.model.reward", "train_reward_model", "TrainRmConfig"),
+    "train_rm": ("zero_chatgpt.model.train_rm", "train_reward_model", "TrainRmConfig"),
     "ppo": ("zero_chatgpt.model.ppo.stage", "ppo", "PpoConfig"),
 }
 

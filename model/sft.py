@@ -2,7 +2,7 @@
 
 Data route: every configured SFT source is read (bad rows go to `rejected.jsonl`, counted), each row is
 assigned by a hash of its id and the seed to one of three splits — held-out RLHF prompts (`rlhf_prompts.jsonl`,
-read by build_prefs, ppo and evaluate), SFT validation (`sft_val.jsonl`) or SFT training — and the SFT rows
+read by build_prefs and ppo), SFT validation (`sft_val.jsonl`, read by evaluate) or SFT training — and the SFT rows
 are rendered in ChatML and tokenized. The loss falls only on the assistant's tokens: its content and the
 closing `<|im_end|>`; the user turn and the template tokens are labelled -100.
 
@@ -13,7 +13,8 @@ template's last newline into one token that would straddle the mask boundary.
 
 Output (in `out_dir`): the HF model + tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)` works; its
 generation config stops at `<|im_end|>`), `metrics.jsonl`, `rlhf_prompts.jsonl`, `sft_val.jsonl`,
-`sft_train.jsonl` (the rows trained on; train_rm draws extra negatives from them), `rejected.jsonl`.
+`sft_train.jsonl` (the rows trained on; build_prefs can mine negatives from them), `rejected.jsonl` (file names
+in zero_chatgpt.stage_files).
 
 Several ranks (`parallel`, from `model.launch`): every rank reads and splits the same rows, draws the same
 global batches and trains on its slice of each; the loss is normalised by the global batch's supervised
@@ -22,47 +23,34 @@ token count, so 2 ranks x B/2 compute the same loss and gradients as 1 rank x B.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zero_chatgpt.data_process.sources import is_quarantined, read_sft_rows
 from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
+from zero_chatgpt.model.batching import ShuffledBatches, hash_fraction
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
 from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.losses import IGNORE_INDEX, token_cross_entropy
 from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
 from zero_chatgpt.tokenizer.chat import IM_END
 from zero_chatgpt.tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
+from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
-RLHF_PROMPTS = "rlhf_prompts.jsonl"
-SFT_VAL = "sft_val.jsonl"
-SFT_TRAIN = "sft_train.jsonl"
-REJECTED = "rejected.jsonl"
-
-
-# ------------------------------------------------------------------------------------------------ files
 
 
 # ----------------------------------------------------------------------------------------------- splits
-
-
-def hash_fraction(row_id: str, seed: int, purpose: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, purpose, row id): the same row always lands the same way."""
-    digest = hashlib.sha256(f"{seed}\x1f{purpose}\x1f{row_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 @dataclass
@@ -196,6 +184,20 @@ def check_tokenizer_coverage(tokenizer, rows: list[dict[str, Any]]) -> tuple[Byt
     return reports
 
 
+def sft_batches(examples: list[SftExample], batch_size: int, pad_id: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> ShuffledBatches:
+    """Rank `rank`'s training batches: its slice of each seeded global batch of `batch_size * world_size` examples.
+
+    Each batch carries `loss_normaliser`: the global batch's supervised token count / world_size, which
+    `sft_loss` divides by, so the mean over ranks of the ranks' losses (and gradients) is the token-weighted mean
+    over the global batch, as on one rank.
+    """
+    if not examples:
+        raise ValueError("no SFT training examples")
+    return ShuffledBatches(examples, batch_size, seed, collate=lambda rows: collate(rows, pad_id), rank=rank,
+                           world_size=world_size, loss_weight=supervised_token_count)
+
+
 def supervised_token_count(example: SftExample) -> int:
     """Tokens the loss scores in one example: labelled positions after the first (see `sft_loss`)."""
     return sum(label != IGNORE_INDEX for label in example.labels[1:])
@@ -216,66 +218,12 @@ def collate(examples: list[SftExample], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-class ShuffledBatches:
-    """Training batches: epochs over the examples in a seeded random order, `batch_size` per batch.
-
-    The state (order of the current epoch, position in it, numpy Generator state) is this source's
-    `state_dict`, so a resumed run reads exactly the batches an uninterrupted run would have read.
-
-    With `world_size` ranks every rank draws the same global batch of `batch_size * world_size` examples
-    and keeps its `batch_size` of them (rank r: rows r * batch_size onwards), so the data position is the
-    same on every rank. Each batch also carries `loss_normaliser` (0-d float): the global batch's
-    supervised token count / world_size, which `sft_loss` divides by, so the mean over ranks of the ranks'
-    losses (and gradients) is the token-weighted mean over the global batch, as on one rank.
-    """
-
-    def __init__(self, examples: list[SftExample], batch_size: int, pad_id: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if not examples:
-            raise ValueError("no SFT training examples")
-        self.examples = examples
-        self.batch_size = batch_size
-        self.pad_id = pad_id
-        self.rank, self.world_size = rank, world_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(examples))
-        self.position = 0
-        self.epoch = 0
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        picked = []
-        global_size = self.batch_size * self.world_size
-        while len(picked) < global_size:
-            if self.position == len(self.order):
-                self.order = self.rng.permutation(len(self.examples))
-                self.position = 0
-                self.epoch += 1
-            take = min(global_size - len(picked), len(self.order) - self.position)
-            picked.extend(self.order[self.position: self.position + take].tolist())
-            self.position += take
-        global_tokens = sum(supervised_token_count(self.examples[i]) for i in picked)
-        mine = picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
-        batch = collate([self.examples[i] for i in mine], self.pad_id)
-        batch["loss_normaliser"] = torch.tensor(global_tokens / self.world_size, dtype=torch.float32)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state, "order": self.order.tolist(),
-                "position": self.position, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
-        self.order = np.asarray(state["order"], dtype=np.int64)
-        self.position = int(state["position"])
-        self.epoch = int(state["epoch"])
-
-
 # ------------------------------------------------------------------------------------------------- loss
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Cross-entropy over response tokens of a collated batch (see `collate`): their mean, or, when the
-    batch holds `loss_normaliser` (a rank's slice, see `ShuffledBatches`), their sum divided by it.
+    batch holds `loss_normaliser` (a rank's slice of a global batch, see `sft_batches`), their sum divided by it.
 
     Position t's logits predict token t + 1, so logits[:, :-1] are scored against labels[:, 1:].
     `tokens` (for throughput) counts all real tokens the model read, not just the supervised ones.
@@ -396,7 +344,7 @@ def sft(
 
     result = train(
         model,
-        ShuffledBatches(train_examples, optim.batch_size, pad_id, seed, rank, world_size),
+        sft_batches(train_examples, optim.batch_size, pad_id, seed, rank, world_size),
         sft_loss,
         optim,
         device=torch_device,

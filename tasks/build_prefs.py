@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zero_chatgpt.model.prefs import build_prefs
+from zero_chatgpt.model.build_prefs import build_prefs
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-BUILD_PREFS = StageSpec("build_prefs", version="2", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
+BUILD_PREFS = StageSpec("build_prefs", version="3", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
                         upstream=("sft",))
 
 
 @stage_task(BUILD_PREFS)
 def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs."""
+    """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs; split them
+    into training and held-out pairs and mine extra negatives for the training side."""
     cfg = PipelineConfig.model_validate(config)
     return run_stage(BUILD_PREFS, config, upstream, root, force, lambda out_dir: build_prefs(
         cfg.build_prefs, cfg.data.pref_sources, cfg.data.demo, Path(upstream["sft"]["path"]), out_dir,

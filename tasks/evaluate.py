@@ -9,15 +9,15 @@ from zero_chatgpt.model.evaluate import evaluate
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 
-EVALUATE = StageSpec("evaluate", version="2", config_keys=("evaluate", "data.demo"),
-                     upstream=("pretrain", "sft", "build_prefs", "train_rm", "ppo"))
+EVALUATE = StageSpec("evaluate", version="3", config_keys=("evaluate", "data.demo"),
+                     upstream=("pretrain", "sft", "train_rm", "ppo"))
 
 
 @stage_task(EVALUATE)
 def evaluate_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Judge PPO against SFT (two reward models), score facts, text statistics and likelihood tasks."""
+    """Judge PPO against SFT (train_rm's two reward models), score facts, text statistics and likelihood tasks."""
     cfg = PipelineConfig.model_validate(config)
     dirs = {name: Path(upstream[name]["path"]) for name in EVALUATE.upstream}
     return run_stage(EVALUATE, config, upstream, root, force, lambda out_dir: evaluate(
-        cfg.evaluate, cfg.data.demo, dirs["pretrain"], dirs["sft"], dirs["build_prefs"], dirs["train_rm"],
+        cfg.evaluate, cfg.data.demo, dirs["pretrain"], dirs["sft"], dirs["train_rm"],
         dirs["ppo"], out_dir, cfg.run.seed, cfg.run.device))

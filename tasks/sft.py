@@ -10,7 +10,7 @@ from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
-SFT = StageSpec("sft", version="3", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
+SFT = StageSpec("sft", version="4", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
 
 
 @stage_task(SFT)

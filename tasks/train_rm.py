@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zero_chatgpt.model.reward import train_reward_model
+from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
-TRAIN_RM = StageSpec("train_rm", version="3", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
+TRAIN_RM = StageSpec("train_rm", version="4", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
 
 
 @stage_task(TRAIN_RM)
 def train_rm_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Train the scalar-head reward model on the preference pairs."""
+    """Train the scalar-head reward model (and the independent judge) on the preference pairs."""
     cfg = PipelineConfig.model_validate(config)
     inputs = {"sft_dir": Path(upstream["sft"]["path"]), "prefs_dir": Path(upstream["build_prefs"]["path"])}
     return run_training_stage(TRAIN_RM, config, upstream, root, force, train_reward_model, cfg.train_rm, inputs)

@@ -78,5 +78,5 @@ def test_setting_one_key_keeps_the_sections_own_defaults():
     changed = load_config("tiny", set_options=["ppo.optim.lr=5e-5"])
     assert changed.ppo.optim.lr == 5e-5
     assert changed.ppo.optim.model_dump(exclude={"lr"}) == default.ppo.optim.model_dump(exclude={"lr"})
-    nested = load_config("tiny", overrides={"evaluate": {"independent_rm": {"optim": {"lr": 1e-3}}}})
-    assert nested.evaluate.independent_rm.optim.max_steps == default.evaluate.independent_rm.optim.max_steps
+    nested = load_config("tiny", overrides={"train_rm": {"judge_optim": {"lr": 1e-3}}})
+    assert nested.train_rm.judge_optim.max_steps == default.train_rm.judge_optim.max_steps

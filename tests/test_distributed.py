@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from zero_chatgpt.data_process.token_shards import TokenShards
-from zero_chatgpt.model import reward as rm
+from zero_chatgpt.model import train_rm as rm
+from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model import sft as sft_module
 from zero_chatgpt.model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
 from zero_chatgpt.model.launch import LaunchError, decode_inputs, encode_inputs, launch_stage, launcher_command, run_launcher
@@ -270,8 +271,8 @@ def _unpadded_rows(batch: dict[str, torch.Tensor]) -> list[tuple[int, ...]]:
 def test_sft_ranks_split_the_global_batch_and_normalise_by_its_token_count():
     examples = [sft_module.SftExample(input_ids=list(range(3 + i)), labels=[-100] * 2 + list(range(2, 3 + i)),
                                       truncated=False) for i in range(9)]
-    one = sft_module.ShuffledBatches(examples, batch_size=6, pad_id=0, seed=3)
-    halves = [sft_module.ShuffledBatches(examples, batch_size=3, pad_id=0, seed=3, rank=r, world_size=2)
+    one = sft_module.sft_batches(examples, batch_size=6, pad_id=0, seed=3)
+    halves = [sft_module.sft_batches(examples, batch_size=3, pad_id=0, seed=3, rank=r, world_size=2)
               for r in (0, 1)]
     for _ in range(4):
         whole, parts = one.next_batch(), [h.next_batch() for h in halves]
@@ -282,8 +283,8 @@ def test_sft_ranks_split_the_global_batch_and_normalise_by_its_token_count():
 
 
 def test_reward_ranks_split_the_global_batch():
-    one = rm.ShuffledBatches(list(range(10)), batch_size=4, seed=1)
-    halves = [rm.ShuffledBatches(list(range(10)), batch_size=2, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    one = ShuffledBatches(list(range(10)), batch_size=4, seed=1)
+    halves = [ShuffledBatches(list(range(10)), batch_size=2, seed=1, rank=r, world_size=2) for r in (0, 1)]
     for _ in range(5):
         assert halves[0].next_batch() + halves[1].next_batch() == one.next_batch()
     assert halves[0].state_dict() == halves[1].state_dict() == one.state_dict()

@@ -1,5 +1,5 @@
-"""The evaluate stage: its metric functions against hand-computed values, the independent judge's disjoint
-half, KL on identical models, and an end-to-end run on tiny random-init fixture models."""
+"""The evaluate stage: its metric functions against hand-computed values, KL on identical models, the second
+judge found (never trained here), and an end-to-end run on tiny random-init fixture models."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zero_chatgpt.model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
                              refusal_rate, repeated_ngram_rate, text_statistics, win_rate)
-from zero_chatgpt.model.evaluate import (MODELS, evaluate, generate, kl_to_reference, plain_prompt_ids, samples_markdown,
-                            seeded_subset, split_pairs_for_independent_judge)
+from zero_chatgpt.model.evaluate import (MODELS, evaluate, find_judge, generate, kl_to_reference, plain_prompt_ids,
+                                         samples_markdown, seeded_subset)
 from zero_chatgpt.model.generation import chat_prompt_ids
-from zero_chatgpt.model.reward import normalise_text, pair_groups, read_pairs, train_reward_model
+from zero_chatgpt.model.train_rm import train_reward_model
+from zero_chatgpt.stage_files import independent_judge_dir
 from model_fixtures import make_tokenizer_dir
 from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
@@ -86,15 +88,15 @@ def test_seeded_subset_is_order_independent():
     assert seeded_subset(rows, None, 3, "evaluate") == rows
 
 
-def test_independent_judge_halves_share_no_prompt_and_no_reference_answer(tmp_path):
-    pairs = read_pairs(write_toy_pairs(tmp_path / "prefs", toy_prompts(30)) / "pairs.jsonl")
-    train_half, heldout_half = split_pairs_for_independent_judge(pairs, seed=0)
-    assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
-    assert not {normalise_text(p["chosen"]) for p in train_half} & {normalise_text(p["chosen"]) for p in heldout_half}
-    assert len(train_half) + len(heldout_half) == len(pairs)
-    groups = len(pair_groups(pairs))
-    train_groups, heldout_groups = len(pair_groups(train_half)), len(pair_groups(heldout_half))
-    assert train_groups + heldout_groups == groups and abs(train_groups - groups / 2) <= 1
+def test_the_second_judge_is_the_named_model_else_train_rms(tmp_path):
+    rm_dir = tmp_path / "rm"
+    rm_dir.mkdir()
+    assert find_judge(None, rm_dir) is None  # train_rm ran without a judge
+    independent_judge_dir(rm_dir).mkdir()
+    assert find_judge(None, rm_dir) == independent_judge_dir(rm_dir)
+    assert find_judge(str(tmp_path), rm_dir) == tmp_path
+    with pytest.raises(FileNotFoundError, match="evaluate.judge_model"):
+        find_judge(str(tmp_path / "missing"), rm_dir)
 
 
 # ---------------------------------------------------------------------------------- fixture models
@@ -102,7 +104,8 @@ def test_independent_judge_halves_share_no_prompt_and_no_reference_answer(tmp_pa
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory) -> dict[str, Path]:
-    """Tokenizer, random-init pretrain / sft / ppo models (different seeds), toy pairs and a briefly trained RM."""
+    """Tokenizer, random-init pretrain / sft / ppo models (different seeds), toy pairs and a briefly trained RM
+    with its independent judge."""
     root = tmp_path_factory.mktemp("evaluate")
     tokenizer_dir = make_tokenizer_dir(root)
     prompts = toy_prompts(24)
@@ -115,8 +118,9 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     ppo = make_sft_dir(root / "ppo_root", tokenizer_dir, prompts, seed=2)
     prefs = write_toy_pairs(root / "prefs", prompts)
     rm = root / "rm"
-    train_reward_model(rm_config(max_steps=4, eval_every=4), sft, prefs, rm, seed=0, device="cpu")
-    return {"pretrain": pretrain, "sft": sft, "ppo": ppo, "prefs": prefs, "rm": rm}
+    train_reward_model(rm_config(independent_judge=True, max_steps=4, eval_every=4), sft, prefs, rm, seed=0,
+                       device="cpu")
+    return {"pretrain": pretrain, "sft": sft, "ppo": ppo, "rm": rm}
 
 
 def test_kl_to_an_identical_model_is_zero_and_generation_is_batched_consistently(dirs):
@@ -135,7 +139,11 @@ def test_kl_to_an_identical_model_is_zero_and_generation_is_batched_consistently
     assert plain[0][0] == ENDOFTEXT_ID and tokenizer.decode(plain[0][1:]) == "Q: Where?\nA:"
 
 
-def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path):
+def _no_training(*args, **kwargs):
+    raise AssertionError("evaluate built an optimizer: it must only load its judges")
+
+
+def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkeypatch):
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
     (task_dir / "toy.jsonl").write_text("".join(
@@ -145,12 +153,16 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path):
     cfg = EvaluateConfig.model_validate({
         "max_prompts": 6, "max_questions": 8, "max_new_tokens": 6, "batch_size": 4, "num_samples": 2,
         "sample_prompts": ["Hello | there"], "task_files": [str(task_dir / "*.jsonl")], "few_shot": 1,
-        "task_models": ["ppo", "pretrain"],
-        "independent_rm": {"optim": {"lr": 3e-3, "warmup_steps": 0, "max_steps": 3, "batch_size": 8,
-                                     "eval_every": 3, "checkpoint_every": 100}, "max_seq_len": 64}})
+        "task_models": ["ppo", "pretrain"]})
     out = tmp_path / "eval"
+    judge_files = {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")}
+    # evaluate trains nothing: any optimizer built during the run fails it.
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", _no_training)
     metrics = evaluate(cfg, DemoCorpusConfig(num_entities=8, docs_per_entity=1), dirs["pretrain"], dirs["sft"],
-                       dirs["prefs"], dirs["rm"], dirs["ppo"], out, seed=0, device="cpu")
+                       dirs["rm"], dirs["ppo"], out, seed=0, device="cpu")
+    monkeypatch.undo()
+    assert {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")} == judge_files
+    assert metrics["independent_judge"] == str(independent_judge_dir(dirs["rm"]))
 
     for key in ("win_rate_vs_sft", "win_rate_vs_sft_independent"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -169,13 +181,8 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path):
     assert list(toy["accuracy_by_model"]) == ["ppo", "pretrain"]  # as configured, not as the models ran
     assert toy["accuracy"] == toy["accuracy_by_model"]["ppo"] and toy["accuracy"] in {i / 5 for i in range(6)}
 
-    judge = metrics["independent_rm"]
-    assert judge["steps"] == 3 and judge["train_pairs"] + judge["heldout_pairs"] == 48
-    train_half = read_pairs(out / "independent_rm" / "train_pairs.jsonl")
-    heldout_half = read_pairs(out / "independent_rm" / "heldout_pairs.jsonl")
-    assert not {p["prompt"] for p in train_half} & {p["prompt"] for p in heldout_half}
-    assert not {normalise_text(p["chosen"]) for p in train_half} & {normalise_text(p["chosen"]) for p in heldout_half}
-    assert not (out / "independent_rm" / "model").exists()  # not kept by default
+    assert metrics["reward_independent"] != metrics["reward"]  # a second model, not the first one again
+    assert not (out / "independent_rm").exists()
 
     assert json.loads((out / "eval.json").read_text()) == metrics
     judged = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]

@@ -23,7 +23,7 @@ FAST = [
     "sft.optim.max_steps=6", "sft.optim.eval_every=3", "build_prefs.max_prompts=24", "build_prefs.max_new_tokens=12",
     "train_rm.optim.max_steps=4", "train_rm.optim.eval_every=2", "ppo.optim.max_steps=2", "ppo.rollout_batch_size=8",
     "ppo.max_new_tokens=8", "ppo.num_eval_prompts=8", "evaluate.max_prompts=8", "evaluate.max_questions=8",
-    "evaluate.max_new_tokens=8", "evaluate.independent_rm.optim.max_steps=4", "evaluate.num_samples=1",
+    "evaluate.max_new_tokens=8", "train_rm.judge_optim.max_steps=4", "evaluate.num_samples=1",
 ]
 
 

@@ -14,7 +14,8 @@ import zero_chatgpt.model.ppo.stage as ppo_stage
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
 from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
-from zero_chatgpt.model.reward import load_reward_model, train_reward_model
+from zero_chatgpt.model.reward_model import load_reward_model
+from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.model.generation import chat_prompt_ids
 from model_fixtures import make_tokenizer_dir
 from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs

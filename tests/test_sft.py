@@ -14,8 +14,10 @@ from zero_chatgpt.model.build import build_model
 from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
 from zero_chatgpt.model.losses import IGNORE_INDEX
 from zero_chatgpt.model.artifact_io import read_jsonl
-from zero_chatgpt.model.sft import (RLHF_PROMPTS, SFT_TRAIN, SFT_VAL, REJECTED, ShuffledBatches, collate, encode_rows, encode_sft_example,
-                       sft, split_sft_rows, truncate_pair)
+from zero_chatgpt.model.batching import ShuffledBatches
+from zero_chatgpt.model.sft import (collate, encode_rows, encode_sft_example, sft, sft_batches, split_sft_rows,
+                                    supervised_token_count, truncate_pair)
+from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
 from zero_chatgpt.tokenizer.chat import IM_END, IM_END_ID
 from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
 from zero_chatgpt.tokenizer.train import train_tokenizer
@@ -173,20 +175,36 @@ def test_collate_pads_right_with_pad_id_and_ignored_labels(tokenizer):
     assert batch["attention_mask"][short].sum() == length
 
 
-def test_shuffled_batches_resume_exactly(tokenizer):
+def test_sft_batches_resume_exactly(tokenizer):
     examples = [encode_sft_example(tokenizer, f"question {i}", f"answer {i}", 256) for i in range(7)]
-    source = ShuffledBatches(examples, batch_size=3, pad_id=2, seed=9)
+    source = sft_batches(examples, batch_size=3, pad_id=2, seed=9)
     for _ in range(4):
         source.next_batch()
     state = json.loads(json.dumps(source.state_dict()))  # the state must survive serialisation
-    expected = [source.next_batch()["input_ids"] for _ in range(5)]
-    resumed = ShuffledBatches(examples, batch_size=3, pad_id=2, seed=123)
+    expected = [source.next_batch() for _ in range(5)]
+    resumed = sft_batches(examples, batch_size=3, pad_id=2, seed=123)  # the state carries the seed
     resumed.load_state_dict(state)
-    assert all(torch.equal(a, resumed.next_batch()["input_ids"]) for a in expected)
-    # One epoch visits every example once.
-    batch = ShuffledBatches(examples, batch_size=7, pad_id=2, seed=9).next_batch()
+    for batch in expected:
+        again = resumed.next_batch()
+        assert torch.equal(batch["input_ids"], again["input_ids"])
+        assert float(batch["loss_normaliser"]) == float(again["loss_normaliser"])
+    # One epoch visits every example once, and one rank's normaliser is the batch's supervised token count.
+    batch = sft_batches(examples, batch_size=7, pad_id=2, seed=9).next_batch()
     seen = {tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["input_ids"], batch["attention_mask"])}
     assert seen == {tuple(example.input_ids) for example in examples}
+    assert float(batch["loss_normaliser"]) == sum(supervised_token_count(example) for example in examples)
+
+
+def test_one_sampler_slices_the_same_global_batch_for_every_rank():
+    """N ranks x B/N draw exactly the items of 1 rank x B, epoch after epoch, and share one state."""
+    one = ShuffledBatches(list(range(10)), batch_size=6, seed=4)
+    thirds = [ShuffledBatches(list(range(10)), batch_size=2, seed=4, rank=r, world_size=3) for r in range(3)]
+    for _ in range(7):
+        assert sum((part.next_batch() for part in thirds), []) == one.next_batch()
+    assert thirds[0].state_dict() == thirds[2].state_dict() == one.state_dict() == {"seed": 4, "epoch": 4,
+                                                                                      "position": 2}
+    with pytest.raises(ValueError, match="no items"):
+        ShuffledBatches([], batch_size=1, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------- stage

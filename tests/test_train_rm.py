@@ -1,25 +1,26 @@
 """The train_rm stage on a toy preference set: chosen answers use one word family, rejected ones another.
 
-The fixtures here (a tiny tokenizer trained in-process, a random-init "SFT" model dir, toy pairs) are
-reused by tests/test_ppo.py.
+The fixtures here (a tiny tokenizer trained in-process, a random-init "SFT" model dir, toy pairs laid out as
+build_prefs writes them) are reused by tests/test_ppo.py, tests/test_evaluate.py and tests/test_distributed.py.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.build import build_model
 from model_fixtures import make_tokenizer_dir
-from zero_chatgpt.model.reward import (SAME_SUBJECT_SOURCE, ShuffledBatches, encode_answer, mismatched_pairs, normalise_text,
-                          pair_batch, pair_groups, read_pairs, same_subject_pairs, sequence_scores,
-                          sft_reference_pairs, split_pairs, train_reward_model)
+from zero_chatgpt.model.preference_pairs import normalise_text, split_pairs
+from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
+from zero_chatgpt.model.train_rm import encode_answer, judge_halves, pair_batch, train_reward_model
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
 from zero_chatgpt.config import ModelConfig, TrainRmConfig
 
 GOOD_WORDS = "river bridge harbour lantern garden".split()
@@ -47,23 +48,29 @@ def toy_prompts(count: int) -> list[str]:
     return [f"Tell me about place {number}." for number in range(count)]
 
 
-def write_toy_pairs(prefs_dir: Path, prompts: list[str], seed: int = 0) -> Path:
+def toy_pairs(prompts: list[str], seed: int = 0) -> list[dict[str, str]]:
     """Two pairs per prompt: chosen = 3 good words; rejected = 5 bad words (longer, so "longer wins" fails)."""
     rng = random.Random(seed)
+    return [{"prompt": prompt, "chosen": " ".join(rng.choices(GOOD_WORDS, k=3)),
+             "rejected": " ".join(rng.choices(BAD_WORDS, k=5)), "source": "toy"}
+            for prompt in prompts for _ in range(2)]
+
+
+def write_toy_pairs(prefs_dir: Path, prompts: list[str], seed: int = 0) -> Path:
+    """A build_prefs-shaped dir of `toy_pairs`: 20% of the prompts held out, as build_prefs splits them."""
+    train, heldout = split_pairs(toy_pairs(prompts, seed), 0.2, seed=0)
     prefs_dir.mkdir(parents=True, exist_ok=True)
-    with open(prefs_dir / "pairs.jsonl", "w", encoding="utf-8") as handle:
-        for prompt in prompts:
-            for _ in range(2):
-                row = {"prompt": prompt, "chosen": " ".join(rng.choices(GOOD_WORDS, k=3)),
-                       "rejected": " ".join(rng.choices(BAD_WORDS, k=5)), "source": "toy"}
-                handle.write(json.dumps(row) + "\n")
+    write_jsonl(prefs_dir / TRAIN_PAIRS, train)
+    write_jsonl(prefs_dir / HELDOUT_PAIRS, heldout)
     return prefs_dir
 
 
-def rm_config(**optim) -> TrainRmConfig:
+def rm_config(independent_judge: bool = False, **optim) -> TrainRmConfig:
+    """A fast config; the judge (on by default in the real config) only where a test asks for it."""
     values = dict(lr=3e-3, warmup_steps=2, max_steps=30, batch_size=8, eval_every=30, checkpoint_every=100)
     values.update(optim)
-    return TrainRmConfig.model_validate({"optim": values, "val_fraction": 0.2, "max_seq_len": 64})
+    return TrainRmConfig.model_validate({"optim": values, "max_seq_len": 64, "independent_judge": independent_judge,
+                                         "judge_optim": values})
 
 
 @pytest.fixture(scope="session")
@@ -89,179 +96,15 @@ def _shared_texts(train: list[dict], val: list[dict], key: str) -> set[str]:
     return {normalise_text(p[key]) for p in train} & {normalise_text(p[key]) for p in val}
 
 
-def test_split_keeps_each_prompt_and_each_reference_answer_on_one_side():
-    # 10 prompts, 3 pairs each; prompts 2k and 2k+1 are paraphrases that share one reference answer
-    # (one of them spelt with other case and spacing), so there are 5 groups.
-    pairs = [{"prompt": f"q{i % 10}", "chosen": f"answer {i % 10 // 2}" if i % 2 else f"  Answer  {i % 10 // 2}",
-              "rejected": f"sample {i}"} for i in range(30)]
-    train, val = split_pairs(pairs, 0.2, seed=3)
-    assert len(train) + len(val) == 30 and val and train
-    assert not _shared_texts(train, val, "prompt") and not _shared_texts(train, val, "chosen")
-    assert len({p["prompt"] for p in val}) == 2  # one group of 5 held out: both paraphrases of one answer
-    assert split_pairs(pairs, 0.2, seed=3) == (train, val)
-    assert split_pairs(list(reversed(pairs)), 0.2, seed=3)[1] == list(reversed(val))  # file order does not matter
-    held_out_by_seed = {frozenset(p["prompt"] for p in split_pairs(pairs, 0.2, seed)[1]) for seed in range(10)}
-    assert len(held_out_by_seed) > 1  # the seed picks the group
-
-
-def test_pair_groups_join_prompts_through_a_chain_of_shared_answers():
-    pairs = [{"prompt": "a", "chosen": "x", "rejected": "r"}, {"prompt": "b", "chosen": "x", "rejected": "r"},
-             {"prompt": "b", "chosen": "y", "rejected": "r"}, {"prompt": "c", "chosen": "y", "rejected": "r"},
-             {"prompt": "d", "chosen": "z", "rejected": "r"}]
-    assert pair_groups(pairs) == [[0, 1, 2, 3], [4]]
-    assert split_pairs(pairs, 0.3, seed=0) in ((pairs[:4], pairs[4:]), (pairs[4:], pairs[:4]))
-
-
-def test_split_holds_out_nothing_when_every_pair_is_linked():
-    pairs = [{"prompt": f"q{i}", "chosen": "same answer", "rejected": f"s{i}"} for i in range(8)]
-    assert split_pairs(pairs, 0.2, seed=0) == (pairs, [])
-
-
-def test_mismatched_pairs_reject_another_prompts_reference():
-    pairs = [{"prompt": f"q{i % 6}", "chosen": f"answer {i % 6}", "rejected": f"sampled {i}"} for i in range(18)]
-    pairs.append({"prompt": "q6", "chosen": "answer 0", "rejected": "x"})  # same reference text as q0
-    extra = mismatched_pairs(pairs, 2, seed=5)
-    assert len(extra) == 7 * 2
-    references = {"q6": "answer 0", **{f"q{i}": f"answer {i}" for i in range(6)}}
-    for pair in extra:
-        assert pair["chosen"] == references[pair["prompt"]]
-        assert pair["rejected"] in references.values() and pair["rejected"] != pair["chosen"]
-    assert mismatched_pairs(pairs, 2, seed=5) == extra
-    assert mismatched_pairs(pairs, 0, seed=5) == [] and mismatched_pairs(pairs[:1], 3, seed=5) == []
-
-
-def test_mismatched_negatives_are_answers_to_the_most_similar_questions():
-    """An answer to a near question (same place or same fact) is the informative negative, not a random one."""
-    questions = ["What is the capital of Aldoria?", "What is the capital of Brenmark?",
-                 "What is the largest river of Aldoria?"]
-    unrelated = [f"Tell me a story number {i} about xylophones" for i in range(40)]
-    pairs = [{"prompt": q, "chosen": f"reference {i}", "rejected": "s"} for i, q in enumerate(questions + unrelated)]
-    extra = mismatched_pairs(pairs, 2, seed=3, nearest=2)
-    by_prompt = {}
-    for pair in extra:
-        by_prompt.setdefault(pair["prompt"], set()).add(pair["rejected"])
-    assert by_prompt[questions[0]] == {"reference 1", "reference 2"}  # the two questions closest to it
-    assert mismatched_pairs(pairs, 2, seed=3, nearest=2) == extra
-
-
-def test_mismatched_negatives_never_state_the_prompts_short_answer():
-    """Another question about the same fact has a reference that is right in other words: not a negative."""
-    questions = ["What is the capital of Aldoria?", "Name the capital of Aldoria.", "What is the capital of Brenmark?",
-                 "What is the largest river of Aldoria?"]
-    references = ["Aldoria's capital is Talmer.", "The capital of Aldoria is TALMER.", "Brenmark's capital is Pell.",
-                  "Aldoria's largest river is the Neran."]
-    answers = ["Talmer", "Talmer", "Pell", "Neran"]
-    pairs = [{"prompt": q, "chosen": r, "rejected": "s", "answer": a}
-             for q, r, a in zip(questions, references, answers)]
-    extra = mismatched_pairs(pairs, 3, seed=3)
-    rejected = {pair["rejected"] for pair in extra if pair["prompt"] == questions[0]}
-    assert rejected == {references[2], references[3]}
-    # Without the short answers the paraphrased reference is picked: the filter is what keeps it out.
-    plain = [{key: value for key, value in pair.items() if key != "answer"} for pair in pairs]
-    assert references[1] in {pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3)
-                             if pair["prompt"] == questions[0]}
-
-
-PLACES = ["Aldoria", "Brenmark", "Corvel", "Dunhaven", "Elsmere", "Fenwick"]
-ASKED = {"capital": "What is the capital of {}?", "river": "What is the largest river in {}?",
-         "animal": "Which animal is the national animal of {}?", "year": "When was {} founded?"}
-
-
-def subject_world(with_answers: bool = True) -> list[dict[str, str]]:
-    """Four questions about each of six places, each with its own reference (and short answer)."""
-    pairs = []
-    for place in PLACES:
-        for fact, question in ASKED.items():
-            answer = f"{fact}-of-{place.lower()}"
-            pair = {"prompt": question.format(place), "chosen": f"In {place} the {fact} is {answer}.",
-                    "rejected": "s", "id": f"{place}:{fact}"}
-            if with_answers:
-                pair["answer"] = answer
-            pairs.append(pair)
-    return pairs
-
-
-def test_same_subject_negatives_answer_another_question_about_the_same_place():
-    """The look-alikes of a question ask the same thing of other places; what the question does not share with
-    them is its subject, and the negatives are answers to other questions about that subject."""
-    pairs = subject_world()
-    place_of = {pair["prompt"]: pair["id"].split(":")[0] for pair in pairs}
-    extra = same_subject_pairs(pairs, 3, seed=1, nearest=3)
-    assert len(extra) == len(pairs) * 3
-    by_chosen = {pair["chosen"]: pair["prompt"] for pair in pairs}
-    for pair in extra:
-        place = place_of[pair["prompt"]]
-        assert pair["chosen"].startswith(f"In {place} ") and pair["rejected"].startswith(f"In {place} ")
-        assert pair["rejected"] != pair["chosen"] and pair["rejected"] in by_chosen
-        assert pair["source"] == SAME_SUBJECT_SOURCE
-    assert same_subject_pairs(pairs, 3, seed=1, nearest=3) == extra
-    assert same_subject_pairs(pairs, 0, seed=1) == [] and same_subject_pairs(pairs[:2], 2, seed=1) == []
-
-
-def test_same_subject_negatives_skip_references_that_state_the_answer():
-    """A second wording of the same question about the same place is not a wrong answer."""
-    pairs = subject_world()
-    paraphrase = {"prompt": "Name the capital city of Aldoria.", "chosen": "Aldoria's capital is capital-of-aldoria.",
-                  "rejected": "s", "answer": "capital-of-aldoria"}
-    extra = same_subject_pairs(pairs + [paraphrase], 8, seed=1, nearest=8)
-    asked = ASKED["capital"].format("Aldoria")
-    rejected = {pair["rejected"] for pair in extra if pair["prompt"] == asked}
-    assert rejected and paraphrase["chosen"] not in rejected
-
-
-def test_sft_rows_are_references_unless_they_share_text_with_a_held_out_pair(tmp_path):
-    held_out = [{"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.", "rejected": "x"}]
-    rows = [
-        {"id": "1", "prompt": "what is the capital of  ALDORIA?", "response": "It is Talmer.", "answer": "Talmer"},
-        {"id": "2", "prompt": "Name the capital of Aldoria.", "response": "aldoria's capital is talmer."},
-        {"id": "3", "prompt": "Name the capital of Brenmark.", "response": "Brenmark's capital is Pell.",
-         "answer": "Pell"},
-    ]
-    (tmp_path / "sft_train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    assert sft_reference_pairs(tmp_path, held_out) == [
-        {"prompt": "Name the capital of Brenmark.", "chosen": "Brenmark's capital is Pell.", "answer": "Pell"}]
-    assert len(sft_reference_pairs(tmp_path, [])) == 3
-    assert sft_reference_pairs(tmp_path / "missing", held_out) == []
-
-
-def test_sft_rows_join_the_mismatched_pairs(tmp_path, toy_dirs):
-    sft = tmp_path / "sft"
-    shutil.copytree(toy_dirs["sft"], sft)
-    rows = [{"id": f"s{i}", "prompt": f"Describe region {i}.", "response": " ".join(GOOD_WORDS[i % 3:][:3])}
-            for i in range(12)]
-    (sft / "sft_train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    cfg = rm_config(max_steps=2, eval_every=2).model_copy(update={"mismatched_per_prompt": 1})
-    with_rows = train_reward_model(cfg, sft, toy_dirs["prefs"], tmp_path / "with", seed=0, device="cpu")
-    without = train_reward_model(cfg.model_copy(update={"mismatched_from_sft": False}), sft, toy_dirs["prefs"],
-                                 tmp_path / "without", seed=0, device="cpu")
-    assert with_rows["sft_references"] == 12 and without["sft_references"] == 0
-    assert with_rows["mismatched_pairs"] == without["mismatched_pairs"] + 12
-    assert with_rows["train_pairs"] == without["train_pairs"]
-
-
-def test_shuffled_batches_resume_exactly():
-    source = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
-    first = [source.next_batch() for _ in range(2)]
-    state = source.state_dict()
-    expected = [source.next_batch() for _ in range(4)]
-    resumed = ShuffledBatches(list(range(7)), batch_size=3, seed=1)
-    resumed.load_state_dict(state)
-    assert [resumed.next_batch() for _ in range(4)] == expected
-    # the first epoch visits every item once
-    assert sorted(first[0] + first[1] + expected[0][:1]) == list(range(7))
-
-
 def test_read_pairs_names_the_bad_line(tmp_path):
-    path = tmp_path / "pairs.jsonl"
+    path = tmp_path / TRAIN_PAIRS
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n')
-    with pytest.raises(ValueError, match=r"pairs.jsonl:2: key 'rejected'"):
+    with pytest.raises(ValueError, match=r"train_pairs.jsonl:2: key 'rejected'"):
         read_pairs(path)
 
 
 def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
     """Right padding and left padding of the same sequence give the same score."""
-    from zero_chatgpt.model.reward import load_reward_model
-
     tokenizer = AutoTokenizer.from_pretrained(toy_dirs["sft"])
     model = load_reward_model(toy_dirs["sft"]).eval()
     short = encode_answer(tokenizer, "hi", "river", 64)
@@ -281,8 +124,10 @@ def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
 def test_reward_model_learns_the_preference_and_beats_length(trained_rm, toy_dirs):
     out, metrics = trained_rm
     assert RM_METRIC_KEYS <= metrics.keys()
-    held_out = split_pairs(read_pairs(toy_dirs["prefs"] / "pairs.jsonl"), 0.2, seed=0)[1]
+    held_out = read_pairs(toy_dirs["prefs"] / HELDOUT_PAIRS)
     assert metrics["train_pairs"] + metrics["val_pairs"] == 80 and metrics["val_pairs"] == len(held_out) > 0
+    assert metrics["train_pairs_by_source"] == {"toy": metrics["train_pairs"]}
+    assert not independent_judge_dir(out).exists() and "judge_val_accuracy" not in metrics
     assert metrics["length_baseline_accuracy"] <= 0.25  # the rejected answers are nearly always longer
     assert metrics["val_accuracy"] >= 0.9 > metrics["length_baseline_accuracy"]
     assert metrics["reward_margin"] > 0
@@ -311,3 +156,47 @@ def test_freeze_fraction_keeps_lower_layers(tmp_path, toy_dirs):
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
     assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
     assert not torch.equal(before["model.layers.1.mlp.up_proj.weight"], after["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_reward_model_training_lowers_the_loss_and_changes_the_parameters(trained_rm, toy_dirs):
+    out, metrics = trained_rm
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if "loss" in record]
+    assert len(losses) >= 10 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    before = AutoModelForSequenceClassification.from_pretrained(toy_dirs["sft"], num_labels=1).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_judge_halves_share_no_pair_prompt_or_reference():
+    pairs = toy_pairs(toy_prompts(30))
+    # A mined pair rides with the real pairs of its prompt (same prompt, same reference).
+    pairs.append({"prompt": pairs[0]["prompt"], "chosen": pairs[0]["chosen"], "rejected": pairs[5]["chosen"],
+                  "source": "mismatched_reference"})
+    rm_pairs, judge_pairs = judge_halves(pairs, 0.5, seed=0)
+    assert len(rm_pairs) + len(judge_pairs) == len(pairs) and rm_pairs and judge_pairs
+    assert not _shared_texts(rm_pairs, judge_pairs, "prompt") and not _shared_texts(rm_pairs, judge_pairs, "chosen")
+    assert abs(len({p["prompt"] for p in judge_pairs}) - 15) <= 1
+    linked = [{"prompt": f"q{i}", "chosen": "one answer", "rejected": f"r{i}"} for i in range(4)]
+    with pytest.raises(ValueError, match="train_rm.independent_judge"):
+        judge_halves(linked, 0.5, seed=0)
+
+
+def test_independent_judge_trains_on_the_other_half(tmp_path, toy_dirs):
+    """The judge is a second model in the artifact, trained on pairs the first one never saw, and judges too."""
+    cfg = rm_config(independent_judge=True, max_steps=20, eval_every=20)
+    metrics = train_reward_model(cfg, toy_dirs["sft"], toy_dirs["prefs"], tmp_path, seed=0, device="cpu")
+    train = read_pairs(toy_dirs["prefs"] / TRAIN_PAIRS)
+    rm_pairs, judge_pairs = judge_halves(train, cfg.judge_fraction, seed=0)
+    assert metrics["train_pairs"] == len(rm_pairs) and metrics["judge_train_pairs"] == len(judge_pairs)
+    assert metrics["train_pairs"] + metrics["judge_train_pairs"] == len(train)
+    assert metrics["judge_steps"] == 20 and metrics["judge_val_accuracy"] >= 0.8
+
+    judge_dir = independent_judge_dir(tmp_path)
+    judge = load_reward_model(judge_dir).eval()
+    first = load_reward_model(tmp_path).eval()
+    assert not torch.equal(judge.score.weight, first.score.weight)  # two models, not one saved twice
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "checkpoints-judge").exists()
+    records = [json.loads(line) for line in (judge_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if "loss" in record]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5

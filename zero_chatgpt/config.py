@@ -248,6 +248,23 @@ class SftConfig(Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the remaining rows kept for SFT val")
 
 
+class MinedNegativesConfig(Section):
+    """Extra training pairs whose rejected answer is the reference answer of another question (build_prefs).
+
+    Built from the training side of the split only (and SFT rows sharing no text with the held-out side).
+    """
+
+    mismatched_per_prompt: int = Field(
+        0, ge=0, description="pairs per training prompt whose rejected answer is the reference of a look-alike "
+        "question (see model.preference_pairs.mismatched_pairs)")
+    same_subject_per_prompt: int = Field(
+        0, ge=0, description="pairs per training prompt whose rejected answer is the reference of another question "
+        "about the same subject (see model.preference_pairs.same_subject_pairs)")
+    from_sft_rows: bool = Field(
+        False, description="also take the SFT training rows (sft_train.jsonl) as prompts and references for the mined "
+        "pairs; rows sharing a prompt or reference with a held-out pair are left out")
+
+
 class BuildPrefsConfig(Section):
     """Preference pairs: chosen = reference answer, rejected = the SFT model's own sample."""
 
@@ -256,36 +273,37 @@ class BuildPrefsConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
     batch_size: int = Field(32, ge=1, description="prompts sampled together")
     # Each sample is paired with the same reference, so many samples per prompt let the reward model learn the
-    # references rather than judge answers (tiny, an earlier world: 6 samples, held-out accuracy 0.60). tiny
-    # takes 3: its SFT model gets over a third of its samples right, and those are dropped.
+    # references rather than judge answers.
     samples_per_prompt: int = Field(
         2, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)")
     max_prompts: int | None = Field(
         None, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
     )
+    # Held-out pairs share neither prompt nor reference answer with training (`split_pairs`), so train_rm's accuracy
+    # measures judging answers to new questions, not recognising memorised references.
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5,
+        description="share of pair groups held out (pairs sharing a prompt or a reference answer form one group)")
+    negatives: MinedNegativesConfig = Field(
+        default_factory=lambda: MinedNegativesConfig(),
+        description="extra training pairs mined from references (off by default; the demo presets turn them on)")
 
 
 class TrainRmConfig(Section):
     """Reward model with a scalar head, pairwise loss."""
 
-    # Held-out pairs share neither prompt nor reference answer with training (`split_pairs`), so accuracy measures
-    # judging answers to new questions, not recognising memorised references. The tiny preset's figures, and what
-    # did not help there, are in configs/tiny.yaml.
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=10, max_steps=600))
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
-    val_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5,
-        description="share of pair groups held out (pairs sharing a prompt or a reference answer form one group)")
     max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
-    mismatched_per_prompt: int = Field(
-        1, ge=0, description="extra training pairs per training prompt whose rejected answer is another training "
-        "prompt's reference answer (held-out pairs are never augmented)")
-    same_subject_per_prompt: int = Field(
-        2, ge=0, description="extra training pairs per training prompt whose rejected answer is the reference of "
-        "another question about the same subject (see model.reward.same_subject_pairs)")
-    mismatched_from_sft: bool = Field(
-        True, description="also take the SFT training rows (sft_train.jsonl) as prompts and references for the "
-        "mismatched and same-subject pairs; rows sharing a prompt or reference with a held-out pair are left out")
+    independent_judge: bool = Field(
+        True, description="also train a second reward model, evaluate's independent judge, on a part of the training "
+        "pairs the first one never sees (the first then trains on the rest)")
+    judge_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0, description="share of the training pair groups given to the independent judge")
+    judge_optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=100, eval_every=100,
+                                            checkpoint_every=1000),
+        description="the independent judge's optimizer (a small budget: it only has to judge, not to be optimised)")
 
 
 class PpoConfig(Section):
@@ -340,12 +358,9 @@ class EvaluateConfig(Section):
     pretrain_prompt_template: str = Field(
         "{question}\n", description="how the pretrained model (which never saw the chat template) is asked a "
         "question: plain text after <|endoftext|>, `{question}` is replaced")
-    independent_rm: TrainRmConfig = Field(
-        default_factory=lambda: TrainRmConfig(
-            optim=OptimConfig(lr=5e-4, warmup_steps=10, max_steps=100, eval_every=100, checkpoint_every=1000)),
-        description="the independent judge: trained inside evaluate on one half of the preference pairs "
-        "(split by shared prompt or reference answer) with this small budget")
-    keep_independent_rm: bool = Field(False, description="keep the independent reward model in the artifact")
+    judge_model: str | None = Field(
+        None, description="dir of a reward model (AutoModelForSequenceClassification) to judge with instead of "
+        "train_rm's independent judge; null: train_rm's")
     task_files: list[str] = Field(
         default_factory=list, description="globs of JSONL task files scored by likelihood (docs/eval_tasks.md)")
     few_shot: int = Field(0, ge=0, description="solved examples taken from each task file's first rows and "

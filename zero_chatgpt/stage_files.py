@@ -1,0 +1,62 @@
+"""The files one stage writes and another reads: every such name, and the readers several stages share.
+
+A stage reads another stage's output only through this module (or the format module it names here), never by
+importing the other stage's module: a stage's code can then change without breaking its readers, and a
+newcomer finds every inter-stage contract in one place. Files a stage writes only for people (samples.md,
+metrics.jsonl) are named in the stage's own module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zero_chatgpt.artifacts import MANIFEST  # noqa: F401  (every artifact: written last, see artifacts.py)
+from zero_chatgpt.data_process.token_shards import META as SHARD_META  # noqa: F401  (read with TokenShards)
+from zero_chatgpt.model.artifact_io import read_jsonl
+from zero_chatgpt.tokenizer.files import HF_TOKENIZER_FILE, SP_MODEL_FILE  # noqa: F401  (train_tokenizer)
+
+# ------------------------------------------------------------------ sft: the split of the chat rows
+# Rows `{"id", "prompt", "response", "source"[, "answer"]}`; `answer` is the short fact a right response states.
+RLHF_PROMPTS = "rlhf_prompts.jsonl"  # held out from SFT; read by build_prefs and ppo
+SFT_VAL = "sft_val.jsonl"  # SFT's val loss only; read by evaluate (prompts no stage trained on)
+SFT_TRAIN = "sft_train.jsonl"  # trained on; read by build_prefs (references for mined negatives)
+REJECTED = "rejected.jsonl"  # quarantined input rows with a reason (sft, build_prefs); for people
+
+# ------------------------------------------------------------------ build_prefs: preference pairs
+# Rows `{"prompt", "chosen", "rejected", "source"[, "id", "answer"]}`. No normalised prompt and no reference
+# (`chosen`) is on both sides, and mined negatives come from the train side only.
+TRAIN_PAIRS = "train_pairs.jsonl"  # real pairs, then mined ones (`source` says which); read by train_rm
+HELDOUT_PAIRS = "heldout_pairs.jsonl"  # real pairs only; read by train_rm to measure its judges
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+
+# ------------------------------------------------------------------ train_rm: the judges
+# The reward model itself is the artifact dir (AutoModelForSequenceClassification); this subdir holds the
+# second judge, trained on pairs disjoint from the first one's, loaded by evaluate.
+INDEPENDENT_JUDGE_DIR = "independent_judge"
+
+
+def read_chat_rows(sft_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of one of the sft artifact's split files (`RLHF_PROMPTS`, `SFT_VAL`, `SFT_TRAIN`).
+
+    A missing file is an error saying `sft_dir` is not an sft artifact; a row without `prompt` / `response`
+    strings is an error naming the file and line.
+    """
+    path = Path(sft_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
+    return read_jsonl(path, required_str_keys=("prompt", "response"))
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Rows of a pairs file (`TRAIN_PAIRS` / `HELDOUT_PAIRS`); a malformed line or a missing / non-string key is
+    an error naming the file and line, and so is an empty file."""
+    pairs = read_jsonl(path, required_str_keys=PAIR_KEYS)
+    if not pairs:
+        raise ValueError(f"{path}: no preference pairs")
+    return pairs
+
+
+def independent_judge_dir(rm_dir: Path) -> Path:
+    """Where a train_rm artifact keeps its independent judge (it may not have one: see `train_rm.independent_judge`)."""
+    return Path(rm_dir) / INDEPENDENT_JUDGE_DIR
