@@ -15,7 +15,7 @@ import torch
 
 from zero_chatgpt.model.generation import Rollout, positions_from_mask, sample
 from zero_chatgpt.model.ppo.maths import gae_advantages, kl_shaped_rewards, whiten
-from zero_chatgpt.model.reward import per_token_scores, sequence_scores
+from zero_chatgpt.model.reward_model import per_token_scores, sequence_scores
 
 # scores(sequences (B, P + T), attention_mask (B, P + T)) -> (B,) float: the reward of each whole sequence
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

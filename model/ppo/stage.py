@@ -37,7 +37,8 @@ from zero_chatgpt.model.ppo.rollout import (RewardFn, RolloutSettings, ValueMode
                                reward_model_scores, token_logprobs)
 from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
 from zero_chatgpt.model.pretrain import RandomWindows
-from zero_chatgpt.model.reward import ShuffledBatches, load_reward_model
+from zero_chatgpt.model.batching import ShuffledBatches
+from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, autocast, autocast_dtype
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import PpoConfig
