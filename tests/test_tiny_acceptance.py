@@ -59,7 +59,8 @@ def test_reward_model_is_accurate_and_not_a_length_shortcut(tiny_run):
     # Held-out pairs share neither a prompt nor a reference answer with training pairs (no paraphrase leakage),
     # and the SFT model's rejected answers are fluent and wrong only in content (another place, fact or year).
     assert rm["val_accuracy"] >= 0.90, rm
-    assert rm["sft_references"] > 0 and rm["same_subject_pairs"] > 0, rm  # the negatives that made 0.90 reachable
+    prefs = tiny_run[2]["build_prefs"]  # the negatives that made 0.90 reachable are mined there
+    assert prefs["sft_references"] > 0 and prefs["same_subject_pairs"] > 0, prefs
     assert rm["val_accuracy"] > rm["length_baseline_accuracy"] + 0.15, rm
 
 
