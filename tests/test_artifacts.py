@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +59,7 @@ def test_failed_body_leaves_no_artifact_and_no_temporary(tmp_path):
 
     with pytest.raises(RuntimeError, match="boom"):
         build_artifact("clean", "1", {}, {}, 0, tmp_path, broken)
-    assert list((tmp_path / "clean").iterdir()) == []
+    assert [p.name for p in (tmp_path / "clean").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_dir_without_manifest_is_not_an_artifact(tmp_path):
@@ -75,3 +81,115 @@ def test_upstream_lineage_is_recorded(tmp_path):
     other_up = build_artifact("clean", "1", {"changed": True}, {}, 0, tmp_path, _body([]))
     moved = build_artifact("dedup", "1", {}, {"clean": other_up.record()}, 0, tmp_path, _body([]))
     assert moved.fingerprint != down.fingerprint
+
+
+# ------------------------------------------------------------------------------------- verified artifacts
+
+
+def _built(tmp_path, calls, **kwargs):
+    return build_artifact("clean", "1", {"k": 1}, {}, 0, tmp_path, _body(calls), **kwargs)
+
+
+def test_manifest_lists_every_file_with_size_and_hash(tmp_path):
+    result = _built(tmp_path, [])
+    files = read_manifest(result.path)["files"]
+    assert set(files) == {"data.txt"} and files["data.txt"]["size"] == 5 and len(files["data.txt"]["hash"]) == 32
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "old_manifest"])
+def test_a_damaged_artifact_is_rebuilt_with_the_reason_logged(tmp_path, damage, caplog):
+    calls = []
+    first = _built(tmp_path, calls)
+    target = Path(first.path) / "data.txt"
+    if damage == "truncate":
+        target.write_text("hel", encoding="utf-8")
+    elif damage == "delete":
+        target.unlink()
+    else:
+        manifest = read_manifest(first.path)
+        del manifest["files"]
+        (Path(first.path) / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert not is_complete(first.path, first.fingerprint)
+    with caplog.at_level(logging.WARNING, logger="zero_chatgpt.artifacts"):
+        again = _built(tmp_path, calls)
+    assert again.status == "ran" and len(calls) == 2 and target.read_text() == "hello"
+    assert "rebuilding" in caplog.text and ("data.txt" in caplog.text or "lists no files" in caplog.text)
+
+
+def test_same_size_edits_are_caught_by_a_deep_check_only(tmp_path):
+    calls = []
+    first = _built(tmp_path, calls)
+    (Path(first.path) / "data.txt").write_text("jello", encoding="utf-8")
+    assert _built(tmp_path, calls).status == "cached"
+    assert not is_complete(first.path, first.fingerprint, verify="deep")
+    assert _built(tmp_path, calls, verify="deep").status == "ran" and len(calls) == 2
+
+
+def test_a_forced_rebuild_never_leaves_a_half_deleted_dir(tmp_path, monkeypatch):
+    calls = []
+    first = _built(tmp_path, calls)
+    real_replace = os.replace
+
+    def dying_after_moving_the_old_dir_aside(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name.startswith(".old-"):
+            raise KeyboardInterrupt  # killed between moving the old dir aside and moving the new one in
+
+    monkeypatch.setattr("zero_chatgpt.artifacts.os.replace", dying_after_moving_the_old_dir_aside)
+    with pytest.raises(KeyboardInterrupt):
+        _built(tmp_path, calls, force=True)
+    monkeypatch.undo()
+    # The old dir was moved aside whole (never left in place without files): the artifact is simply absent.
+    assert not Path(first.path).exists()
+    again = _built(tmp_path, calls)
+    assert again.status == "ran" and is_complete(again.path, again.fingerprint)
+    assert not [p for p in (tmp_path / "clean").iterdir() if p.name.startswith((".old-", ".tmp-"))]
+
+
+_CONCURRENT_BUILD = """
+import json, sys, time
+from pathlib import Path
+from zero_chatgpt.artifacts import build_artifact
+root, marker, release = map(Path, sys.argv[1:4])
+def body(out_dir):
+    marker.write_text("started")
+    while not release.exists():
+        time.sleep(0.02)
+    (out_dir / "data.txt").write_text("hello")
+    with open(root / "calls.txt", "a") as handle:
+        handle.write("built\\n")
+    return {}
+result = build_artifact("clean", "1", {}, {}, 0, root, body)
+print(json.dumps({"status": result.status, "path": result.path}))
+"""
+
+
+def test_two_runs_on_one_root_build_an_artifact_once(tmp_path):
+    marker, release = tmp_path / "started", tmp_path / "release"
+    command = [sys.executable, "-c", _CONCURRENT_BUILD, str(tmp_path), str(marker), str(release)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and first.poll() is None, "the first run never started its body"
+        time.sleep(0.02)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        second.wait(timeout=2)  # it waits on the lock while the first is building
+    release.write_text("go")
+    outcomes = [json.loads(process.communicate(timeout=60)[0]) for process in (first, second)]
+    assert [o["status"] for o in outcomes] == ["ran", "cached"] and outcomes[0]["path"] == outcomes[1]["path"]
+    assert (tmp_path / "calls.txt").read_text().count("built") == 1
+
+
+def test_verify_command_names_damaged_artifacts(tmp_path, capsys):
+    from zero_chatgpt.cli import main
+
+    good = _built(tmp_path, [])
+    bad = build_artifact("dedup", "1", {}, {}, 0, tmp_path, _body([]))
+    assert main(["verify", str(tmp_path)]) == 0
+    (Path(bad.path) / "data.txt").write_text("jello", encoding="utf-8")  # same size: only --deep sees it
+    assert main(["verify", str(tmp_path)]) == 0
+    assert main(["verify", str(tmp_path), "--deep"]) == 1
+    out = capsys.readouterr().out
+    assert f"DAMAGED dedup/{Path(bad.path).name}: data.txt has other content" in out
+    assert f"ok      clean/{Path(good.path).name}" in out and "1 of 2 artifacts match" in out

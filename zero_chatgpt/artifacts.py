@@ -1,14 +1,18 @@
 """The stage contract: fingerprints, artifact dirs built atomically, and `manifest.json` written last.
 
 An artifact is `<root>/<stage>/<fingerprint[:12]>/` holding a `manifest.json`; a dir without one is not an
-artifact (a crash leaves only a `.tmp-*` sibling, which the next run removes). Nothing here imports Prefect:
-the same functions serve the Prefect tasks, the tests and anyone scripting a stage by hand.
+artifact (a crash leaves only a `.tmp-*` sibling, which the next run removes). The manifest lists every file
+with its size and content hash: a reused artifact is checked against it (sizes always, hashes on request) and
+rebuilt, never loaded, when it does not match. One lock file per artifact makes concurrent runs on one root
+build it once: the second waits and reuses. Nothing here imports Prefect: the same functions serve the Prefect
+tasks, the tests and anyone scripting a stage by hand.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -16,9 +20,15 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
+
+from filelock import FileLock
+
+from zero_chatgpt.file_hash import hash_file
 
 MANIFEST = "manifest.json"
+Verify = Literal["sizes", "deep"]
+logger = logging.getLogger(__name__)
 
 # Packages whose versions go into every manifest (lineage: what produced this artifact).
 _TRACKED_PACKAGES = ("zero-chatgpt", "torch", "transformers", "prefect", "datasketch", "sentencepiece",
@@ -53,10 +63,40 @@ def read_manifest(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def is_complete(path: str | Path, fp: str | None = None) -> bool:
-    """True when the dir holds a manifest (with this fingerprint, if one is given)."""
+def is_complete(path: str | Path, fp: str | None = None, verify: Verify = "sizes") -> bool:
+    """True when the dir holds a manifest (with this fingerprint, if one is given) whose files all match."""
     manifest = read_manifest(path)
-    return manifest is not None and (fp is None or manifest.get("fingerprint") == fp)
+    if manifest is None or (fp is not None and manifest.get("fingerprint") != fp):
+        return False
+    return not artifact_problems(path, manifest, verify)
+
+
+def list_files(path: str | Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"size", "hash"}}` of every file under `path` except the manifest."""
+    path = Path(path)
+    files = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if relative != MANIFEST:
+            files[relative] = {"size": file.stat().st_size, "hash": hash_file(file)}
+    return files
+
+
+def artifact_problems(path: str | Path, manifest: dict[str, Any], verify: Verify = "sizes") -> list[str]:
+    """What about the dir does not match its manifest: missing files, other sizes, other content (`deep`)."""
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        return ["the manifest lists no files (written by an older version)"]
+    problems = []
+    for relative, expected in listed.items():
+        file = Path(path) / relative
+        if not file.is_file():
+            problems.append(f"{relative} is missing")
+        elif file.stat().st_size != expected.get("size"):
+            problems.append(f"{relative} has {file.stat().st_size} bytes, the manifest says {expected.get('size')}")
+        elif verify == "deep" and hash_file(file) != expected.get("hash"):
+            problems.append(f"{relative} has other content than when it was written")
+    return problems
 
 
 def package_versions() -> dict[str, str]:
@@ -103,22 +143,31 @@ def build_artifact(
     root: str | Path,
     body: Callable[[Path], dict[str, Any]],
     force: bool = False,
+    verify: Verify = "sizes",
 ) -> StageResult:
     """Reuse the artifact with this fingerprint, or run `body(tmp_dir) -> metrics` and publish it atomically.
 
     `upstream` maps stage name -> record (`{stage, path, fingerprint}`) of each input artifact. The body
-    writes into a temporary sibling dir; the manifest goes in last and the dir is renamed into place, so
-    an interrupted run never leaves something that looks finished.
+    writes into a temporary sibling dir; the manifest (with every file's size and hash) goes in last and the dir
+    is renamed into place, so an interrupted run never leaves something that looks finished. An existing dir
+    that fails `verify` is rebuilt, with the reason logged.
     """
     upstream_fps = {name: rec["fingerprint"] for name, rec in upstream.items()}
     fp = fingerprint(stage, version, config, upstream_fps, seed)
     final = artifact_dir(root, stage, fp)
-    if not force:
-        manifest = read_manifest(final)
-        if manifest is not None and manifest.get("fingerprint") == fp:
-            return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}))
-
     final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final.parent / f".{final.name}.lock")):
+        manifest = read_manifest(final)
+        if manifest is not None and manifest.get("fingerprint") == fp and not force:
+            problems = artifact_problems(final, manifest, verify)
+            if not problems:
+                return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}))
+            logger.warning("%s: rebuilding %s: %s", stage, final, "; ".join(problems[:5]))
+        return _build(stage, version, config, upstream, seed, fp, final, body)
+
+
+def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str, dict[str, str]], seed: int,
+           fp: str, final: Path, body: Callable[[Path], dict[str, Any]]) -> StageResult:
     _remove_stale_temporaries(final)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir()
@@ -138,21 +187,31 @@ def build_artifact(
             "metrics": metrics,
             "timings": {"started_at": started_at, "seconds": seconds},
             "packages": package_versions(),
+            "files": list_files(tmp),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        if final.exists():
-            # A forced rerun, or a dir left without a manifest: replace it whole.
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return StageResult(stage, str(final), fp, "ran", seconds, metrics)
 
 
+def _replace_dir(new: Path, final: Path) -> None:
+    """Put `new` at `final`. An old dir there (a forced rebuild, a damaged artifact) is first renamed aside, so
+    at every instant `final` is either the whole old artifact or the whole new one, never a half-deleted dir."""
+    if final.exists():
+        aside = final.with_name(f".old-{final.name}-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, aside)
+        os.replace(new, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(new, final)
+
+
 def _remove_stale_temporaries(final: Path) -> None:
-    """Delete temporary dirs that earlier, interrupted runs of this same artifact left behind."""
-    for leftover in final.parent.glob(f".tmp-{final.name}-*"):
+    """Delete temporary and set-aside dirs that earlier, interrupted runs of this same artifact left behind."""
+    for leftover in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
         pid_text = leftover.name.split("-")[-2]
         if pid_text.isdigit() and _process_alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue  # another live process is building it right now

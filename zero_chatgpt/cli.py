@@ -56,6 +56,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from zero_chatgpt.artifacts import MANIFEST, artifact_problems, read_manifest
+
+    root = Path(args.root)
+    artifacts = sorted(manifest.parent for manifest in root.glob(f"*/*/{MANIFEST}") if not manifest.parent.name.startswith("."))
+    if not artifacts:
+        raise FileNotFoundError(f"{root}: no artifacts (no <stage>/<fingerprint>/{MANIFEST})")
+    damaged = 0
+    for path in artifacts:
+        manifest = read_manifest(path)
+        problems = ["manifest.json is not valid JSON"] if manifest is None else artifact_problems(
+            path, manifest, "deep" if args.deep else "sizes")
+        damaged += bool(problems)
+        print(f"{'DAMAGED' if problems else 'ok':<8}{path.relative_to(root)}" + (f": {'; '.join(problems)}" if problems else ""))
+    print(f"{len(artifacts) - damaged} of {len(artifacts)} artifacts match their manifests"
+          + ("" if args.deep else " (sizes; --deep also compares content hashes)"))
+    return 1 if damaged else 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     config = load_config(args.preset, set_options=args.set_options)
     if args.json:
@@ -147,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default=None, help="write JSONL here instead of stdout")
     generate.add_argument("--batch-size", type=int, default=16)
     generate.set_defaults(handler=_cmd_generate)
+
+    verify = commands.add_parser("verify", help="check every artifact under a root against its manifest")
+    verify.add_argument("root", nargs="?", default="runs", help="artifact root directory (default: ./runs)")
+    verify.add_argument("--deep", action="store_true", help="also compare content hashes (reads every file)")
+    verify.set_defaults(handler=_cmd_verify)
 
     config = commands.add_parser("config", help="inspect configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
