@@ -8,7 +8,8 @@ and every rank, whatever the file order.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 
 def hash_fraction(row_id: str, seed: int, purpose: str) -> float:
     """A uniform number in [0, 1) fixed by (seed, purpose, row id): the same row always lands the same way."""
-    digest = hashlib.sha256(f"{seed}\x1f{purpose}\x1f{row_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x1f{purpose}\x1f{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 

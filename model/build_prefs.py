@@ -33,16 +33,21 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
 from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
-from zero_chatgpt.model.build import resolve_device
-from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
 from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.batching import seeded_subset
-from zero_chatgpt.model.preference_pairs import (mismatched_pairs, same_subject_pairs, sft_reference_pairs,
-                                                 split_pairs, states_the_answer)
+from zero_chatgpt.model.build import resolve_device
+from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
+from zero_chatgpt.model.preference_pairs import (
+    mismatched_pairs,
+    same_subject_pairs,
+    sft_reference_pairs,
+    split_pairs,
+    states_the_answer,
+)
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
 from zero_chatgpt.tokenizer.chat import IM_END
-from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +111,7 @@ def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
 
 def _sampled_pair(row: dict[str, Any], answer: str) -> dict[str, Any]:
     """A pair of the reference and the model's answer; the row's short `answer` rides along when it has one, so
-    train_rm can tell which other references also state it."""
+    mining can tell which other references also state it (`states_the_answer`)."""
     pair = {"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
             "source": SAMPLED_SOURCE}
     if row.get("answer"):

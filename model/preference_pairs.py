@@ -31,7 +31,8 @@ def normalise_text(text: str) -> str:
 
 
 def states_the_answer(text: str, answer: str | None) -> bool:
-    """Whether `text` contains the short reference `answer`, ignoring case and runs of whitespace (False without one)."""
+    """Whether `text` contains the short reference `answer`, ignoring case and runs of whitespace (False without
+    one)."""
     if answer is None or not answer.strip():
         return False
     return normalise_text(answer) in normalise_text(text)

@@ -44,7 +44,8 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def sequence_scores(reward_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(reward_model: torch.nn.Module, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
     """Rewards (B,) of whole sequences (B, L): the head read at each row's last real token.
 
     Pooling by the mask rather than by the pad id (as the model's own forward does) stays right when a

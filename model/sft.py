@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 from zero_chatgpt.data_process.sources import is_quarantined, read_sft_rows
 from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
 from zero_chatgpt.model.batching import ShuffledBatches, hash_fraction
@@ -39,10 +40,9 @@ from zero_chatgpt.model.build import count_parameters, resolve_device, seed_ever
 from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.losses import IGNORE_INDEX, token_cross_entropy
 from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
+from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
 from zero_chatgpt.tokenizer.chat import IM_END
 from zero_chatgpt.tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
-from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
-from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
 
 logger = logging.getLogger(__name__)
 

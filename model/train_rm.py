@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from zero_chatgpt.config import OptimConfig, TrainRmConfig
 from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
@@ -35,7 +36,6 @@ from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import Parallel, train
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
 from zero_chatgpt.tokenizer.chat import PAD_ID, render_chat
-from zero_chatgpt.config import OptimConfig, TrainRmConfig
 
 logger = logging.getLogger(__name__)
 

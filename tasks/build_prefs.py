@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.build_prefs import build_prefs
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.config import PipelineConfig
 
 BUILD_PREFS = StageSpec("build_prefs", version="3", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
                         upstream=("sft",))

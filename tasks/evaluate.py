@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.evaluate import evaluate
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.config import PipelineConfig
 
 EVALUATE = StageSpec("evaluate", version="3", config_keys=("evaluate", "data.demo"),
                      upstream=("pretrain", "sft", "train_rm", "ppo"))

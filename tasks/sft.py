@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.sft import sft
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
-from zero_chatgpt.config import PipelineConfig
 
 SFT = StageSpec("sft", version="4", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
 

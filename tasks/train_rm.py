@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
-from zero_chatgpt.config import PipelineConfig
 
 TRAIN_RM = StageSpec("train_rm", version="4", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
 

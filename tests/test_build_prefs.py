@@ -12,18 +12,32 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from zero_chatgpt.config import (
+    BuildPrefsConfig,
+    DemoCorpusConfig,
+    MinedNegativesConfig,
+    ModelConfig,
+    PrefSource,
+    TrainTokenizerConfig,
+)
 from zero_chatgpt.data_process.demo_corpus import demo_documents, demo_sft_pairs
-from zero_chatgpt.model.build import build_model
 from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.build import build_model
 from zero_chatgpt.model.build_prefs import SAMPLED_SOURCE, build_prefs, select_prompts
-from zero_chatgpt.model.preference_pairs import (MISMATCHED_SOURCE, SAME_SUBJECT_SOURCE, mismatched_pairs, normalise_text,
-                                                 pair_groups, same_subject_pairs, sft_reference_pairs, split_pairs,
-                                                 states_the_answer)
+from zero_chatgpt.model.preference_pairs import (
+    MISMATCHED_SOURCE,
+    SAME_SUBJECT_SOURCE,
+    mismatched_pairs,
+    normalise_text,
+    pair_groups,
+    same_subject_pairs,
+    sft_reference_pairs,
+    split_pairs,
+    states_the_answer,
+)
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS
 from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
 from zero_chatgpt.tokenizer.train import train_tokenizer
-from zero_chatgpt.config import (BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, ModelConfig, PrefSource,
-                                 TrainTokenizerConfig)
 
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
 SEED = 3
@@ -368,7 +382,8 @@ def test_same_subject_negatives_skip_references_that_state_the_answer():
 
 
 def test_sft_rows_are_references_unless_they_share_text_with_a_held_out_pair():
-    held_out = [{"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.", "rejected": "x"}]
+    held_out = [{"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.",
+                 "rejected": "x"}]
     rows = [
         {"id": "1", "prompt": "what is the capital of  ALDORIA?", "response": "It is Talmer.", "answer": "Talmer"},
         {"id": "2", "prompt": "Name the capital of Aldoria.", "response": "aldoria's capital is talmer."},

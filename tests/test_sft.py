@@ -9,19 +9,27 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zero_chatgpt.config import DemoCorpusConfig, ModelConfig, SftConfig, SftSource, TrainTokenizerConfig
 from zero_chatgpt.data_process.demo_corpus import demo_documents, demo_sft_pairs
+from zero_chatgpt.model.artifact_io import read_jsonl
+from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import build_model
 from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
 from zero_chatgpt.model.losses import IGNORE_INDEX
-from zero_chatgpt.model.artifact_io import read_jsonl
-from zero_chatgpt.model.batching import ShuffledBatches
-from zero_chatgpt.model.sft import (collate, encode_rows, encode_sft_example, sft, sft_batches, split_sft_rows,
-                                    supervised_token_count, truncate_pair)
+from zero_chatgpt.model.sft import (
+    collate,
+    encode_rows,
+    encode_sft_example,
+    sft,
+    sft_batches,
+    split_sft_rows,
+    supervised_token_count,
+    truncate_pair,
+)
 from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
 from zero_chatgpt.tokenizer.chat import IM_END, IM_END_ID
 from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
 from zero_chatgpt.tokenizer.train import train_tokenizer
-from zero_chatgpt.config import DemoCorpusConfig, ModelConfig, SftConfig, SftSource, TrainTokenizerConfig
 
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
 SEED = 5

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import make_tokenizer_dir
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from zero_chatgpt.config import ModelConfig, TrainRmConfig
 from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.build import build_model
-from model_fixtures import make_tokenizer_dir
 from zero_chatgpt.model.preference_pairs import normalise_text, split_pairs
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.train_rm import encode_answer, judge_halves, pair_batch, train_reward_model
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
-from zero_chatgpt.config import ModelConfig, TrainRmConfig
 
 GOOD_WORDS = "river bridge harbour lantern garden".split()
 BAD_WORDS = "winter stone merchant festival mountain".split()

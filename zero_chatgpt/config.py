@@ -77,7 +77,7 @@ class SftSource(SourceBase):
     response_field: str = "response"
     answer_field: str | None = Field(
         None, description="optional field with the short answer every correct response contains (a name, a "
-        "number); build_prefs then drops a sampled answer that contains it and train_rm never uses a reference "
+        "number); build_prefs then drops a sampled answer that contains it and never mines a reference "
         "containing it as a negative, since neither is a wrong answer. Demo rows carry it")
 
 
