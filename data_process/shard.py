@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from zero_chatgpt.data_process.token_shards import ShardWriter, dtype_for_vocab, write_meta
 from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, hash_key_to_unit, read_checked_table, read_part
-from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.stage_files import SP_MODEL_FILE
 from zero_chatgpt.config import ShardConfig
 from zero_chatgpt.parallel import ParallelMap, serial_map
 
