@@ -35,11 +35,7 @@ def llama_config(
     pad_token_id: int | None = None,
 ) -> LlamaConfig:
     """The Hugging Face config for `cfg`; special ids come from the tokenizer so `generate` stops at EOS."""
-    if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
-    num_kv_heads = cfg.num_kv_heads or cfg.num_heads
-    if cfg.num_heads % num_kv_heads:
-        raise ValueError(f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={num_kv_heads}")
+    num_kv_heads = cfg.num_kv_heads or cfg.num_heads  # ModelConfig has checked that the head counts divide
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
