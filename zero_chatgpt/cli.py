@@ -193,15 +193,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"zero-chatgpt: {err}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # A stage failed on bad input or a missing resource; Prefect has logged the traceback above.
-        if os.environ.get("ZERO_CHATGPT_TRACEBACK"):
-            raise
-        print(f"zero-chatgpt: {args.command} failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("zero-chatgpt: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # one line for the person at the terminal; the whole story in a file
+        if os.environ.get("ZERO_CHATGPT_TRACEBACK"):
+            raise
+        log = _write_traceback(args, err)
+        print(f"zero-chatgpt: {args.command} failed: {type(err).__name__}: {_first_line(err)}\n"
+              f"  full traceback: {log} (or set ZERO_CHATGPT_TRACEBACK=1)", file=sys.stderr)
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _write_traceback(args: argparse.Namespace, err: BaseException) -> Path:
+    """The failure's full traceback in `<root>/logs/` for runs (beside the artifacts), else the temp dir."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(args.root) / "logs" if args.command == "run" else Path(tempfile.gettempdir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir())
+    path = folder / f"zero-chatgpt-{args.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    path.write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":
