@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from zero_chatgpt import cli
 
 
@@ -30,3 +32,13 @@ def test_verify_of_a_missing_root_fails_cleanly(capsys, tmp_path):
     assert cli.main(["verify", str(tmp_path / "nowhere")]) == 1
     assert "no artifacts" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_latest_stage_references_resolve_through_latest_json(tmp_path):
+    (tmp_path / "latest.json").write_text('{"ppo": {"path": "/x/ppo/abc"}}', encoding="utf-8")
+    assert cli.model_dir_of(f"{tmp_path}/latest:ppo") == Path("/x/ppo/abc")
+    assert cli.model_dir_of("runs/ppo/abc") == Path("runs/ppo/abc")
+    with pytest.raises(FileNotFoundError, match="has no stage 'sft'"):
+        cli.model_dir_of(f"{tmp_path}/latest:sft")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cli.model_dir_of(f"{tmp_path}/elsewhere/latest:ppo")

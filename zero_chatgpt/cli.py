@@ -84,10 +84,26 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_dir_of(reference: str) -> Path:
+    """`ROOT/latest:STAGE` -> that stage's artifact dir in ROOT/latest.json; anything else is a path as given."""
+    root, sep, stage = reference.rpartition("latest:")
+    if not sep or "/" in stage:
+        return Path(reference)
+    latest_file = Path(root or ".") / "latest.json"
+    try:
+        latest = json.loads(latest_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{reference}: {latest_file} does not exist (no run has finished a stage there)") from None
+    if stage not in latest:
+        raise FileNotFoundError(f"{reference}: the newest run in {latest_file} has no stage {stage!r}; it has "
+                                f"{sorted(latest)}")
+    return Path(latest[stage]["path"])
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     from zero_chatgpt.model.chat import ChatSession, load_chat_model
 
-    model, tokenizer = load_chat_model(args.model, args.device)
+    model, tokenizer = load_chat_model(model_dir_of(args.model), args.device)
     session = ChatSession(model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.system, args.seed)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -116,7 +132,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from zero_chatgpt.model.chat import generate_replies, load_chat_model, read_prompts
 
     prompts = read_prompts(args.prompts)
-    model, tokenizer = load_chat_model(args.model, args.device)
+    model, tokenizer = load_chat_model(model_dir_of(args.model), args.device)
     rows = generate_replies(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_p,
                             args.batch_size, args.seed)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -129,7 +145,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, temperature: float) -> None:
-    parser.add_argument("--model", required=True, help="a model artifact dir (e.g. runs/ppo/<fingerprint>)")
+    parser.add_argument("--model", required=True,
+                        help="a model dir (e.g. runs/ppo/<fingerprint>), or ROOT/latest:STAGE for the model that "
+                        "stage wrote in the newest run under ROOT (e.g. runs/latest:ppo)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
