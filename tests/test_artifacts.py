@@ -96,7 +96,7 @@ def test_manifest_lists_every_file_with_size_and_hash(tmp_path):
     assert set(files) == {"data.txt"} and files["data.txt"]["size"] == 5 and len(files["data.txt"]["hash"]) == 32
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "old_manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "old_manifest", "edited_figure"])
 def test_a_damaged_artifact_is_rebuilt_with_the_reason_logged(tmp_path, damage, caplog):
     calls = []
     first = _built(tmp_path, calls)
@@ -107,13 +107,18 @@ def test_a_damaged_artifact_is_rebuilt_with_the_reason_logged(tmp_path, damage, 
         target.unlink()
     else:
         manifest = read_manifest(first.path)
-        del manifest["files"]
+        if damage == "old_manifest":
+            del manifest["files"]
+        else:
+            manifest["metrics"]["rows"] = 30
         (Path(first.path) / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert not is_complete(first.path, first.fingerprint)
     with caplog.at_level(logging.WARNING, logger="zero_chatgpt.artifacts"):
         again = _built(tmp_path, calls)
     assert again.status == "ran" and len(calls) == 2 and target.read_text() == "hello"
-    assert "rebuilding" in caplog.text and ("data.txt" in caplog.text or "lists no files" in caplog.text)
+    assert "rebuilding" in caplog.text
+    assert any(reason in caplog.text for reason in ("data.txt", "lists no files", "manifest.json was edited"))
+    assert read_manifest(again.path)["metrics"] == {"rows": 3}
 
 
 def test_same_size_edits_are_caught_by_a_deep_check_only(tmp_path):

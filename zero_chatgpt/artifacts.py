@@ -27,6 +27,7 @@ from filelock import FileLock
 from zero_chatgpt.file_hash import hash_file
 
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"
 Verify = Literal["sizes", "deep"]
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def is_complete(path: str | Path, fp: str | None = None, verify: Verify = "sizes
     return not artifact_problems(path, manifest, verify)
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own digest: an edited figure or file entry no longer matches."""
+    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}).encode()).hexdigest()
+
+
 def list_files(path: str | Path) -> dict[str, dict[str, Any]]:
     """`{relative path: {"size", "hash"}}` of every file under `path` except the manifest."""
     path = Path(path)
@@ -87,6 +93,8 @@ def artifact_problems(path: str | Path, manifest: dict[str, Any], verify: Verify
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         return ["the manifest lists no files (written by an older version)"]
+    if manifest.get(MANIFEST_DIGEST) != manifest_digest(manifest):
+        return ["manifest.json was edited after it was written (its digest does not match)"]
     problems = []
     for relative, expected in listed.items():
         file = Path(path) / relative
@@ -189,6 +197,7 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
             "packages": package_versions(),
             "files": list_files(tmp),
         }
+        manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
         write_json_atomic(tmp / MANIFEST, manifest)
         _replace_dir(tmp, final)
     except BaseException:
