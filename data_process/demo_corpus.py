@@ -1,9 +1,12 @@
 """The embedded demo corpus: a small generated world of fictional countries, written up as encyclopedia pages.
 
-It is the default data of every preset and needs no download. A `random.Random` seeded from `(seed, purpose)`
-strings builds the world (names from English syllables and, separately, from Chinese characters; facts such as
-the capital or the founding year), then writes several documents per country and language that state each fact
-in different words, so a tiny model can learn the facts from pretraining alone.
+It is the default data of every preset and needs no download. Stages never import it: it is a source kind
+(`kind: demo`), read through `data_process/sources.py`, the only module that opens it.
+
+A `random.Random` seeded from `(seed, purpose)` strings builds the world (names from English syllables and,
+separately, from Chinese characters; facts such as the capital or the founding year), then writes several
+documents per country and language that state each fact in different words, so a tiny model can learn the facts
+from pretraining alone.
 
 The corpus also carries the dirt the data stages must remove, each piece labelled in the `planted` field:
 - `exact_dup`, `near_dup`: copies of good documents under new ids (near: a sentence dropped or added, a word
@@ -13,7 +16,8 @@ Good documents (`planted=None`) also contain citation marks (`[2]`, `[1-3]`) and
 `。。。。`) that cleaning strips or collapses without dropping the document.
 
 Questions about the facts become SFT pairs; a `heldout_fraction` share of (country, fact) pairs never appears in
-SFT and is asked by `demo_eval_questions` instead. Those facts are still stated in the documents.
+SFT and is asked by `demo_eval_questions` instead (a `demo` QA source in `evaluate.qa_sources`). Those facts are
+still stated in the documents.
 
 Determinism: every random stream is `random.Random(str)` (seeded through SHA-512, so PYTHONHASHSEED does not
 matter) and nothing iterates over a set.
@@ -27,21 +31,22 @@ import logging
 import random
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from zero_chatgpt.config import DemoCorpusConfig
 from zero_chatgpt.data_process import demo_corpus_text as words
 from zero_chatgpt.data_process.demo_corpus_text import FACT_KEYS
-from zero_chatgpt.config import DemoCorpusConfig
 
 log = logging.getLogger(__name__)
 
-# Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
-# Part of the fingerprint of every stage that reads the demo world (`tasks/stage.py`): bump it whenever a change
-# here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the old ones
-# rebuild.
+# Part of the fingerprint of every stage that reads a demo source (`sources.source_version`): bump it whenever
+# a change here or in `demo_corpus_text` changes the generated text or rows, so cached artifacts built from the
+# old ones rebuild.
 DEMO_CORPUS_VERSION = 4
 
+# Values of a document's `planted` field (None for a good page); the last three each target one cleaning rule.
 PLANTED_LABELS = ("exact_dup", "near_dup", "too_short", "whitespace", "section_keywords")
 JUNK_LABELS = PLANTED_LABELS[2:]
 

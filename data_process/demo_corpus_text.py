@@ -212,9 +212,9 @@ FACT_SENTENCES = {
 
 # Sentences that carry no checkable fact: they make documents long and varied enough that pages about
 # different places are not near-duplicates of each other. Some are a question and its answer, so the corpus
-# (and the tokenizer trained on it) knows question words: without them 56% of the tokens of the Chinese SFT
-# questions were byte pieces the model had never been trained on. Their answers are concrete, never "nobody
-# knows": a model pretrained on evasive answers gave them to the fact questions too.
+# (and the tokenizer trained on it) knows question words; otherwise the SFT questions are spelled in byte
+# pieces the model was never trained on. Their answers are concrete, never "nobody knows": a model pretrained
+# on evasive answers gives them to the fact questions too.
 FILLER = {
     "en": {
         "geo": (
@@ -502,7 +502,7 @@ QUESTIONS = {
 # Every answer names the place before the fact, as most document sentences do: a small model recalls a fact
 # right after the name it belongs to ("The capital of X is" -> Y), not before it ("Y is the capital of X").
 # No English answer starts with the name: there it is another token (no leading space) than in the question,
-# and the tiny reward model then told places apart worse in English than in Chinese (0.79 vs 0.98 held out).
+# and a small reward model then tells places apart worse in English than in Chinese.
 ANSWERS = {
     "en": {
         "capital": ("The capital of {name} is {capital}.", "In {name}, the capital is {capital}."),

@@ -18,8 +18,9 @@ What is measured, and on what
   the same chat prompts) of sum over response tokens of log p_model - log p_sft. 0 for SFT itself.
 - `response_tokens`, `response_chars`, `distinct_1`, `distinct_2`, `repeated_3gram_rate`, `refusal_rate`:
   statistics of the answers to the held-out prompts (see `model/eval_text.py`; n-grams over token ids).
-- `exact_match` (and `exact_match_by_lang`): the demo world's held-out fact questions
-  (`demo_eval_questions`), answered greedily; correct when the fact string occurs in the reply. SFT and PPO
+- `exact_match` (and `exact_match_by_lang`, for sources with a `lang_field`): the questions of `qa_sources`
+  (any source of question/answer rows; a `demo` one holds the demo world's held-out fact questions), answered
+  greedily; correct when the answer string occurs in the reply; absent without qa_sources. SFT and PPO
   get the chat template and stop at `<|im_end|>`. The pretrained model never saw the template, so it is asked
   in plain text, `<|endoftext|>` + `pretrain_prompt_template` (default `"{question}\\n"`), and stops at
   `<|endoftext|>` or `max_new_tokens`.
@@ -45,7 +46,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zero_chatgpt.data_process.demo_corpus import demo_eval_questions
+from zero_chatgpt.data_process.sources import read_all_rows
 from zero_chatgpt.model.build import resolve_device
 from zero_chatgpt.model.eval_tasks import PreparedTask, expand_task_globs, load_task, task_accuracy, task_summary
 from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
@@ -266,17 +267,23 @@ def evaluate(
     # Everything read from files first, so a bad task file or a missing input fails before any model runs.
     prompt_rows = heldout_prompt_rows(dirs["sft"], cfg.max_prompts, seed)
     judge_dir = find_judge(cfg.judge_model, rm_dir)
-    questions = seeded_subset(demo_eval_questions(demo, seed), cfg.max_questions, seed, "evaluate")
+    qa_rows, bad_qa_rows = read_all_rows(cfg.qa_sources, demo, seed)
+    if bad_qa_rows:
+        logger.warning("evaluate: %d qa_sources rows quarantined and not asked; first: %s line %s: %s",
+                       len(bad_qa_rows), bad_qa_rows[0]["source"], bad_qa_rows[0]["line"], bad_qa_rows[0]["reason"])
+    questions = seeded_subset(qa_rows, cfg.max_questions, seed, "evaluate")
     tasks: list[PreparedTask] = [load_task(path, cfg.few_shot, cfg.max_task_rows)
                                  for path in expand_task_globs(cfg.task_files)]
     tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
     chat_ids = chat_prompt_ids(tokenizer, [row["prompt"] for row in prompt_rows])
-    question_chat_ids = chat_prompt_ids(tokenizer, [q["prompt"] for q in questions]) if questions else []
-    question_plain_ids = plain_prompt_ids(tokenizer, [q["prompt"] for q in questions], cfg.pretrain_prompt_template)
+    question_chat_ids = chat_prompt_ids(tokenizer, [q["question"] for q in questions]) if questions else []
+    question_plain_ids = (plain_prompt_ids(tokenizer, [q["question"] for q in questions],
+                                           cfg.pretrain_prompt_template) if questions else [])
     sample_rows = ([{"kind": "fixed", "prompt": p, "reference": None} for p in cfg.sample_prompts]
                    + [{"kind": "held-out", "prompt": r["prompt"], "reference": r.get("response")}
                       for r in prompt_rows[: cfg.num_samples]]
-                   + [{"kind": f"fact ({q['lang']})", "prompt": q["prompt"], "reference": q["answer"]}
+                   + [{"kind": f"fact ({q['lang']})" if "lang" in q else "fact", "prompt": q["question"],
+                       "reference": q["answer"]}
                       for q in questions[: cfg.num_samples]])
     for row in sample_rows:
         row["answers"] = {}
@@ -338,7 +345,7 @@ def evaluate(
     outcomes_independent = (pairwise_outcomes(independent_rewards["ppo"], independent_rewards["sft"], identical)
                             if independent_rewards is not None else None)
 
-    languages = sorted({q["lang"] for q in questions})
+    languages = sorted({q["lang"] for q in questions if "lang" in q})
     answers = [q["answer"] for q in questions]
     metrics: dict[str, Any] = {
         "win_rate_vs_sft": _mean(outcomes),
@@ -350,13 +357,14 @@ def evaluate(
                                if independent_rewards is not None else None),
         "kl_to_sft": kl,
         **{key: {name: stats[name][key] for name in MODELS} for key in TEXT_METRICS},
-        "exact_match": {name: exact_match_rate(fact_replies[name], answers) if questions else float("nan")
-                        for name in MODELS},
-        "exact_match_by_lang": {
-            lang: {name: exact_match_rate([r for r, q in zip(fact_replies[name], questions) if q["lang"] == lang],
-                                          [q["answer"] for q in questions if q["lang"] == lang])
+        # Without qa_sources the metric is absent, not zero.
+        **({"exact_match": {name: exact_match_rate(fact_replies[name], answers) for name in MODELS}} if questions
+           else {}),
+        **({"exact_match_by_lang": {
+            lang: {name: exact_match_rate([r for r, q in zip(fact_replies[name], questions) if q.get("lang") == lang],
+                                          [q["answer"] for q in questions if q.get("lang") == lang])
                    for name in MODELS}
-            for lang in languages},
+            for lang in languages}} if languages else {}),
         # Ordered as task_models, so `accuracy` is the first listed model's (models ran in another order).
         "tasks": {task.name: task_summary(task, {model_name: task_accuracies[task.name][model_name]
                                                  for model_name in dict.fromkeys(cfg.task_models)}, cfg.task_score)
@@ -386,7 +394,7 @@ def evaluate(
     (out_dir / EVAL_JSON).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("evaluate done in %.0fs: win rate vs SFT %s (independent judge %s), exact match %s",
                 metrics["seconds"], metrics["win_rate_vs_sft"], metrics["win_rate_vs_sft_independent"],
-                metrics["exact_match"])
+                metrics.get("exact_match"))
     return metrics
 
 

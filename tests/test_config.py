@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from zero_chatgpt.cli import main
-from zero_chatgpt.config import ConfigError, load_config, overrides_from_set_options, preset_names
+from zero_chatgpt.config import (
+    PRESETS_DIR,
+    ConfigError,
+    EvaluateConfig,
+    load_config,
+    overrides_from_set_options,
+    preset_names,
+)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "full"])
+@pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_loads(preset):
     config = load_config(preset)
     assert config.data.sources, "every preset needs a data source"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects a key given twice in one mapping (safe_load silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key_node, deep=deep) for key_node, _ in node.value]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated keys {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_no_preset_gives_a_key_twice(preset):
+    yaml.load((PRESETS_DIR / f"{preset}.yaml").read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_presets_on_the_demo_world_ask_its_held_out_questions(preset):
+    config = load_config(preset)
+    if any(source.kind == "demo" for source in config.data.sft_sources):
+        assert [source.kind for source in config.evaluate.qa_sources] == ["demo"]
+    assert EvaluateConfig().qa_sources == []  # user data: no exact_match unless asked for
 
 
 def test_presets_differ_in_scale():
@@ -80,3 +112,23 @@ def test_setting_one_key_keeps_the_sections_own_defaults():
     assert changed.ppo.optim.model_dump(exclude={"lr"}) == default.ppo.optim.model_dump(exclude={"lr"})
     nested = load_config("tiny", overrides={"train_rm": {"judge_optim": {"lr": 1e-3}}})
     assert nested.train_rm.judge_optim.max_steps == default.train_rm.judge_optim.max_steps
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ("pretrain.model.hidden_size=130", "`pretrain.model`: hidden_size=130 is not a multiple of num_heads=4"),
+        ("pretrain.model.num_kv_heads=3", "num_heads=4 is not a multiple of num_kv_heads=3"),
+        ("pretrain.model.hidden_size=132", "head size hidden_size / num_heads = 33 must be even"),
+        ("pretrain.optim.max_steps=true", "`pretrain.optim.max_steps`: expected int, got the boolean true"),
+        ("run.seed=false", "`run.seed`: expected int, got the boolean false"),
+    ],
+)
+def test_cross_field_and_type_mistakes_fail_at_load_naming_the_key(option, named):
+    with pytest.raises(ConfigError) as caught:
+        load_config("tiny", set_options=[option])
+    assert named in str(caught.value)
+
+
+def test_booleans_still_set_boolean_keys():
+    assert load_config("tiny", set_options=["pretrain.model.tie_embeddings=false"]).pretrain.model.tie_embeddings is False

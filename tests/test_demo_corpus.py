@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from zero_chatgpt.config import CleanConfig, DemoCorpusConfig
 from zero_chatgpt.data_process.demo_corpus import (
     FACT_KEYS,
     build_demo_world,
@@ -24,7 +25,6 @@ from zero_chatgpt.data_process.demo_corpus import (
     demo_sft_pairs,
     planted_counts,
 )
-from zero_chatgpt.config import CleanConfig, DemoCorpusConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CJK = re.compile("[\u4e00-\u9fff]")
@@ -348,3 +348,22 @@ def test_no_heldout_fraction_means_no_eval_questions():
     cfg = DemoCorpusConfig(num_entities=8, docs_per_entity=1, heldout_fraction=0.0)
     assert demo_eval_questions(cfg, 1) == []
     assert len(demo_sft_pairs(cfg, 1)) == 8 * len(FACT_KEYS) * 2 * cfg.sft_questions_per_fact
+
+
+def test_demo_sources_give_the_generators_rows_with_their_ids_and_order():
+    """The demo reaches every stage only as a source kind; through it the rows are the generator's, unchanged."""
+    from zero_chatgpt.config import QaSource, SftSource, TextSource
+    from zero_chatgpt.data_process.sources import read_qa_rows, read_sft_rows, read_text_rows
+
+    def good(rows):
+        return [row for row in rows if "id" in row]
+
+    docs = good(read_text_rows(TextSource(kind="demo"), SMALL, seed=3))
+    assert [(row["id"], row["text"]) for row in docs] == [
+        (doc["id"], doc["text"]) for doc in demo_documents(SMALL, 3) if doc["text"].strip()]
+    pairs = good(read_sft_rows(SftSource(kind="demo"), SMALL, seed=3))
+    assert [(row["id"], row["prompt"], row["answer"]) for row in pairs] == [
+        (pair["id"], pair["prompt"], pair["answer"]) for pair in demo_sft_pairs(SMALL, 3)]
+    questions = good(read_qa_rows(QaSource(kind="demo"), SMALL, seed=3))
+    assert questions and [(row["id"], row["question"], row["answer"], row["lang"]) for row in questions] == [
+        (q["id"], q["prompt"], q["answer"], q["lang"]) for q in demo_eval_questions(SMALL, 3)]

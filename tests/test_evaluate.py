@@ -153,7 +153,7 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkey
     cfg = EvaluateConfig.model_validate({
         "max_prompts": 6, "max_questions": 8, "max_new_tokens": 6, "batch_size": 4, "num_samples": 2,
         "sample_prompts": ["Hello | there"], "task_files": [str(task_dir / "*.jsonl")], "few_shot": 1,
-        "task_models": ["ppo", "pretrain"]})
+        "task_models": ["ppo", "pretrain"], "qa_sources": [{"kind": "demo", "lang_field": "lang"}]})
     out = tmp_path / "eval"
     judge_files = {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")}
     # evaluate trains nothing: any optimizer built during the run fails it.
@@ -200,3 +200,23 @@ def test_samples_markdown_escapes_cells():
     table = samples_markdown([{"kind": "fixed", "prompt": "a|b\nc", "reference": None,
                                "answers": {"pretrain": "", "sft": "x", "ppo": "y"}}])
     assert "| fixed | a\\|b<br>c | (empty) | (empty) | x | y |" in table
+
+
+def test_exact_match_comes_from_any_qa_file_and_is_absent_without_one(dirs, tmp_path):
+    questions = [{"question": "Where is place 1?", "answer": "place"}, {"question": "Name a river.", "answer": "zq#x"}]
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text("".join(json.dumps(row) + "\n" for row in questions))
+    common = {"max_prompts": 2, "max_new_tokens": 4, "batch_size": 4, "num_samples": 1, "sample_prompts": []}
+    models = (dirs["pretrain"], dirs["sft"], dirs["rm"], dirs["ppo"])
+    demo = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
+
+    asked = EvaluateConfig.model_validate({**common, "qa_sources": [{"kind": "jsonl", "path": str(qa_file)}]})
+    metrics = evaluate(asked, demo, *models, tmp_path / "asked", seed=0, device="cpu")
+    assert metrics["questions"] == 2 and set(metrics["exact_match"]) == set(MODELS)
+    assert all(value <= 0.5 for value in metrics["exact_match"].values())  # nobody says "zq#x"
+    assert "exact_match_by_lang" not in metrics  # the file has no language field
+    facts = [json.loads(line) for line in (tmp_path / "asked" / "facts.jsonl").read_text().splitlines()]
+    assert [(row["question"], row["answer"]) for row in facts] == [(q["question"], q["answer"]) for q in questions]
+
+    metrics = evaluate(EvaluateConfig.model_validate(common), demo, *models, tmp_path / "none", seed=0, device="cpu")
+    assert metrics["questions"] == 0 and "exact_match" not in metrics and "exact_match_by_lang" not in metrics

@@ -180,9 +180,9 @@ def test_training_stages_publish_progress_artifacts(tiny_root):
     assert {"pretrain progress", "sft progress", "train_rm progress"} <= finished, finished
 
 
-def test_a_new_demo_generator_version_changes_every_demo_stages_fingerprint(monkeypatch):
+def test_a_new_demo_generator_version_changes_the_fingerprint_of_every_stage_reading_a_demo_source(monkeypatch):
     """Cached artifacts built from the old demo text must rebuild when the generator's output changes."""
-    import zero_chatgpt.tasks.stage as stage_module
+    import zero_chatgpt.data_process.demo_corpus as demo_corpus
     from zero_chatgpt.tasks.build_prefs import BUILD_PREFS
     from zero_chatgpt.tasks.clean import CLEAN
     from zero_chatgpt.tasks.dedup import DEDUP
@@ -194,8 +194,11 @@ def test_a_new_demo_generator_version_changes_every_demo_stages_fingerprint(monk
     upstream = {"sft": {"fingerprint": "0" * 64}, "clean": {"fingerprint": "1" * 64}}
     specs = (CLEAN, SFT, BUILD_PREFS, EVALUATE, DEDUP)
     before = {spec.name: spec.fingerprint(config, upstream) for spec in specs}
-    assert CLEAN.config_section(config)["data.demo"]["generator_version"] == stage_module.DEMO_CORPUS_VERSION
-    monkeypatch.setitem(stage_module.GENERATOR_VERSIONS, "data.demo", {"generator_version": -1})
+    version = {"generator_version": demo_corpus.DEMO_CORPUS_VERSION}
+    assert CLEAN.config_section(config)["data.sources"][0]["version"] == version
+    assert EVALUATE.config_section(config)["evaluate"]["qa_sources"][0]["version"] == version
+    monkeypatch.setattr(demo_corpus, "DEMO_CORPUS_VERSION", -1)
     after = {spec.name: spec.fingerprint(config, upstream) for spec in specs}
-    assert all(after[spec.name] != before[spec.name] for spec in (CLEAN, SFT, BUILD_PREFS, EVALUATE))
-    assert after["dedup"] == before["dedup"]  # reads no demo config: only its upstream would change it
+    assert all(after[spec.name] != before[spec.name] for spec in (CLEAN, SFT, EVALUATE))
+    # They read no demo source (build_prefs gets the demo's rows through sft): only their upstream changes them.
+    assert after["dedup"] == before["dedup"] and after["build_prefs"] == before["build_prefs"]

@@ -11,16 +11,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from zero_chatgpt.config import DemoCorpusConfig, PrefSource, QaSource, SftSource, TextSource
 from zero_chatgpt.data_process.sources import (
     SourceError,
     expand_source_files,
     is_quarantined,
+    read_all_rows,
     read_pref_rows,
+    read_qa_rows,
     read_sft_rows,
     read_text_rows,
     reason_kind,
+    source_version,
 )
-from zero_chatgpt.config import DemoCorpusConfig, PrefSource, SftSource, TextSource
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -181,8 +184,12 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
         return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "answer": "river",
                  "lang": "en"}]
 
+    def demo_eval_questions(cfg, seed):
+        return [{"id": "eval-0", "prompt": "What is the river of Amberfall?", "answer": "Sel", "lang": "en"}]
+
     fake = types.ModuleType("zero_chatgpt.data_process.demo_corpus")
     fake.demo_documents, fake.demo_sft_pairs = demo_documents, demo_sft_pairs
+    fake.demo_eval_questions, fake.DEMO_CORPUS_VERSION = demo_eval_questions, 77
     monkeypatch.setitem(sys.modules, "zero_chatgpt.data_process.demo_corpus", fake)
 
     good, bad = split_rows(read_text_rows(TextSource(kind="demo"), DemoCorpusConfig(num_entities=9), seed=5))
@@ -193,6 +200,40 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
     assert sft[0]["id"] == "sft-0" and sft[0]["response"] == "By the river." and sft[0]["answer"] == "river"
     with pytest.raises(SourceError, match="no demo preference data"):
         read_pref_rows(PrefSource(kind="demo"))
+    (question,) = read_qa_rows(QaSource(kind="demo"), DemoCorpusConfig(), seed=5)
+    assert {key: question[key] for key in ("id", "question", "answer", "lang")} == {
+        "id": "eval-0", "question": "What is the river of Amberfall?", "answer": "Sel", "lang": "en"}
+    # The demo's version is its generator's, for every row type; files have none (yet).
+    assert source_version(TextSource(kind="demo")) == source_version(QaSource(kind="demo")) == {
+        "generator_version": 77}
+    assert source_version(TextSource(kind="jsonl", path="x.jsonl")) == {}
+
+
+def test_qa_source_reads_questions_and_answers_from_any_file(tmp_path):
+    qa = write_lines(tmp_path / "qa.jsonl", [
+        json.dumps({"question": "Capital of Borfen?", "answer": "Adel"}).encode(),
+        json.dumps({"question": "Longest river?"}).encode(),
+        json.dumps({"q": "Highest peak?", "a": "Tarn", "language": "en"}).encode(),
+    ])
+    good, bad = split_rows(read_qa_rows(QaSource(kind="jsonl", path=str(qa))))
+    assert [(r["question"], r["answer"]) for r in good] == [("Capital of Borfen?", "Adel")]
+    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(2, "missing_field"), (3, "missing_field")]
+    assert "lang" not in good[0]
+
+    renamed = QaSource(kind="jsonl", path=str(qa), question_field="q", answer_field="a", lang_field="language")
+    good, _ = split_rows(read_qa_rows(renamed))
+    assert [(r["question"], r["answer"], r["lang"]) for r in good] == [("Highest peak?", "Tarn", "en")]
+
+
+def test_read_all_rows_keeps_source_order_and_quarantines_repeated_ids(tmp_path):
+    first = write_lines(tmp_path / "a.jsonl", [json.dumps({"id": "q1", "question": "A?", "answer": "a"}).encode(),
+                                               json.dumps({"id": "q2", "question": "B?", "answer": "b"}).encode()])
+    second = write_lines(tmp_path / "b.jsonl", [json.dumps({"id": "q2", "question": "C?", "answer": "c"}).encode(),
+                                                b"not json"])
+    sources = [QaSource(kind="jsonl", path=str(path), id_field="id") for path in (first, second)]
+    good, bad = read_all_rows(sources)
+    assert [row["question"] for row in good] == ["A?", "B?"]
+    assert sorted(reason_kind(row["reason"]) for row in bad) == ["duplicate_id", "invalid_json"]
 
 
 def test_hf_source_offline_or_failing_raises_source_error(monkeypatch):

@@ -3,8 +3,7 @@
 The tokenizer is trained on the pretraining corpus. A character that corpus lacks has no piece of its own and
 is spelled as UTF-8 byte pieces (`<0xE8>` ...), two to four tokens each, whose embeddings pretraining never
 trained. Chat data full of such characters (question words a corpus of statements never uses, say) reaches
-the model as tokens it knows nothing about: before the demo corpus had questions in it, 56% of the tokens of
-its Chinese SFT questions were byte pieces.
+the model as tokens it knows nothing about.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ import copy
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 STAGES = (
     "clean",
@@ -36,9 +36,32 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+    """Base of every config section: unknown keys are errors, values are validated on assignment, and a boolean
+    is never taken for a number (pydantic would read `max_steps: true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if not _accepts_bool(annotation):
+                raise ValueError(f"expected {_type_name(annotation)}, got the boolean {str(value).lower()}")
+        return value
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(option, bool) for option in get_args(annotation))
+    return any(_accepts_bool(arg) for arg in get_args(annotation))
+
+
+def _type_name(annotation: Any) -> str:
+    names = [getattr(arg, "__name__", str(arg)) for arg in (get_args(annotation) or (annotation,)) if arg is not type(None)]
+    return " or ".join(names) if names else str(annotation)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -87,6 +110,15 @@ class PrefSource(SourceBase):
     prompt_field: str = "prompt"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
+
+
+class QaSource(SourceBase):
+    """Questions with a short answer, asked for exact match by `evaluate` (kind demo: the held-out fact questions)."""
+
+    question_field: str = "question"
+    answer_field: str = Field("answer", description="field with the short answer a correct reply contains")
+    lang_field: str | None = Field(None, description="optional field with a language tag; exact match is then "
+                                   "also reported per language")
 
 
 class DemoCorpusConfig(Section):
@@ -202,6 +234,18 @@ class ModelConfig(Section):
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
     tie_embeddings: bool = Field(True, description="share the input embedding with the output head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention dropout")
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"head size hidden_size / num_heads = {self.hidden_size // self.num_heads} must be even "
+                             "(rotary embeddings rotate pairs of dimensions)")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads} "
+                             "(grouped-query attention shares each key/value head among a whole number of heads)")
+        return self
 
 
 class OptimConfig(Section):
@@ -321,7 +365,7 @@ class PpoConfig(Section):
     max_prompt_tokens: int = Field(128, ge=4, description="longer chat prompts keep their end")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature of rollouts")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling of rollouts")
-    # tiny: 0.2 let the held-out KL reach 6.3 nats in 40 steps (bound 6); 0.4 keeps it near 3.4.
+    # Large enough that the KL to the reference stays well inside target_kl over a short run.
     kl_coef: float = Field(0.4, ge=0.0, description="per-token KL penalty weight (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="move kl_coef so the observed KL approaches target_kl")
     kl_horizon: int = Field(10000, ge=1, description="adaptive KL: rollouts over which kl_coef adapts")
@@ -345,8 +389,11 @@ class EvaluateConfig(Section):
     max_prompts: int = Field(
         100, ge=1, description="held-out chat prompts (from the sft artifact's sft_val.jsonl, a seeded subset) "
         "answered by every model for win rate, reward, KL, length, repetition and refusal figures")
+    qa_sources: list[QaSource] = Field(
+        default_factory=list, description="question/answer sources asked greedily for `exact_match` (a reply is "
+        "right when it contains the answer); empty: no exact_match metric")
     max_questions: int | None = Field(
-        200, ge=1, description="demo held-out fact questions asked for exact match (a seeded subset); null: all")
+        200, ge=1, description="questions from qa_sources asked for exact match (a seeded subset); null: all")
     max_new_tokens: int = Field(48, ge=1, description="longest generated answer in tokens")
     temperature: float = Field(
         0.0, ge=0.0, description="sampling temperature of the judged answers, the same for every model; 0: greedy")
@@ -394,6 +441,9 @@ class RunConfig(Section):
 
     seed: int = 1234
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    verify: Literal["sizes", "deep"] = Field(
+        "sizes", description="how a reused artifact is checked against its manifest: file sizes (instant), or "
+        "sizes and content hashes (reads every file); a mismatch rebuilds the stage")
 
 
 class ResourcesConfig(Section):
@@ -606,9 +656,10 @@ def _describe(error: dict[str, Any]) -> str:
         parent, allowed = _allowed_here(loc)
         where = f" in `{parent}`" if parent else ""
         return f"unknown key `{dotted}`{where}; allowed keys: {', '.join(allowed)}"
-    message = error.get("msg", "invalid value")
+    message = error.get("msg", "invalid value").removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    # Our own checks say what they got; pydantic's built-in ones do not.
+    shown = "" if isinstance(got, dict) or error.get("type") == "value_error" else f" (got {got!r})"
     return f"`{dotted}`: {message}{shown}"
 
 
