@@ -198,3 +198,27 @@ def test_verify_command_names_damaged_artifacts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"DAMAGED dedup/{Path(bad.path).name}: data.txt has other content" in out
     assert f"ok      clean/{Path(good.path).name}" in out and "1 of 2 artifacts match" in out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_named_and_leaves_no_temporary_files(small_disk):
+    from zero_chatgpt.artifacts import DiskFullError
+
+    def filling(out_dir):
+        (out_dir / "big.bin").write_bytes(b"\0" * (1 << 20))
+        return {}
+
+    with pytest.raises(DiskFullError, match=f"disk full at {small_disk}/clean .* bytes free"):
+        build_artifact("clean", "1", {}, {}, 0, small_disk, filling)
+    assert [p.name for p in (small_disk / "clean").iterdir() if not p.name.endswith(".lock")] == []

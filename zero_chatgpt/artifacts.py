@@ -10,6 +10,7 @@ tasks, the tests and anyone scripting a stage by hand.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -200,10 +201,29 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
         manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
         write_json_atomic(tmp / MANIFEST, manifest)
         _replace_dir(tmp, final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(err):
+            free = shutil.disk_usage(final.parent).free
+            raise DiskFullError(f"{stage}: disk full at {final.parent} ({free} bytes free after removing the "
+                                "stage's temporary files); free space or point --root elsewhere") from err
         raise
     return StageResult(stage, str(final), fp, "ran", seconds, metrics)
+
+
+class DiskFullError(OSError):
+    """A stage ran out of disk; the message names where and how much is free."""
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """True when `err` or an exception it was raised from is ENOSPC (libraries often wrap it in their own)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _replace_dir(new: Path, final: Path) -> None:
