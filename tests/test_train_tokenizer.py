@@ -206,3 +206,15 @@ def test_round_trip_and_hf_equality_on_shared_data(tmp_path):
         if not any(token in text for token in SPECIAL_TOKENS):
             assert hf.encode(text, add_special_tokens=False) == ids
         assert hf.decode(hf.encode(text, add_special_tokens=False)) == text
+
+
+def test_one_huge_document_cannot_fill_the_sample(tmp_path):
+    docs = toy_documents(200, seed=0)
+    docs[0] = "x" * 2_000_000  # a dump on one line
+    write_corpus_parts(docs, tmp_path / "corpus")
+    drawn = draw_sample(tmp_path / "corpus", seed=0, max_sample_chars=200_000, heldout_docs=0, max_doc_chars=5000)
+    assert drawn.capped_docs == 1 and max(map(len, drawn.sample)) <= 5000
+    assert len(drawn.sample) == 200  # every other document still got in
+    metrics = train_tokenizer(TrainTokenizerConfig(vocab_size=400, max_doc_chars=5000, heldout_docs=0),
+                              tmp_path / "corpus", tmp_path / "tok", seed=0, num_threads=1)
+    assert metrics["sample_docs_capped"] == 1

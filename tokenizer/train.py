@@ -47,6 +47,7 @@ class CorpusSample:
     sample: list[str]
     heldout: list[str]
     corpus_docs: int
+    capped_docs: int = 0  # sample documents cut to `max_doc_chars`
 
 
 def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, seed: int,
@@ -60,7 +61,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = draw_sample(Path(corpus_dir), seed, cfg.max_sample_chars, cfg.heldout_docs)
+    drawn = draw_sample(Path(corpus_dir), seed, cfg.max_sample_chars, cfg.heldout_docs, cfg.max_doc_chars)
     lines = list(training_lines(drawn.sample, cfg.max_sentence_length))
     kept_chars, coverage = character_vocabulary(lines, cfg)
     lines = without_rare_characters(lines, kept_chars)
@@ -77,6 +78,7 @@ def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, 
         **heldout_compression(sp, drawn.heldout),
         "sample_chars": sum(map(len, drawn.sample)),
         "sample_docs": len(drawn.sample),
+        "sample_docs_capped": drawn.capped_docs,
         "corpus_docs": drawn.corpus_docs,
         "character_coverage": round(coverage, 6),
         "train_seconds": round(time.perf_counter() - started, 3),
@@ -85,12 +87,13 @@ def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, 
     return metrics
 
 
-def draw_sample(corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs: int) -> CorpusSample:
+def draw_sample(corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs: int,
+                max_doc_chars: int | None = None) -> CorpusSample:
     """Order all documents by a seeded hash of their id; the first ones are held out, the next fill the sample.
 
-    The held-out set is `min(heldout_docs, 10% of the corpus)` documents. The sample takes whole documents
-    until `max_sample_chars`; the one that crosses the cap is cut to fit. Two passes over the parts (ids and
-    lengths, then only the chosen texts) keep memory at one part plus the sample.
+    The held-out set is `min(heldout_docs, 10% of the corpus)` documents. The sample takes documents, each cut
+    to `max_doc_chars`, until `max_sample_chars`; the one that crosses the cap is cut to fit. Two passes over
+    the parts (ids and lengths, then only the chosen texts) keep memory at one part plus the sample.
     """
     parts = corpus_parts(corpus_dir)
     keys, part_index, row_index, lengths = [], [], [], []
@@ -107,7 +110,10 @@ def draw_sample(corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs
     num_docs = int(order.size)
     num_heldout = min(heldout_docs, num_docs // 10)
 
-    cumulative = np.cumsum(lengths_all[order[num_heldout:]])
+    sample_lengths = lengths_all[order[num_heldout:]]
+    if max_doc_chars is not None:
+        sample_lengths = np.minimum(sample_lengths, max_doc_chars)
+    cumulative = np.cumsum(sample_lengths)
     num_sample = int(np.searchsorted(cumulative, max_sample_chars, side="left")) + 1
     num_sample = min(num_sample, num_docs - num_heldout)
     chosen = order[: num_heldout + num_sample]
@@ -123,10 +129,13 @@ def draw_sample(corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs
             texts[position] = text
 
     sample = texts[num_heldout:]
+    capped = sum(len(text) > max_doc_chars for text in sample) if max_doc_chars is not None else 0
+    if capped:
+        sample = [text[:max_doc_chars] for text in sample]
     overflow = sum(map(len, sample)) - max_sample_chars
     if overflow > 0:
         sample[-1] = sample[-1][: len(sample[-1]) - overflow]
-    return CorpusSample(sample=sample, heldout=texts[:num_heldout], corpus_docs=num_docs)
+    return CorpusSample(sample=sample, heldout=texts[:num_heldout], corpus_docs=num_docs, capped_docs=capped)
 
 
 def training_lines(docs: Iterable[str], max_bytes: int) -> Iterator[str]:

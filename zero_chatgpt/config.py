@@ -196,6 +196,9 @@ class TrainTokenizerConfig(Section):
 
     vocab_size: int = Field(6000, ge=300, description="pieces in all, with 256 byte pieces and 5 special tokens")
     max_sample_chars: int = Field(20_000_000, ge=10_000, description="cap on the shuffled training sample")
+    max_doc_chars: int = Field(
+        100_000, ge=1000, description="each document gives the sample at most this many characters, so one huge "
+        "document (a dump on one line) cannot fill it; the count cut is the `sample_docs_capped` metric")
     character_coverage: float = Field(
         0.9995, gt=0.9, le=1.0, description="share of sample characters that get their own piece (upper bound)"
     )
