@@ -354,13 +354,13 @@ def test_the_train_rm_task_on_two_ddp_ranks_with_half_batches_matches_one_rank(c
     prefs = write_toy_pairs(tmp_path / "prefs", toy_prompts(20))
     one = tmp_path / "one"
     rm_optim = dict(max_steps=STEPS, eval_every=5, checkpoint_every=3, precision="fp32")
-    rm.train_reward_model(rm_config(batch_size=GLOBAL_BATCH, **rm_optim), chat_model_dir, prefs, one, seed=0,
-                          device="cpu")
+    rm.train_reward_model(rm_config(independent_judge=True, batch_size=GLOBAL_BATCH, **rm_optim), chat_model_dir,
+                          prefs, one, seed=0, device="cpu")
 
     config = PipelineConfig.model_validate({
         "run": {"seed": 0, "device": "cpu"},
         "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
-        "train_rm": rm_config(batch_size=GLOBAL_BATCH // 2, **rm_optim).model_dump(),
+        "train_rm": rm_config(independent_judge=True, batch_size=GLOBAL_BATCH // 2, **rm_optim).model_dump(),
     }).model_dump(mode="json")
     upstream = {"sft": {"stage": "sft", "path": str(chat_model_dir), "fingerprint": "3" * 64},
                 "build_prefs": {"stage": "build_prefs", "path": str(prefs), "fingerprint": "4" * 64}}
@@ -369,6 +369,8 @@ def test_the_train_rm_task_on_two_ddp_ranks_with_half_batches_matches_one_rank(c
     assert read_manifest(two)["metrics"]["ranks"] == 2
     np.testing.assert_allclose(_records(two, "loss"), _records(one, "loss"), rtol=0, atol=1e-5)
     np.testing.assert_allclose(_records(two, "val_accuracy"), _records(one, "val_accuracy"), rtol=0, atol=1e-6)
+    judge = "independent_judge"  # trained after the first model, by the same ranks
+    np.testing.assert_allclose(_records(two / judge, "loss"), _records(one / judge, "loss"), rtol=0, atol=1e-5)
     model = AutoModelForSequenceClassification.from_pretrained(two)
     assert model.config.num_labels == 1 and (two / "tokenizer.json").is_file()
 
