@@ -196,6 +196,9 @@ def test_user_pairs_are_merged_and_bad_rows_quarantined(sft_dir, tmp_path):
     rejected = read_jsonl(tmp_path / "out" / REJECTED)
     assert sorted(row["line"] for row in rejected) == [2, 4]
     assert all("missing_field" in row["reason"] for row in rejected)
+    # User data gets no mined pairs unless asked: the training file holds only the real pairs.
+    assert metrics["mismatched_pairs"] == metrics["same_subject_pairs"] == 0
+    assert {pair["source"] for pair in read_jsonl(tmp_path / "out" / TRAIN_PAIRS)} <= {SAMPLED_SOURCE, str(user)}
 
 
 def test_select_prompts_is_a_seeded_subset_in_file_order():
