@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zero_chatgpt.model.build import build_model, llama_config, resolve_device  # noqa: E402
 from zero_chatgpt.model.generation import sample  # noqa: E402
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience, reward_model_scores  # noqa: E402
-from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update  # noqa: E402
+from zero_chatgpt.model.ppo.stage import make_ppo_backends  # noqa: E402
+from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update  # noqa: E402
 from zero_chatgpt.model.training import autocast, autocast_dtype  # noqa: E402
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID  # noqa: E402
 from zero_chatgpt.config import ModelConfig, PpoConfig  # noqa: E402
@@ -106,11 +107,11 @@ def main() -> None:
     prompts = random_prompts(batch, vocab_size, 16, 48, seed=0)
 
     # One PPO step (after one warm-up step), split into generation / scoring / update.
-    optimizers = PpoOptimizers(actor, critic, cfg.optim, None, device, dtype)
     rollout_settings = RolloutSettings(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, eos_id=IM_END_ID,
                                        pad_id=PAD_ID, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
                                        reward_clip=cfg.reward_clip)
     update_settings = UpdateSettings.from_config(cfg)
+    actor_backend, critic_backend = make_ppo_backends(actor, critic, cfg, update_settings, device, parallel=None)
     reward_fn = reward_model_scores(reward_model)
     generator = torch.Generator(device=device).manual_seed(0)
     split = {}
@@ -122,7 +123,7 @@ def main() -> None:
                                                               rollout_settings, cfg.kl_coef, generator)
         _sync(device)
         scored = time.perf_counter()
-        ppo_update(experience, actor, critic, optimizers, update_settings, device, dtype)
+        ppo_update(experience, actor_backend, critic_backend, update_settings, device)
         _sync(device)
         done = time.perf_counter()
         split = {"step_seconds": done - started, "generate_seconds": generate_seconds,

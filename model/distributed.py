@@ -130,33 +130,23 @@ def per_rank_count(name: str, total: int, world_size: int) -> int:
     return total // world_size
 
 
-def all_reduce_mean_(tensors: list[torch.Tensor], world_size: int, bucket_numel: int = 1 << 24) -> None:
-    """Replace each tensor, in place, by its mean over the ranks (a no-op on one rank).
+def mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device | str = "cpu",
+                    weight: float = 1.0) -> dict[str, float]:
+    """The `weight`-weighted mean over ranks of each figure in `values`, in one all-reduce; `values` itself
+    (as floats) on one rank.
 
-    Every rank must pass tensors of the same shapes in the same order. They are flattened into buckets of
-    at most `bucket_numel` elements per dtype and device: one collective per bucket, not one per tensor.
+    Every rank must pass the same keys. `weight` is this rank's share (e.g. the prompts it scored); a rank
+    with nothing to report passes weight 0 and still joins. `device` is where the collective runs: the
+    rank's GPU under NCCL, the CPU under gloo.
     """
-    if world_size == 1 or not tensors:
-        return
-    by_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for tensor in tensors:
-        by_kind.setdefault((tensor.dtype, tensor.device), []).append(tensor)
-    for group in by_kind.values():
-        bucket: list[torch.Tensor] = []
-        numel = 0
-        for tensor in group + [None]:  # None flushes the last bucket
-            if tensor is None or (bucket and numel + tensor.numel() > bucket_numel):
-                flat = torch.cat([t.reshape(-1) for t in bucket])
-                torch.distributed.all_reduce(flat)
-                flat.div_(world_size)
-                offset = 0
-                for t in bucket:
-                    t.copy_(flat[offset: offset + t.numel()].view_as(t))
-                    offset += t.numel()
-                bucket, numel = [], 0
-            if tensor is not None:
-                bucket.append(tensor)
-                numel += tensor.numel()
+    if world_size == 1:
+        return {key: float(value) for key, value in values.items()}
+    keys = sorted(values)
+    packed = torch.tensor([weight, *(weight * float(values[key]) for key in keys)], dtype=torch.float64,
+                          device=device)
+    torch.distributed.all_reduce(packed)
+    total = float(packed[0])
+    return {key: float(packed[1 + i]) / total for i, key in enumerate(keys)}
 
 
 def broadcast_from_main_(tensors: list[torch.Tensor]) -> None:
@@ -233,9 +223,10 @@ class DdpParallel:
 
 
 class DeepSpeedParallel:
-    """A DeepSpeed engine with ZeRO stage 0-3 around the core's model, AdamW and schedule.
+    """DeepSpeed engines with ZeRO stage 0-3 around the core's models, AdamW and schedules.
 
-    Keeps the engine after `train` returns, for `save_pretrained`.
+    A stage may train several models (PPO: actor and critic), each with its own `backend` call and engine;
+    the engines are kept after training, for `save_pretrained`.
     """
 
     engine: Engine = "deepspeed"
@@ -244,31 +235,39 @@ class DeepSpeedParallel:
         self.rank, self.world_size, self.local_rank = info.rank, info.world_size, info.local_rank
         self.is_main_process = info.is_main_process
         self.zero_stage = zero_stage
-        self.ds_engine = None
+        self.ds_engines: dict[int, Any] = {}  # id(model) -> the engine that trains it
 
     def backend(self, model, optimizer, scheduler, optim: OptimConfig, device: torch.device,
                 dtype: torch.dtype | None) -> "DeepSpeedBackend":
         import deepspeed
 
         config = deepspeed_config(optim, self.zero_stage, self.world_size, str(device))
-        self.ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                       config=config)
+        ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                  config=config)
+        self.ds_engines[id(ds_engine.module)] = ds_engine
         # With bf16/fp16 enabled DeepSpeed holds the model in half precision itself: no autocast on top.
         half = config["bf16"]["enabled"] or config["fp16"]["enabled"]
-        return DeepSpeedBackend(self.ds_engine, None if half else dtype, self.world_size, self.rank)
+        return DeepSpeedBackend(ds_engine, None if half else dtype, self.world_size, self.rank)
 
     def save_pretrained(self, model: torch.nn.Module, out_dir: Path, checkpoint_dir: Path) -> None:
         """Rank 0 exports fp32 weights as an HF checkpoint; every rank must call it.
 
         ZeRO 1-3 hold the fp32 master weights in per-rank partitions (ZeRO 3 the model weights too): every
         rank writes a final ZeRO checkpoint and rank 0 consolidates it with DeepSpeed's zero_to_fp32.
+        A model no engine trains directly (PPO's LoRA-merged or EMA policy) is saved as it is, which
+        needs whole weights on every rank: ZeRO 0-2.
         """
-        if self.ds_engine is None:
-            raise RuntimeError("save_pretrained before train: there is no DeepSpeed engine yet")
-        if self.zero_stage == 0:
-            state_dict = {k: v.float() for k, v in self.ds_engine.module.state_dict().items()}
+        ds_engine = self.ds_engines.get(id(model))
+        if ds_engine is None:
+            if not self.ds_engines:
+                raise RuntimeError("save_pretrained before train: there is no DeepSpeed engine yet")
+            if self.zero_stage == 3:
+                raise RuntimeError("under ZeRO 3 only a model a DeepSpeed engine trains can be exported")
+            state_dict = {k: v.float() for k, v in model.state_dict().items()}
+        elif self.zero_stage == 0:
+            state_dict = {k: v.float() for k, v in ds_engine.module.state_dict().items()}
         else:
-            self.ds_engine.save_checkpoint(str(checkpoint_dir), tag=FINAL_TAG)
+            ds_engine.save_checkpoint(str(checkpoint_dir), tag=FINAL_TAG)
             barrier()
             state_dict = zero_checkpoint_state_dict(checkpoint_dir, FINAL_TAG) if self.is_main_process else None
         if self.is_main_process:
@@ -284,6 +283,7 @@ class DeepSpeedBackend:
         self.engine = engine
         self.forward_model = engine
         self.module = engine.module
+        self.scheduler = engine.lr_scheduler
         self.autocast_dtype = dtype
         self.world_size, self.rank = world_size, rank
         self.is_main_process = rank == 0
@@ -301,10 +301,6 @@ class DeepSpeedBackend:
         if not self.engine.was_step_applied() and not self.engine.fp16_enabled():
             raise RuntimeError("DeepSpeed did not step: its gradient_accumulation_steps disagrees with the loop's")
         return self.engine.get_global_grad_norm()
-
-    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(values)
-        return values / self.world_size
 
     def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
         """Every rank writes its ZeRO partitions (and its RNG state); older step tags are then removed."""

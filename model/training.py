@@ -127,11 +127,18 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.dev
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine schedule as a `LambdaLR`, so its position is saved with the optimizer."""
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
+                   optimizer_steps_per_step: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup + cosine schedule as a `LambdaLR`, so its position is saved with the optimizer.
+
+    It is stepped after every optimizer step. `optim.max_steps` and `warmup_steps` count training steps;
+    a stage that makes several optimizer steps per training step (PPO: one per mini-batch of each rollout
+    batch) passes their number, and all of them run at that step's lr.
+    """
     schedule = partial(lr_multiplier, warmup_steps=optim.warmup_steps, max_steps=optim.max_steps,
                        min_lr_ratio=optim.min_lr_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda optimizer_step: schedule(optimizer_step // optimizer_steps_per_step))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -244,6 +251,7 @@ class TrainBackend(Protocol):
 
     forward_model: torch.nn.Module
     module: torch.nn.Module
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     autocast_dtype: torch.dtype | None  # None where the backend already runs the model in half precision
     world_size: int
     is_main_process: bool
@@ -259,10 +267,6 @@ class TrainBackend(Protocol):
 
     def step(self) -> torch.Tensor | float | None:
         """Clip, step optimizer and schedule, zero grads; returns the pre-clip global grad norm (or None)."""
-        ...
-
-    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of `values` (shape (n,)) over ranks; unchanged on one rank."""
         ...
 
     def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
@@ -311,14 +315,6 @@ class LocalBackend:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world_size == 1:
-            return values
-        import torch.distributed as dist
-
-        dist.all_reduce(values)
-        return values / self.world_size
-
     def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
         if not self.is_main_process:
             return  # DDP ranks hold identical weights and optimizer states: one copy is enough
@@ -331,7 +327,8 @@ class LocalBackend:
         })
 
     def load(self, checkpoint_dir: Path) -> dict[str, Any] | None:
-        state = load_checkpoint(checkpoint_dir, map_location=self.device)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and moments.
+        state = load_checkpoint(checkpoint_dir, map_location="cpu")
         if state is None:
             return None
         self.module.load_state_dict(state.pop("model"))
@@ -355,6 +352,19 @@ class Parallel(Protocol):
     def save_pretrained(self, model: torch.nn.Module, out_dir: Path, checkpoint_dir: Path) -> None:
         """After `train`, on every rank: rank 0 writes the full trained weights as an HF checkpoint."""
         ...
+
+
+def make_backend(model: torch.nn.Module, optim: OptimConfig, device: torch.device,
+                 parallel: Parallel | None = None, is_main_process: bool = True,
+                 optimizer_steps_per_step: int = 1) -> TrainBackend:
+    """`model`'s optimizer step: the core's AdamW and schedule, run by `parallel`'s backend (DDP or DeepSpeed)
+    on a multi-rank run, else by a `LocalBackend`. A stage training two models makes one backend each."""
+    optimizer = make_optimizer(model, optim, device)
+    scheduler = make_scheduler(optimizer, optim, optimizer_steps_per_step)
+    dtype = autocast_dtype(optim.precision, device)
+    if parallel is None:
+        return LocalBackend(model, optimizer, scheduler, optim, device, dtype, is_main_process=is_main_process)
+    return parallel.backend(model, optimizer, scheduler, optim, device, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -387,14 +397,8 @@ def train(
     model.to(device)
     model.train()
     source = as_batch_source(batches)
-    dtype = autocast_dtype(optim.precision, device)
-    optimizer = make_optimizer(model, optim, device)
-    scheduler = make_scheduler(optimizer, optim)
-    if parallel is None:
-        backend: TrainBackend = LocalBackend(model, optimizer, scheduler, optim, device, dtype,
-                                             is_main_process=is_main_process)
-    else:
-        backend = parallel.backend(model, optimizer, scheduler, optim, device, dtype)
+    backend = make_backend(model, optim, device, parallel, is_main_process)
+    if parallel is not None:
         is_main_process = parallel.is_main_process
     dtype = backend.autocast_dtype
     log = MetricsLog(metrics_path, enabled=is_main_process)
@@ -415,7 +419,7 @@ def train(
     progress = _progress_bar(start_step, optim.max_steps, is_main_process)
     for step in range(start_step, optim.max_steps):
         started = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]
+        lr = backend.scheduler.get_last_lr()[0]
         loss_sum = torch.zeros((), device=device)
         metric_sums: dict[str, Any] = {}
         step_tokens = 0
@@ -432,8 +436,9 @@ def train(
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
         grad_norm = backend.step()
         if backend.world_size > 1:
-            loss_sum, step_tokens, metric_sums = _mean_over_ranks(backend, loss_sum, step_tokens, metric_sums)
-        loss_value = loss_sum.item() / optim.grad_accum  # one device sync per step
+            loss_sum, step_tokens, metric_sums = _global_step_figures(loss_sum, step_tokens, metric_sums,
+                                                                      backend.world_size)
+        loss_value = float(loss_sum) / optim.grad_accum  # one device sync per step
         seconds = time.perf_counter() - started
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}: lower optim.lr or check the data")
@@ -483,15 +488,17 @@ def train(
     )
 
 
-def _mean_over_ranks(backend: TrainBackend, loss_sum: torch.Tensor, step_tokens: int,
-                     metric_sums: dict[str, Any]) -> tuple[torch.Tensor, int, dict[str, Any]]:
-    """One all-reduce for the step's log record: loss and metrics averaged over ranks, tokens summed."""
-    keys = sorted(metric_sums)  # every rank runs the same loss_fn, so the keys agree
-    packed = torch.tensor([_as_float(loss_sum), float(step_tokens), *(_as_float(metric_sums[k]) for k in keys)],
-                          dtype=torch.float64, device=loss_sum.device)
-    means = backend.all_reduce_mean(packed)
-    tokens = int(round(means[1].item() * backend.world_size))
-    return means[0], tokens, {key: means[2 + i] for i, key in enumerate(keys)}
+def _global_step_figures(loss_sum: torch.Tensor, step_tokens: int, metric_sums: dict[str, Any],
+                         world_size: int) -> tuple[float, int, dict[str, float]]:
+    """The step's log figures over all ranks (one all-reduce): loss and metrics averaged, tokens summed."""
+    # Imported here: model.distributed builds on this module (LocalBackend), not the other way round.
+    from zero_chatgpt.model.distributed import mean_over_ranks
+
+    means = mean_over_ranks({"loss": _as_float(loss_sum), "tokens": float(step_tokens),
+                             **{f"metric.{key}": _as_float(value) for key, value in metric_sums.items()}},
+                            world_size, loss_sum.device)
+    tokens = int(round(means.pop("tokens") * world_size))
+    return means.pop("loss"), tokens, {key.removeprefix("metric."): value for key, value in means.items()}
 
 
 def _progress_bar(start_step: int, max_steps: int, enabled: bool):

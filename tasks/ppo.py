@@ -10,7 +10,7 @@ from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 from zero_chatgpt.config import PipelineConfig
 
-PPO = StageSpec("ppo", version="1", config_keys=("ppo",), upstream=("sft", "train_rm", "shard"))
+PPO = StageSpec("ppo", version="2", config_keys=("ppo",), upstream=("sft", "train_rm", "shard"))
 
 
 @stage_task(PPO)

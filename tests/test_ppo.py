@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import zero_chatgpt.model.ppo.stage as ppo_stage
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
-from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
+from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
+from zero_chatgpt.model.training import IteratorSource, make_backend
 from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.model.generation import chat_prompt_ids
@@ -65,21 +66,45 @@ def test_ppo_steps_raise_a_reward_we_control(dirs):
     start = {name: p.detach().clone() for name, p in actor.named_parameters()}
     optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=30, min_lr_ratio=1.0, weight_decay=0.0)
     device = torch.device("cpu")
-    optimizers = PpoOptimizers(actor, critic, optim, None, device, None)
+    update = UpdateSettings(ppo_epochs=2, mini_batch_size=8, clip_range=0.2, value_clip_range=0.2, temperature=1.0)
+    steps_per_ppo_step = update.optimizer_steps(len(prompts))
+    actor_backend, critic_backend = (make_backend(model, optim, device, optimizer_steps_per_step=steps_per_ppo_step)
+                                     for model in (actor, critic))
     rollout = RolloutSettings(max_new_tokens=6, temperature=1.0, top_p=1.0, eos_id=IM_END_ID, pad_id=PAD_ID,
                               gamma=1.0, gae_lambda=0.95, reward_clip=5.0)
-    update = UpdateSettings(ppo_epochs=2, mini_batch_size=8, clip_range=0.2, value_clip_range=0.2,
-                            temperature=1.0, grad_clip=1.0)
     generator = torch.Generator().manual_seed(0)
     rewards, stats = [], {}
     for _ in range(12):
         experience, _ = collect_experience(prompts, actor, reference, critic, reward_fn, rollout, 0.01, generator)
         rewards.append(experience.scores.mean().item())
-        stats = ppo_update(experience, actor, critic, optimizers, update, device)
+        stats = ppo_update(experience, actor_backend, critic_backend, update, device)
     assert {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"} <= stats.keys()
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
     changed = [name for name, p in actor.named_parameters() if not torch.equal(p, start[name])]
     assert changed, "no actor parameter changed"
+
+
+def test_ppo_ptx_adds_the_language_modelling_loss_to_the_actor_step(dirs):
+    """PPO-ptx: each actor step also fits pretraining windows; the critic's step is unchanged by it."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
+    prompts = chat_prompt_ids(tokenizer, toy_prompts(4))
+    actor = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
+    reference = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval().requires_grad_(False)
+    critic = ValueModel.from_reward_model(load_reward_model(dirs["rm"])).eval()
+    rollout = RolloutSettings(max_new_tokens=4, temperature=1.0, top_p=1.0, eos_id=IM_END_ID, pad_id=PAD_ID,
+                              gamma=1.0, gae_lambda=0.95, reward_clip=5.0)
+    no_reward = lambda sequences, attention_mask: torch.zeros(sequences.size(0))  # noqa: E731
+    experience, _ = collect_experience(prompts, actor, reference, critic, no_reward, rollout, 0.0,
+                                       torch.Generator().manual_seed(0))
+    windows = torch.randint(100, 200, (2, 9))  # (batch, seq_len + 1)
+    update = UpdateSettings(ppo_epochs=1, mini_batch_size=4, clip_range=0.2, value_clip_range=0.2, temperature=1.0,
+                            ptx_coef=1.0)
+    optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=2, min_lr_ratio=1.0, weight_decay=0.0)
+    backends = [make_backend(model, optim, torch.device("cpu")) for model in (actor, critic)]
+    first = ppo_update(experience, *backends, update, torch.device("cpu"), IteratorSource(lambda: windows))["ptx_loss"]
+    second = ppo_update(experience, *backends, update, torch.device("cpu"), IteratorSource(lambda: windows))["ptx_loss"]
+    assert second < first  # the same windows again: the LM loss on them fell
 
 
 def test_ppo_stage_exports_a_loadable_actor(dirs, tmp_path):
@@ -120,7 +145,7 @@ def test_ppo_resumes_after_a_crash_to_the_same_run(dirs, tmp_path, monkeypatch, 
     monkeypatch.setattr(ppo_stage, "ppo_update", crashing_update)
     with pytest.raises(KeyboardInterrupt):
         ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "crashed", seed=0, device="cpu", checkpoint_dir=checkpoints)
-    assert (checkpoints / "latest.pt").is_file()
+    assert (checkpoints / "actor" / "latest.pt").is_file() and (checkpoints / "critic" / "latest.pt").is_file()
     monkeypatch.setattr(ppo_stage, "ppo_update", real_update)
 
     with caplog.at_level(logging.INFO, logger="zero_chatgpt.model.ppo.stage"):

@@ -1,6 +1,7 @@
-"""PPO on several ranks: the global rollout batch split between ranks, gradient / metric averaging over a real
-gloo group, a 2-rank torchrun run through the launcher that exports a trained actor and resumes from its
-checkpoint after a cancelled launch, and the PPO task routing through the launcher when ranks > 1."""
+"""PPO on several ranks: the global rollout batch split between ranks, rollouts gathered and figures averaged
+over a real gloo group, 2-rank runs (DDP, and DeepSpeed ZeRO 2) that match one rank, a 2-rank run that
+resumes from its checkpoint after a cancelled launch, ZeRO 3 refused, and the PPO task routing through
+the launcher when ranks > 1."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
-from zero_chatgpt.model.distributed import all_reduce_mean_
+from zero_chatgpt.model.distributed import DeepSpeedParallel, RankInfo, mean_over_ranks
 from zero_chatgpt.model.launch import decode_inputs, launch_stage
-from zero_chatgpt.model.ppo.stage import mean_over_ranks, ppo, rank_prompt_batches, rank_seed
+from zero_chatgpt.model.ppo.rollout import Experience, gather_experience
+from zero_chatgpt.model.ppo.stage import ppo, rank_prompt_batches, rank_seed
 from zero_chatgpt.model.ppo.update import UpdateSettings
 from test_ppo import dirs, ppo_config  # noqa: F401 - `dirs` is a fixture: a tiny sft dir and a trained rm
 from zero_chatgpt.config import ResourcesConfig
 
 STEPS = 4
 TWO_DDP_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="ddp")
+TWO_ZERO2_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="deepspeed", zero_stage=2)
 
 
 def _records(out_dir: Path) -> list[dict]:
@@ -63,6 +66,15 @@ def test_per_rank_sizes_and_sampling_seeds():
     seeds = {rank_seed(7, r) for r in range(4)} | {rank_seed(8, r) for r in range(4)}
     assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
     assert mean_over_ranks({"reward": 1.5}, 1, torch.device("cpu")) == {"reward": 1.5}
+    updates = UpdateSettings.from_config(ppo_config(rollout_batch_size=8, mini_batch_size=4), world_size=2, rank=1)
+    assert updates.optimizer_steps(8) == 2 * 2  # ppo_epochs x global mini-batches, as on one rank
+
+
+def test_zero_3_is_refused_at_once_naming_the_key(tmp_path):
+    parallel = DeepSpeedParallel(RankInfo(), zero_stage=3)
+    with pytest.raises(ValueError, match=r"resources.zero_stage 0 / 1 / 2, not 3"):
+        ppo(ppo_config(), tmp_path / "no_sft", tmp_path / "no_rm", tmp_path / "out", seed=0, parallel=parallel)
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_ppo_inputs_round_trip_the_launch_spec(tmp_path):
@@ -78,33 +90,105 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _averaging_rank(rank: int, port: int, out_dir: Path) -> None:
+def _rank_experience(rank: int) -> Experience:
+    """Rank 0: 1 rollout, prompt width 2, 1 response token; rank 1: 2 rollouts, prompt width 1, 2 tokens."""
+    prompt_length, response_length, rows = (2, 1, 1) if rank == 0 else (1, 2, 2)
+    per_token = torch.full((rows, response_length), float(rank + 1))
+    return Experience(sequences=torch.full((rows, prompt_length + response_length), 10 + rank),
+                      attention_mask=torch.ones(rows, prompt_length + response_length, dtype=torch.long),
+                      response_mask=torch.ones(rows, response_length), prompt_length=prompt_length,
+                      logprobs=per_token, ref_logprobs=per_token, values=per_token, scores=torch.full((rows,), rank),
+                      kl=per_token, advantages=per_token, returns=per_token)
+
+
+def _gathering_rank(rank: int, port: int, out_dir: Path) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        # Two dtypes and a bucket smaller than the tensors: several collectives, order kept.
-        tensors = [torch.full((3, 2), float(rank)), torch.arange(5.0) * (rank + 1),
-                   torch.full((4,), float(rank), dtype=torch.float64)]
-        all_reduce_mean_(tensors, 2, bucket_numel=5)
         means = mean_over_ranks({"reward": float(rank), "kl": 2.0 * rank}, 2, torch.device("cpu"), weight=rank + 1)
-        (out_dir / f"rank{rank}.json").write_text(json.dumps([[t.tolist() for t in tensors], means]))
+        gathered = gather_experience(_rank_experience(rank), pad_id=0, world_size=2)
+        (out_dir / f"rank{rank}.json").write_text(json.dumps([means, gathered.prompt_length, {
+            name: getattr(gathered, name).tolist() for name in ("sequences", "attention_mask", "values", "scores")}]))
     finally:
         dist.destroy_process_group()
 
 
-def test_gradients_and_metrics_are_averaged_over_a_real_two_rank_group(tmp_path):
-    mp.spawn(_averaging_rank, args=(_free_port(), tmp_path), nprocs=2)
+def test_rollouts_are_gathered_and_figures_averaged_over_a_real_two_rank_group(tmp_path):
+    mp.spawn(_gathering_rank, args=(_free_port(), tmp_path), nprocs=2)
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert results[0] == results[1]
-    tensors, means = results[0]
-    assert tensors[0] == [[0.5, 0.5]] * 3 and tensors[1] == [1.5 * i for i in range(5)] and tensors[2] == [0.5] * 4
+    assert results[0] == results[1]  # every rank holds the same global batch and the same means
+    means, prompt_length, gathered = results[0]
     assert means == pytest.approx({"reward": 2 / 3, "kl": 4 / 3})  # weighted 1 : 2
+    assert prompt_length == 2  # the widest prompt part; responses padded to the longest (2 tokens)
+    assert gathered["sequences"] == [[10, 10, 10, 0], [0, 11, 11, 11], [0, 11, 11, 11]]
+    assert gathered["attention_mask"] == [[1, 1, 1, 0], [0, 1, 1, 1], [0, 1, 1, 1]]
+    assert gathered["values"] == [[1.0, 0.0], [2.0, 2.0], [2.0, 2.0]] and gathered["scores"] == [0.0, 1.0, 1.0]
 
 
 # --------------------------------------------------------------------- real 2-rank runs (gloo, CPU)
 
 
-def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_launch(dirs, tmp_path):  # noqa: F811
-    """torchrun, 2 DDP ranks on the CPU: the first launch is cancelled once the step-2 checkpoint is written
+@pytest.fixture(scope="module")
+def one_rank_run(dirs, tmp_path_factory):  # noqa: F811
+    """The 1-rank run the 2-rank runs must reproduce (see `_matching_config`)."""
+    out = tmp_path_factory.mktemp("ppo_one_rank")
+    ppo(_matching_config(), dirs["sft"], dirs["rm"], out, seed=0, device="cpu")
+    return out
+
+
+def _matching_config():
+    """Rollouts that do not depend on the sampling stream: each rank draws from its own generator, so only
+    a top_p that keeps just the likeliest token makes 2 ranks' rollouts those of 1 rank (the rest of the
+    step, whitening and mini-batches included, matches by construction)."""
+    return ppo_config(top_p=1e-6, optim=dict(lr=3e-3, warmup_steps=0, max_steps=3, min_lr_ratio=1.0,
+                                             weight_decay=0.0, checkpoint_every=100))
+
+
+def _shadowing_cwd(path: Path) -> Path:
+    """A working directory with its own model.py, tokenizer.py and tasks.py that must not be imported."""
+    path.mkdir()
+    for name in ("model.py", "tokenizer.py", "tasks.py"):
+        (path / name).write_text('raise SystemExit("shadowed")\n')
+    return path
+
+
+@pytest.mark.parametrize("resources", [TWO_DDP_RANKS, TWO_ZERO2_RANKS], ids=["ddp", "deepspeed-zero2"])
+def test_two_rank_ppo_matches_one_rank(dirs, one_rank_run, tmp_path, monkeypatch, resources):  # noqa: F811
+    """Losses, rewards and the exported actor of 2 ranks with half the rollouts each equal 1 rank's, also
+    when started from a directory whose own model.py / tokenizer.py / tasks.py would shadow ours."""
+    monkeypatch.chdir(_shadowing_cwd(tmp_path / "cwd"))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    metrics = launch_stage("ppo", _matching_config(), {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}, out, 0,
+                           "cpu", tmp_path / "ckpt", resources, on_line=lines.append)
+    assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine
+    backend = "DeepSpeedBackend" if resources.engine == "deepspeed" else "LocalBackend"  # DDP: LocalBackend
+    assert any(f"actor and critic train through {backend} on 2 rank(s)" in line for line in lines)
+    one, two = _records(one_rank_run), _records(out)
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for key in ("policy_loss", "value_loss", "reward", "kl", "response_length", "clip_fraction", "entropy"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-5), key
+    assert one[-1]["policy_loss"] != one[0]["policy_loss"]  # the steps did something to compare
+    expected = AutoModelForCausalLM.from_pretrained(one_rank_run).state_dict()
+    actor = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert expected.keys() == actor.keys()
+    assert max((actor[key] - expected[key]).abs().max().item() for key in expected) < 1e-5
+    assert _differs_from_sft(out, dirs["sft"])
+
+
+def _saved_ppo_state(checkpoint_dir: Path) -> dict:
+    """What the actor's backend saved with PPO's state: a torch checkpoint (DDP), or a ZeRO one whose
+    model-states file holds the client state (DeepSpeed)."""
+    actor_dir = checkpoint_dir / "actor"
+    if (actor_dir / "latest.pt").is_file():
+        return torch.load(actor_dir / "latest.pt", weights_only=False)
+    tag = (actor_dir / "latest").read_text().strip()
+    return torch.load(actor_dir / tag / "mp_rank_00_model_states.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("resources", [TWO_DDP_RANKS, TWO_ZERO2_RANKS], ids=["ddp", "deepspeed-zero2"])
+def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_launch(dirs, tmp_path,  # noqa: F811
+                                                                                   resources):
+    """torchrun, 2 ranks on the CPU: the first launch is cancelled once the step-2 checkpoint is written
     (every rank's sampling state gathered into it), the second resumes there and finishes."""
     cfg = ppo_config()  # 8 prompts per step: 4 per rank; checkpoint every 2 of 4 steps
     inputs = {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}
@@ -115,15 +199,15 @@ def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_laun
             raise RuntimeError("cancelled")
 
     with pytest.raises(RuntimeError, match="cancelled"):
-        launch_stage("ppo", cfg, inputs, out, 0, "cpu", checkpoint_dir, TWO_DDP_RANKS, on_line=cancel_after_checkpoint)
-    saved = torch.load(checkpoint_dir / "latest.pt", weights_only=False)
+        launch_stage("ppo", cfg, inputs, out, 0, "cpu", checkpoint_dir, resources, on_line=cancel_after_checkpoint)
+    saved = _saved_ppo_state(checkpoint_dir)
     assert saved["step"] == 2 and len(saved["rank_states"]) == 2
     assert not torch.equal(saved["rank_states"][0]["generator"], saved["rank_states"][1]["generator"])
 
     lines: list[str] = []
-    metrics = launch_stage("ppo", cfg, inputs, out, 0, "cpu", checkpoint_dir, TWO_DDP_RANKS, on_line=lines.append)
+    metrics = launch_stage("ppo", cfg, inputs, out, 0, "cpu", checkpoint_dir, resources, on_line=lines.append)
     assert any("resuming from step 2" in line for line in lines)
-    assert metrics["ranks"] == 2 and metrics["engine"] == "ddp" and metrics["steps"] == STEPS
+    assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine and metrics["steps"] == STEPS
     assert metrics["resumed_from"] == 2 and metrics["train_prompts"] + metrics["eval_prompts"] == 40
     assert {"reward_before", "reward_after", "kl", "mean_reward", "mean_kl"} <= metrics.keys()
     records = _records(out)

@@ -91,6 +91,19 @@ def test_scheduler_drives_the_optimizer_lr():
     assert seen[12:] == pytest.approx([5e-4, 5e-4])  # the floor, and it stays there
 
 
+def test_several_optimizer_steps_per_training_step_share_its_lr():
+    """PPO steps the optimizer once per mini-batch: 3 per PPO step here, all at that step's lr."""
+    optim = optim_config(lr=2e-3, warmup_steps=4, max_steps=12, min_lr_ratio=0.25)
+    optimizer = make_optimizer(tiny_model(), optim, torch.device("cpu"))
+    scheduler = make_scheduler(optimizer, optim, optimizer_steps_per_step=3)
+    seen = []
+    for _ in range(3 * 5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([lr for lr in (5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3) for _ in range(3)])
+
+
 def test_parameter_groups_decay_matrices_only():
     model = tiny_model()
     decay, no_decay = parameter_groups(model, 0.1)

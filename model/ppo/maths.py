@@ -9,10 +9,18 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` over positions where `mask` is set; 0-d. Any shape, `mask` broadcastable to it."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, token_count: torch.Tensor | float | None = None
+                ) -> torch.Tensor:
+    """Mean of `values` over positions where `mask` is set; 0-d. Any shape, `mask` broadcastable to it.
+
+    `token_count` replaces the divisor (the number of masked positions): a rank holding a slice of a
+    mini-batch passes the whole mini-batch's count / world_size, so that the mean over ranks of its
+    results is the token mean over the whole mini-batch.
+    """
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    if token_count is None:
+        token_count = mask.sum()
+    return (values * mask).sum() / torch.as_tensor(token_count, dtype=values.dtype).clamp(min=1e-8)
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -90,8 +98,10 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    token_count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate loss (to minimise), averaged over masked tokens.
+    """PPO's clipped surrogate loss (to minimise), averaged over masked tokens (see `masked_mean` for
+    `token_count`, which applies to the loss and the stats).
 
     logprobs: (B, T) under the policy being trained; old_logprobs: (B, T) at rollout time; advantages:
     (B, T). ratio = exp(logprobs - old_logprobs); loss_t = max(-A_t * ratio, -A_t * clip(ratio, 1 +- clip)).
@@ -101,10 +111,10 @@ def policy_loss(
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, token_count)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean(old_logprobs - logprobs, mask)
+        clip_fraction = masked_mean((clipped > unclipped).float(), mask, token_count)
+        approx_kl = masked_mean(old_logprobs - logprobs, mask, token_count)
     return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
 
 
@@ -114,8 +124,9 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    token_count: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss (to minimise), averaged over masked tokens.
+    """Clipped value loss (to minimise), averaged over masked tokens (`token_count`: see `masked_mean`).
 
     values: (B, T) from the critic being trained; old_values: (B, T) at rollout time; returns: (B, T).
     The new value may move at most `clip_range` from the old one before the clipped term takes over:
@@ -125,9 +136,9 @@ def value_loss(
     clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask, token_count)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
+        clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask, token_count)
     return loss, {"value_clip_fraction": clip_fraction}
 
 

@@ -8,11 +8,12 @@ from them by `model.ppo.maths`. Shapes: B rollouts, P prompt columns (left-padde
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
 
+from zero_chatgpt.model.distributed import all_gather_objects
 from zero_chatgpt.model.generation import Rollout, positions_from_mask, sample
 from zero_chatgpt.model.ppo.maths import gae_advantages, kl_shaped_rewards, whiten
 from zero_chatgpt.model.reward_model import per_token_scores, sequence_scores
@@ -83,7 +84,7 @@ class Experience:
     values: torch.Tensor
     scores: torch.Tensor  # (B,) raw reward-model scores, before clipping
     kl: torch.Tensor  # (B, T) per-token logprobs - ref_logprobs
-    advantages: torch.Tensor  # (B, T) whitened
+    advantages: torch.Tensor  # (B, T) whitened over the whole (global) rollout batch
     returns: torch.Tensor
 
     def __len__(self) -> int:
@@ -123,7 +124,8 @@ def score_rollout(
     settings: RolloutSettings,
     kl_coef: float,
 ) -> Experience:
-    """Log probabilities, values and rewards of a sampled `rollout`, then KL-shaped rewards and GAE."""
+    """Log probabilities, values and rewards of a sampled `rollout`, then KL-shaped rewards and GAE
+    (advantages not yet whitened: see `collect_experience`)."""
     sequences, attention_mask, prompt_length = rollout.sequences, rollout.attention_mask, rollout.prompt_length
     mask = rollout.response_mask.float()
     responses = sequences[:, prompt_length:]
@@ -146,9 +148,38 @@ def score_rollout(
         values=values,
         scores=scores,
         kl=kl,
-        advantages=whiten(advantages, mask),
+        advantages=advantages,
         returns=returns,
     )
+
+
+def gather_experience(experience: Experience, pad_id: int, world_size: int) -> Experience:
+    """Every rank's `experience` concatenated in rank order, on every rank (itself on one rank).
+
+    Ranks pad to different widths: prompts are left-padded (`pad_id`, mask 0) to the widest prompt part and
+    responses right-padded (`pad_id`, mask 0, zeros per token) to the longest, as one rank's batch would be.
+    """
+    if world_size == 1:
+        return experience
+    device = experience.sequences.device
+    parts = all_gather_objects({f.name: getattr(experience, f.name) if f.name == "prompt_length"
+                                else getattr(experience, f.name).cpu() for f in fields(experience)}, world_size)
+    prompt_length = max(part["prompt_length"] for part in parts)
+    response_length = max(part["response_mask"].size(1) for part in parts)
+
+    def padded(part: dict, name: str, fill: int) -> torch.Tensor:
+        value = part[name]
+        if name in ("sequences", "attention_mask"):  # (B, P + T): pad the prompt on the left, the response right
+            left = prompt_length - part["prompt_length"]
+            right = response_length - (value.size(1) - part["prompt_length"])
+            return torch.nn.functional.pad(value, (left, right), value=fill)
+        if value.dim() == 2:  # (B, T) per response token
+            return torch.nn.functional.pad(value, (0, response_length - value.size(1)), value=0)
+        return value  # (B,) per row
+
+    gathered = {f.name: torch.cat([padded(part, f.name, pad_id if f.name == "sequences" else 0) for part in parts])
+                .to(device) for f in fields(experience) if f.name != "prompt_length"}
+    return Experience(prompt_length=prompt_length, **gathered)
 
 
 def collect_experience(
@@ -160,12 +191,20 @@ def collect_experience(
     settings: RolloutSettings,
     kl_coef: float,
     generator: torch.Generator | None = None,
+    world_size: int = 1,
 ) -> tuple[Experience, float]:
-    """Sample one response per prompt (token id lists) and score them; returns (experience, generate_seconds)."""
+    """Sample one response per prompt (token id lists) and score them; returns (experience, generate_seconds).
+
+    With `world_size` > 1 each rank passes its own prompts and gets back the whole global batch (every rank's
+    rollouts, `gather_experience`), so that advantages are whitened, and PPO's mini-batches drawn, over
+    exactly the rollouts one rank would hold.
+    """
     started = time.perf_counter()
     rollout = sample(actor, prompts, settings.max_new_tokens, settings.eos_id, settings.pad_id,
                      temperature=settings.temperature, top_p=settings.top_p, generator=generator)
     if rollout.sequences.is_cuda:
         torch.cuda.synchronize()
     generate_seconds = time.perf_counter() - started
-    return score_rollout(rollout, actor, reference, critic, reward_fn, settings, kl_coef), generate_seconds
+    experience = gather_experience(score_rollout(rollout, actor, reference, critic, reward_fn, settings, kl_coef),
+                                   settings.pad_id, world_size)
+    return replace(experience, advantages=whiten(experience.advantages, experience.response_mask)), generate_seconds

@@ -7,8 +7,9 @@ trained, read per token). Each PPO step samples `rollout_batch_size` prompts, sc
 (`rollout.py`) and runs `ppo_epochs` clipped updates over them (`update.py`).
 Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.jsonl` (one record per step).
 
-On several ranks (`model.launch`) PPO is data-parallel: every rank holds all four models and samples its
-own slice of each global rollout batch; actor and critic gradients are averaged over ranks.
+On several ranks (`model.launch`) PPO is data-parallel: every rank samples its own slice of each global
+rollout batch. The actor and the critic train through the training core's backends (`make_backend`): DDP
+replicas, or DeepSpeed engines with ZeRO 0-2; the frozen reference and reward model are plain modules.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,30 +28,41 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
 from zero_chatgpt.model.build import resolve_device, seed_everything
-from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from zero_chatgpt.model.distributed import (DdpParallel, DeepSpeedParallel, RankInfo, all_gather_objects,
-                               broadcast_from_main_, per_rank_count)
+from zero_chatgpt.model.batching import ShuffledBatches
+from zero_chatgpt.model.checkpoint import restore_rng_states, rng_states
+from zero_chatgpt.model.distributed import (DdpParallel, DeepSpeedParallel, all_gather_objects, broadcast_from_main_,
+                                            mean_over_ranks, per_rank_count)
 from zero_chatgpt.model.generation import chat_prompt_ids, sample
 from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
 from zero_chatgpt.model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
                                reward_model_scores, token_logprobs)
-from zero_chatgpt.model.ppo.update import PpoOptimizers, UpdateSettings, ppo_update
+from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
 from zero_chatgpt.model.pretrain import RandomWindows
-from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.reward_model import load_reward_model
-from zero_chatgpt.model.training import MetricsLog, autocast, autocast_dtype
+from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
+from zero_chatgpt.stage_files import RLHF_PROMPTS
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
 from zero_chatgpt.config import PpoConfig
 from zero_chatgpt.progress import report_progress
 
 logger = logging.getLogger(__name__)
 
-PROMPTS_FILE = "rlhf_prompts.jsonl"
 CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 LOG_EVERY_STEPS = 10
 STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Rollouts sample from the bare actor token by token: its weights must be whole on every rank.
+DEEPSPEED_ZERO_STAGES = (0, 1, 2)
+
+
+def check_parallel(parallel: DdpParallel | DeepSpeedParallel | None) -> None:
+    """Refuse, before any work, a ZeRO stage PPO cannot run (ZeRO 3 partitions the weights rollouts read)."""
+    if isinstance(parallel, DeepSpeedParallel) and parallel.zero_stage not in DEEPSPEED_ZERO_STAGES:
+        raise ValueError(f"ppo with resources.engine deepspeed runs resources.zero_stage "
+                         f"{' / '.join(map(str, DEEPSPEED_ZERO_STAGES))}, not {parallel.zero_stage}: ZeRO 3 "
+                         "partitions the actor's weights, which rollouts sample from on every rank. Set "
+                         "resources.zero_stage to 2 (or 0 / 1)")
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -91,21 +102,6 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return seed
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device,
-                    weight: float = 1.0) -> dict[str, float]:
-    """The `weight`-weighted mean over ranks of each value (one all-reduce); `values` itself on one rank.
-
-    Every rank must pass the same keys; a rank with nothing to report passes weight 0.
-    """
-    if world_size == 1:
-        return values
-    keys = sorted(values)
-    packed = torch.tensor([weight, *(weight * values[key] for key in keys)], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(packed)
-    total = float(packed[0])
-    return {key: float(packed[1 + i]) / total for i, key in enumerate(keys)}
 
 
 def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
@@ -180,22 +176,24 @@ def ppo(
     """Run `cfg.optim.max_steps` PPO steps from the SFT model against the reward model; save the actor.
 
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end) every
-    `cfg.optim.checkpoint_every` steps.
+    `cfg.optim.checkpoint_every` steps: the actor's and the critic's backends each save theirs (`actor/`,
+    `critic/`), the actor's with PPO's own state (data positions, every rank's sampling state, kl_coef, EMA).
 
-    `parallel` (from `model.launch`, one call per rank): data-parallel replicas. Each rank samples its
-    `rollout_batch_size / world_size` prompts of every step (`rank_prompt_batches`) with its own sampling
-    seed; `mini_batch_size` and `ptx_batch_size` are global counts too; actor and critic gradients are
-    averaged over ranks, so the replicas stay identical. Advantages are whitened per rank. Step metrics
-    and held-out figures (each rank evaluates its share of the held-out prompts) are means over ranks;
-    rank 0 alone writes `metrics.jsonl`, checkpoints (with every rank's sampling and RNG states) and the
-    exported actor. The DeepSpeed engine is not used here: PPO runs the same replicas with a warning, as
-    ZeRO partitions only pretrain / sft / train_rm.
+    `parallel` (from `model.launch`, one call per rank): DDP or DeepSpeed (ZeRO 0-2) for actor and critic.
+    Each rank samples its `rollout_batch_size / world_size` prompts of every step (`rank_prompt_batches`)
+    with its own sampling seed, then the scored rollouts are gathered on every rank, so advantages are
+    whitened and mini-batches drawn over the global batch; `mini_batch_size` and `ptx_batch_size` are global
+    counts too; the backends average gradients over ranks. Given the same rollouts, N ranks train exactly
+    as one rank would (the sampling draws themselves are per-rank streams). Step metrics and held-out
+    figures (each rank evaluates its share of the held-out prompts) are means over ranks; rank 0 alone
+    writes `metrics.jsonl` and the exported actor.
 
     Returns metrics: reward_before / reward_after (mean reward of the greedy answers of the SFT model / the
     trained actor on held-out prompts), kl (mean per-sequence KL of the actor to the reference there),
     kl_bound (= target_kl), steps, resumed_from, train/eval prompt counts, and `mean_<name>` of each
     per-step metric (reward, kl, entropy, response_length, clip_fraction, value_loss, policy_loss).
     """
+    check_parallel(parallel)
     sft_dir, rm_dir, out_dir = Path(sft_dir), Path(rm_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
@@ -205,17 +203,10 @@ def ppo(
         raise ValueError("ppo.ptx_coef > 0 mixes in the pretraining loss: pass the shard dir (shard_dir)")
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     is_main_process = rank == 0
-    if isinstance(parallel, DeepSpeedParallel):
-        if is_main_process:
-            logger.warning("ppo runs data-parallel replicas; ZeRO applies to pretrain/sft/train_rm (engine "
-                           "deepspeed, ZeRO %d: PPO holds full models and averages gradients on every rank)",
-                           parallel.zero_stage)
-        # The process group is already up (deepspeed.init_distributed is torch.distributed underneath).
-        parallel = DdpParallel(RankInfo(parallel.rank, parallel.world_size, parallel.local_rank))
     seed_everything(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / PROMPTS_FILE), cfg.num_eval_prompts, seed)
+    train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / RLHF_PROMPTS), cfg.num_eval_prompts, seed)
     train_ids = encode_prompts(tokenizer, train_prompts, cfg.max_prompt_tokens)
     eval_ids = encode_prompts(tokenizer, eval_prompts, cfg.max_prompt_tokens)
 
@@ -233,7 +224,11 @@ def ppo(
         # it (LoRA's random init included), since averaged gradients keep replicas equal only from equal.
         broadcast_from_main_([*actor.state_dict().values(), *critic.state_dict().values()])
 
-    optimizers = PpoOptimizers(actor, critic, cfg.optim, cfg.critic_lr, torch_device, dtype, world_size)
+    update_settings = UpdateSettings.from_config(cfg, world_size, rank)
+    actor_backend, critic_backend = make_ppo_backends(actor, critic, cfg, update_settings, torch_device, parallel)
+    actor, critic = actor_backend.module, critic_backend.module  # rollouts and eval use the bare models
+    if is_main_process:
+        logger.info("ppo: actor and critic train through %s on %d rank(s)", type(actor_backend).__name__, world_size)
     ema = (AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
     prompt_batches = rank_prompt_batches(train_ids, cfg.rollout_batch_size, seed, rank, world_size)
@@ -245,7 +240,6 @@ def ppo(
     rollout_settings = RolloutSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        top_p=cfg.top_p, eos_id=IM_END_ID, pad_id=PAD_ID, gamma=cfg.gamma,
                                        gae_lambda=cfg.gae_lambda, reward_clip=cfg.reward_clip)
-    update_settings = UpdateSettings.from_config(cfg, world_size)
     log = MetricsLog(out_dir / METRICS_LOG, enabled=is_main_process)
     if log.path is not None and log.path.exists():
         log.path.unlink()
@@ -263,21 +257,16 @@ def ppo(
         return mean_over_ranks(figures, world_size, torch_device, weight=len(eval_share))
 
     kl_coef, start_step, history = cfg.kl_coef, 0, []
-    # Loaded on the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and moments.
-    state = load_checkpoint(checkpoint_dir, map_location="cpu")
+    state = load_ppo_checkpoint(checkpoint_dir, actor_backend, critic_backend)
     if state is not None:
-        actor.load_state_dict(state["actor"])
-        critic.load_state_dict(state["critic"])
-        optimizers.load_state_dict(state["optimizers"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         prompt_batches.load_state_dict(state["prompts"])
         if ptx_batches is not None:
             ptx_batches.load_state_dict(state["ptx"])
-        # Checkpoints from before multi-rank PPO hold one generator / RNG state at the top level.
-        rank_states = state.get("rank_states") or [{"generator": state["generator"], "rng": state["rng"]}]
+        rank_states = state["rank_states"]
         if len(rank_states) == world_size:
-            generator.set_state(rank_states[rank]["generator"])
+            generator.set_state(rank_states[rank]["generator"].cpu())
             restore_rng_states(rank_states[rank]["rng"])
         elif is_main_process:
             logger.warning("the PPO checkpoint was written by %d rank(s), this run has %d: model, optimizer and "
@@ -299,15 +288,15 @@ def ppo(
         started = time.perf_counter()
         with autocast(torch_device, dtype):
             experience, generate_seconds = collect_experience(prompt_batches.next_batch(), actor, reference, critic,
-                                                              reward_fn, rollout_settings, kl_coef, generator)
-        update_stats = ppo_update(experience, actor, critic, optimizers, update_settings, torch_device, dtype,
+                                                              reward_fn, rollout_settings, kl_coef, generator,
+                                                              world_size)
+        update_stats = ppo_update(experience, actor_backend, critic_backend, update_settings, torch_device,
                                   ptx_batches)
-        optimizers.step_schedules()
         if ema is not None:
             ema.update_parameters(actor)
         step_seconds = time.perf_counter() - started
-        # Means over ranks (equal batches): the record describes the whole global rollout batch, and
-        # every rank's adaptive kl_coef moves the same way.
+        # `experience` is the global batch on every rank; the update's figures and timings are means over
+        # ranks: every rank logs, and moves its adaptive kl_coef by, the same numbers.
         measured = mean_over_ranks({
             "reward": float(experience.scores.mean()),
             "kl": float(experience.kl.sum(dim=1).mean()),
@@ -319,7 +308,7 @@ def ppo(
         record = {"step": step + 1, "reward": measured.pop("reward"), "kl": measured.pop("kl"),
                   "response_length": measured.pop("response_length"), "kl_coef": kl_coef, **measured}
         if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience) * world_size,
+            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience),
                                        cfg.kl_horizon)
         history.append(record)
         log.write(record)
@@ -333,18 +322,16 @@ def ppo(
                         record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
         last = step + 1 == cfg.optim.max_steps
         if (step + 1) % cfg.optim.checkpoint_every == 0 and not last:
-            # Models, optimizers and data positions are the same on every rank: rank 0 writes one copy,
-            # plus each rank's own sampling generator and RNG states, so every rank resumes its own draws.
-            rank_states = all_gather_objects({"generator": generator.get_state(), "rng": rng_states()},
-                                             world_size)
+            save_ppo_checkpoint(checkpoint_dir, actor_backend, critic_backend, {
+                "step": step + 1, "ema": ema.state_dict() if ema is not None else None,
+                "prompts": prompt_batches.state_dict(),
+                "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
+                # Each rank resumes its own sampling stream: rank 0's copy of the state holds all of them.
+                "rank_states": all_gather_objects({"generator": generator.get_state(), "rng": rng_states()},
+                                                  world_size),
+                "kl_coef": kl_coef, "history": history, "before": before,
+            })
             if is_main_process:
-                save_checkpoint(checkpoint_dir, {
-                    "step": step + 1, "actor": actor.state_dict(), "critic": critic.state_dict(),
-                    "optimizers": optimizers.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "prompts": prompt_batches.state_dict(),
-                    "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
-                    "rank_states": rank_states, "kl_coef": kl_coef, "history": history, "before": before,
-                })
                 logger.info("saved PPO checkpoint at step %d", step + 1)
     progress.close()
 
@@ -375,3 +362,41 @@ def ppo(
         logger.info("ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)", metrics["reward_before"],
                     metrics["reward_after"], metrics["kl"], metrics["kl_bound"])
     return metrics
+
+
+def make_ppo_backends(actor: torch.nn.Module, critic: torch.nn.Module, cfg: PpoConfig, settings: UpdateSettings,
+                      device: torch.device,
+                      parallel: DdpParallel | DeepSpeedParallel | None) -> tuple[TrainBackend, TrainBackend]:
+    """The core's backends of the actor (`cfg.optim`) and the critic (lr `cfg.critic_lr` if set).
+
+    One optimizer step per mini-batch, no accumulation; the schedules count PPO steps (`optim.max_steps`),
+    each of which makes `settings.optimizer_steps` optimizer steps over the global rollout batch.
+    """
+    steps_per_ppo_step = settings.optimizer_steps(cfg.rollout_batch_size)
+    actor_optim = cfg.optim.model_copy(update={"batch_size": settings.mini_batch_size, "grad_accum": 1})
+    critic_optim = actor_optim.model_copy(update={"lr": cfg.critic_lr}) if cfg.critic_lr is not None else actor_optim
+    return (make_backend(actor, actor_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step),
+            make_backend(critic, critic_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step))
+
+
+def save_ppo_checkpoint(checkpoint_dir: Path, actor: TrainBackend, critic: TrainBackend,
+                        ppo_state: dict[str, Any]) -> None:
+    """Every rank: the critic's backend saves it (with the step), then the actor's saves it with `ppo_state`.
+
+    The actor goes last: its checkpoint marks the step complete (see `load_ppo_checkpoint`).
+    """
+    critic.save(checkpoint_dir / "critic", {"step": ppo_state["step"]})
+    actor.save(checkpoint_dir / "actor", ppo_state)
+
+
+def load_ppo_checkpoint(checkpoint_dir: Path, actor: TrainBackend, critic: TrainBackend) -> dict[str, Any] | None:
+    """Restore both backends from `save_ppo_checkpoint`'s files; return the PPO state, or None when there is none."""
+    state = actor.load(checkpoint_dir / "actor")
+    if state is None:
+        return None
+    critic_state = critic.load(checkpoint_dir / "critic")
+    critic_step = critic_state["step"] if critic_state is not None else None
+    if critic_step != state["step"]:
+        raise RuntimeError(f"{checkpoint_dir}: the actor's checkpoint is at step {state['step']} but the critic's "
+                           f"at {critic_step} (a save was interrupted): delete the dir to start over")
+    return state
