@@ -33,7 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
-from zero_chatgpt.data_process.sources import is_quarantined, read_sft_rows
+from zero_chatgpt.data_process.sources import read_all_rows
 from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
 from zero_chatgpt.model.batching import ShuffledBatches, hash_fraction
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
@@ -83,27 +83,6 @@ def split_sft_rows(rows: list[dict[str, Any]], rlhf_prompt_fraction: float, val_
         train_rows = [row for row in train_rows if row is not moved]
         val_rows = [moved]
     return SftSplits(train_rows, val_rows, rlhf_rows)
-
-
-def read_all_sft_rows(sources: list[SftSource], demo: DemoCorpusConfig,
-                      seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(good rows, quarantined rows) of every source, in source order.
-
-    Ids must be unique across sources because the split hashes them; a repeated id is quarantined.
-    """
-    good, quarantined, seen = [], [], set()
-    for source in sources:
-        for row in read_sft_rows(source, demo, seed):
-            if is_quarantined(row):
-                quarantined.append(row)
-            elif row["id"] in seen:
-                quarantined.append({"source": row["source"], "line": row["line"],
-                                    "reason": f"duplicate_id: id {row['id']!r} was already read",
-                                    "raw": json.dumps(row, ensure_ascii=False)})
-            else:
-                seen.add(row["id"])
-                good.append(row)
-    return good, quarantined
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -296,7 +275,7 @@ def sft(
     optim = cfg.optim
     seed_everything(seed)
 
-    rows, quarantined = read_all_sft_rows(sft_sources, demo, seed)
+    rows, quarantined = read_all_rows(sft_sources, demo, seed)
     if is_main_process:
         write_jsonl(out_dir / REJECTED, quarantined)
     if quarantined:
