@@ -23,7 +23,6 @@ token count, so 2 ranks x B/2 compute the same loss and gradients as 1 rank x B.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
