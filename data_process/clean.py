@@ -39,6 +39,7 @@ from zero_chatgpt.data_process.sources import (
     describe_source,
     expand_source_files,
     is_quarantined,
+    no_valid_rows_message,
     read_text_rows,
     reason_kind,
 )
@@ -235,6 +236,7 @@ class UnitSummary:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     quarantine_reasons: Counter = field(default_factory=Counter)
+    quarantine_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few, for error messages
 
 
 def _id_hash(doc_id: str) -> int:
@@ -307,6 +309,8 @@ def clean_unit(unit: CleanUnit) -> UnitSummary:
         summary.docs_in += 1
         if is_quarantined(row):
             summary.quarantine_reasons[reason_kind(row["reason"])] += 1
+            if len(summary.quarantine_examples) < 3:
+                summary.quarantine_examples.append({key: row[key] for key in ("source", "line", "reason")})
             rejected.add(None, row["source"], row["line"], QUARANTINE_RULE, row["reason"], row["raw"])
             continue
         summary.good_in += 1
@@ -438,9 +442,11 @@ def clean_corpus(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanCo
     summaries = list(parallel_map(clean_unit, units))
 
     for source_index, source in enumerate(sources):
-        if sum(s.good_in for s in summaries if s.source_index == source_index) == 0:
-            raise SourceError(f"{describe_source(source)}: no valid rows (every row was quarantined or the "
-                              "source is empty); see the quarantine reasons in the logs")
+        of_source = [s for s in summaries if s.source_index == source_index]
+        if sum(s.good_in for s in of_source) == 0:
+            reasons = sum((s.quarantine_reasons for s in of_source), Counter())
+            examples = [row for s in of_source for row in s.quarantine_examples][:3]
+            raise SourceError(no_valid_rows_message(source, reasons, examples))
 
     duplicates = _find_duplicate_ids(summaries, work)
     rejected = _RejectedWriter(out_dir / REJECTED_FILE)

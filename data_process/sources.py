@@ -4,36 +4,58 @@ Every source kind (`demo`, `jsonl`, `parquet`, `text`, `hf`) offers the same two
 - its rows, through one reader family: `read_text_rows` (pretraining text), `read_sft_rows` (prompt/response),
   `read_pref_rows` (prompt/chosen/rejected) and `read_qa_rows` (question/answer, for exact match);
 - its `source_version`: what about its content, beyond its config, enters the fingerprint of a stage that
-  reads it (the demo generator's version; nothing yet for files).
+  reads it (the demo generator's version; every matched file with its size and xxh3 content hash; nothing for hf).
 The demo world is one kind among these: this module is the only one that imports it, lazily, in `_demo_module`.
+`check_sources` opens every configured source before a run starts and reads its first rows, so a wrong field
+name or an undecodable file fails in seconds instead of when its stage begins.
+
+A source's `path` is a file, a directory (every file under it, recursively, except names starting with `.` or
+`_`, as Spark/Hadoop mark `_SUCCESS` and `.crc` files) or a glob (`**` recurses; a matched directory is read
+the same way).
 
 Each reader yields, per input row, one of two dict shapes:
 
 - a good row: `{"id", "source", "line", <wanted fields under their canonical names>}`, e.g.
   `{"id": "data/a.jsonl:3", "source": "data/a.jsonl", "line": 3, "text": "..."}`;
 - a quarantined row: `{"source", "line", "reason", "raw"}` where `reason` reads `"<kind>: <detail>"`
-  (kinds: invalid_json, not_an_object, missing_field, not_a_string, empty_field, undecodable, bad_id) and
-  `raw` is the row as text. Tell the two apart with `is_quarantined(row)` (good rows always carry `id`).
+  (kinds: invalid_json, not_an_object, missing_field, not_a_string, empty_field, undecodable, bad_id,
+  unencodable (a lone surrogate such as a JSON `"\\ud83d"`: valid JSON, but no UTF-8 can hold it), binary
+  (a NUL character), control_chars (over 10% control characters), line_too_long) and `raw` is the row as
+  text, always storable as UTF-8. Tell the two apart with `is_quarantined(row)` (good rows always carry `id`).
+  Every text a good row carries is valid UTF-8 without NUL characters.
 
-A bad row never stops a run; a source that matches no file, or yields no good row at all, raises
-`SourceError` naming the source. Files are read as bytes and decoded line by line, so one undecodable line
-costs that line only.
+A bad row never stops a run; a source that matches no file, a file that is not text at all (an executable,
+an archive, UTF-16), or a source that yields no good row at all, raises `SourceError` naming the source and
+file. Files are read as bytes and decoded line by line, so one undecodable or over-long line costs that line
+only.
 """
 
 from __future__ import annotations
 
 import glob
 import importlib
+import itertools
 import json
 import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from zero_chatgpt.config import DemoCorpusConfig, PrefSource, QaSource, SftSource, SourceBase, TextSource
+from zero_chatgpt.config import (
+    DemoCorpusConfig,
+    PipelineConfig,
+    PrefSource,
+    QaSource,
+    SftSource,
+    SourceBase,
+    TextSource,
+)
+from zero_chatgpt.file_hash import FileHashCache
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +65,25 @@ _PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 _PARQUET_BATCH_ROWS = 8192
 # A quarantined row keeps at most this many characters of its raw text (enough to diagnose, bounded size).
 _RAW_MAX_CHARS = 20_000
+# A line longer than this is quarantined unread (its first bytes kept): one runaway line must not fill memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+# Rows of each file `check_sources` reads before the run starts.
+PREFLIGHT_ROWS = 50
+# A text with more than this share of control characters (other than tab and line ends) is binary junk.
+_MAX_CONTROL_SHARE = 0.10
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The first bytes of a file tell text from the binary formats people point a glob at by mistake.
+_SNIFF_BYTES = 8192
+_BINARY_SIGNATURES = {
+    b"\x7fELF": "an ELF executable or shared library", b"\xcf\xfa\xed\xfe": "a Mach-O executable",
+    b"\x1f\x8b": "gzip-compressed (decompress it first)", b"PK\x03\x04": "a zip archive",
+    b"\xfd7zXZ\x00": "xz-compressed (decompress it first)", b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PAR1": "a parquet file (use kind parquet)", b"%PDF-": "a PDF document", b"\x89PNG": "a PNG image",
+    b"SQLite format 3\x00": "an SQLite database", b"\xff\xfe": "UTF-16 text (convert it to UTF-8)",
+    b"\xfe\xff": "UTF-16 text (convert it to UTF-8)",
+}
+# Content hashes of source files within this process, when no cache file under a run root is given.
+_PROCESS_HASHES = FileHashCache()
 
 
 class SourceError(ValueError):
@@ -80,28 +121,79 @@ def source_fields(source: SourceBase) -> dict[str, str]:
 def expand_source_files(source: SourceBase) -> list[Path]:
     """The files a local source reads, sorted (deterministic order); `[]` for `demo` and `hf` sources.
 
-    `path` may be a file or a glob (`**` recurses). Raises `SourceError` when it matches no file.
+    `path` may be a file, a directory (its files, recursively, skipping names that start with `.` or `_`) or a
+    glob (`**` recurses; a matched directory is expanded the same way). Raises `SourceError` when it matches no
+    file, naming a directory as a directory.
     """
     if source.kind in ("demo", "hf"):
         return []
     pattern = os.path.expanduser(str(source.path))
-    matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-    files = [Path(m) for m in matches if Path(m).is_file()]
-    if not files:
-        why = "no file matches the glob" if glob.has_magic(pattern) else "the file does not exist"
-        raise SourceError(f"{describe_source(source)}: {why} (path {pattern!r})")
-    return files
+    matches = [Path(m) for m in glob.glob(pattern, recursive=True)] if glob.has_magic(pattern) else [Path(pattern)]
+    files: set[Path] = set()
+    for match in matches:
+        files.update(_files_under(match) if match.is_dir() else [match] if match.is_file() else [])
+    if files:
+        return sorted(files, key=str)
+    if not glob.has_magic(pattern) and Path(pattern).is_dir():
+        why = "the path is a directory with no readable file in it (names starting with '.' or '_' are skipped)"
+    elif glob.has_magic(pattern):
+        why = "no file matches the glob" + (" (only empty directories do)" if matches else "")
+    else:
+        why = "the file does not exist"
+    raise SourceError(f"{describe_source(source)}: {why} (path {pattern!r})")
 
 
-def source_version(source: SourceBase) -> dict[str, Any]:
+def source_version(source: SourceBase, hash_cache: FileHashCache | None = None) -> dict[str, Any]:
     """What about the source's content, beyond its config, a stage fingerprint must include.
 
     A demo source's rows are generated by code, so the generator's version stands for them (`{"generator_version":
-    4}`); file and hf sources give `{}` for now (their config names them; their content is not hashed yet).
+    4}`). A file source gives every matched file with its size and xxh3 content hash (`{"files": [{"file",
+    "bytes", "xxh3"}]}`), so an edited, added or removed file reruns the stages that read it; `hash_cache`
+    (default: one per process) skips rereading files whose size and mtime are unchanged. hf sources give `{}`
+    (their config names them; the hub's content is not hashed).
     """
     if source.kind == "demo":
         return {"generator_version": _demo_module().DEMO_CORPUS_VERSION}
-    return {}
+    if source.kind == "hf":
+        return {}
+    cache = hash_cache if hash_cache is not None else _PROCESS_HASHES
+    return {"files": [{"file": _printable(str(path)), "bytes": path.stat().st_size, "xxh3": cache.hash(path)}
+                      for path in expand_source_files(source)]}
+
+
+def check_configured_sources(config: PipelineConfig) -> None:
+    """`check_sources` on every source of the run: data.sources, data.sft_sources, data.pref_sources and
+    evaluate.qa_sources. All of them, not just those of the stages about to run, so a mistake in the SFT data
+    shows up on the first `--until clean` run rather than after pretraining."""
+    check_sources([*config.data.sources, *config.data.sft_sources, *config.data.pref_sources,
+                   *config.evaluate.qa_sources], config.data.demo)
+
+
+def check_sources(sources: Iterable[SourceBase], demo: DemoCorpusConfig | None = None,
+                  rows_per_file: int = PREFLIGHT_ROWS) -> None:
+    """Open every source and read the first `rows_per_file` rows of each of its files: fail fast, before any work.
+
+    Raises one `SourceError` for the first problem, naming the source (kind, path), the file, the first bad
+    line, the fields the rows do have, and the quarantine reasons with their counts: no matching file, a file
+    that is not text, or a file none of whose first rows is valid (a wrong field name, an undecodable file).
+    Demo sources are generated by code and not checked.
+    """
+    for source in sources:
+        if source.kind == "demo":
+            continue
+        files = expand_source_files(source)
+        for path in files:
+            if source.kind in ("jsonl", "text"):
+                _refuse_binary_file(source, path)
+        for path in files or [None]:
+            sample = list(itertools.islice(
+                read_rows(source, demo, files=[path] if path is not None else None, require_rows=False),
+                rows_per_file))
+            if sample and all(is_quarantined(row) for row in sample):
+                where = f"file {_printable(str(path))}" if path is not None else "its stream"
+                raise SourceError(f"{describe_source(source)}: none of the first {len(sample)} rows of {where} is "
+                                  f"valid; {_quarantine_summary(sample, source)}")
+            logger.info("%s: %s checked (%d rows sampled)", describe_source(source), path or "stream", len(sample))
 
 
 def is_quarantined(row: dict[str, Any]) -> bool:
@@ -183,15 +275,84 @@ def read_rows(source: SourceBase, demo: DemoCorpusConfig | None = None, seed: in
 def _limited(source: SourceBase, rows: Iterable[dict[str, Any]], require_rows: bool) -> Iterator[dict[str, Any]]:
     """Stop after `source.limit` good rows; raise when the source gave no good row at all."""
     good = 0
+    examples: list[dict[str, Any]] = []
+    reasons: Counter = Counter()
     for row in rows:
         yield row
         if not is_quarantined(row):
             good += 1
             if source.limit is not None and good >= source.limit:
                 return
+        else:
+            reasons[reason_kind(row["reason"])] += 1
+            if len(examples) < 3:
+                examples.append(row)
     if good == 0 and require_rows:
-        raise SourceError(f"{describe_source(source)}: no valid rows (every row was quarantined or the source "
-                          "is empty); see the quarantine reasons")
+        raise SourceError(no_valid_rows_message(source, reasons, examples))
+
+
+def no_valid_rows_message(source: SourceBase, reasons: Counter, examples: list[dict[str, Any]]) -> str:
+    """The one "no valid rows" error: the source, the quarantine reasons with counts, and the first bad rows."""
+    if not reasons:
+        return f"{describe_source(source)}: no valid rows: the source holds no rows at all (only blank lines)"
+    counts = ", ".join(f"{kind} x{count}" for kind, count in reasons.most_common())
+    first = "; ".join(f"{row['source']} line {row['line']}: {row['reason']}" for row in examples)
+    return (f"{describe_source(source)}: no valid rows: all {sum(reasons.values())} rows were quarantined "
+            f"({counts}); first: {first}")
+
+
+def _quarantine_summary(sample: list[dict[str, Any]], source: SourceBase) -> str:
+    """Why a sample of quarantined rows failed, with the fields those rows do have and a decoding hint."""
+    reasons = Counter(reason_kind(row["reason"]) for row in sample)
+    first = sample[0]
+    text = (f"line {first['line']}: {first['reason']}; reasons "
+            f"{', '.join(f'{kind} x{count}' for kind, count in reasons.most_common())}")
+    present: set[str] = set()
+    for row in sample:
+        try:
+            record = json.loads(row["raw"])
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(record, dict):
+            present.update(record)
+    if present:
+        text += (f"; the source wants fields {sorted(source_fields(source).values())}, the rows have fields "
+                 f"{sorted(present)}")
+    return text
+
+
+def _encoding_hint(raw: bytes) -> str:
+    """A guess at the encoding of a line that is not UTF-8 (Chinese files are often GBK), or ""."""
+    try:
+        decoded = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return ""
+    if any("\u4e00" <= char <= "\u9fff" for char in decoded):
+        return " (it decodes as GBK/GB18030: convert the file with iconv -f GB18030 -t UTF-8)"
+    return ""
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """Every file under `directory`, recursively, except names (or folders) starting with `.` or `_`."""
+    return [path for path in directory.rglob("*") if path.is_file()
+            and not any(part.startswith((".", "_")) for part in path.relative_to(directory).parts)]
+
+
+def _refuse_binary_file(source: SourceBase, path: Path) -> None:
+    """Raise `SourceError` when a jsonl/text file is not text at all: a known binary format by its first bytes,
+    or mostly NUL bytes; a file that cannot be opened is named too."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise SourceError(f"{describe_source(source)}: file {_printable(str(path))} cannot be read: "
+                          f"{err.strerror or err}") from None
+    what = next((name for signature, name in _BINARY_SIGNATURES.items() if head.startswith(signature)), None)
+    if what is None and head and head.count(0) > 0.1 * len(head):
+        what = f"binary ({head.count(0)} NUL bytes in its first {len(head)} bytes)"
+    if what is not None:
+        raise SourceError(f"{describe_source(source)}: file {_printable(str(path))} is not a {source.kind} file: it "
+                          f"looks like {what}; fix the path or glob so it matches only {source.kind} files")
 
 
 def _raw_rows(source: SourceBase, demo: DemoCorpusConfig | None, seed: int,
@@ -209,7 +370,40 @@ def _raw_rows(source: SourceBase, demo: DemoCorpusConfig | None, seed: int,
 
 
 def _quarantine(source_name: str, line: int | None, kind: str, detail: str, raw: str) -> dict[str, Any]:
-    return {"source": source_name, "line": line, "reason": f"{kind}: {detail}", "raw": raw[:_RAW_MAX_CHARS]}
+    return {"source": source_name, "line": line, "reason": f"{kind}: {detail}",
+            "raw": _printable(raw[:_RAW_MAX_CHARS])}
+
+
+def _printable(text: str) -> str:
+    """`text` made storable as UTF-8: lone surrogates (from JSON escapes or undecodable file names) become
+    `\\udXXX` escapes, so writing a quarantined row or a path can never fail."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def text_problem(text: str) -> tuple[str, str] | None:
+    """(reason kind, detail) when `text` is not storable, trainable text; None when it is.
+
+    Lone surrogates cannot be written as UTF-8 (they crash any parquet write), a NUL character marks binary data,
+    and a text of mostly control characters is binary junk that decoded by chance.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return "unencodable", (f"lone surrogate U+{ord(text[err.start]):04X} at character {err.start} cannot be "
+                               "stored as UTF-8")
+    nul = text.find("\x00")
+    if nul >= 0:
+        return "binary", f"NUL character at character {nul}"
+    if _CONTROL_RE.search(text):
+        controls = len(_CONTROL_RE.findall(text))
+        if controls > _MAX_CONTROL_SHARE * len(text):
+            return "control_chars", (f"{controls} of {len(text)} characters are control characters "
+                                     f"(> {_MAX_CONTROL_SHARE:.0%})")
+    return None
 
 
 def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, source_name: str, line: int,
@@ -225,6 +419,9 @@ def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, 
         if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value).strip() == "":
             return _quarantine(source_name, line, "bad_id", f"id field {id_field!r} is "
                                f"{_describe_value(value)}; expected a non-empty string or integer", raw)
+        problem = text_problem(str(value))
+        if problem is not None:
+            return _quarantine(source_name, line, "bad_id", f"id field {id_field!r}: {problem[1]}", raw)
         row["id"] = str(value)
     for canonical, field in fields.items():
         if field not in record or record[field] is None:
@@ -235,6 +432,9 @@ def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, 
                                f"{_describe_value(value)}", raw)
         if not value.strip():
             return _quarantine(source_name, line, "empty_field", f"field {field!r} is empty or whitespace", raw)
+        problem = text_problem(value)
+        if problem is not None:
+            return _quarantine(source_name, line, problem[0], f"field {field!r}: {problem[1]}", raw)
         row[canonical] = value
     return row
 
@@ -242,30 +442,51 @@ def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, 
 def _describe_value(value: Any) -> str:
     if value is None:
         return "missing"
-    return f"a {type(value).__name__} ({str(value)[:40]!r})"
+    return f"a {type(value).__name__} ({_printable(str(value)[:40])!r})"
 
 
-def _decode_lines(path: Path) -> Iterator[tuple[int, bytes, str | None, str | None]]:
-    """(1-based line number, raw bytes, decoded text or None, decode error or None) per line of a file."""
+def _bounded_lines(handle: Any, max_bytes: int) -> Iterator[tuple[bytes, int, bool]]:
+    """(line, its full length in bytes, whether it was cut) per line; a line over `max_bytes` is cut there and
+    the rest skipped without ever holding it in memory."""
+    while line := handle.readline(max_bytes + 1):
+        length = len(line)
+        cut = length > max_bytes and not line.endswith(b"\n")
+        while cut and (rest := handle.readline(1 << 20)):
+            length += len(rest)
+            if rest.endswith(b"\n"):
+                break
+        yield line, length, cut
+
+
+def _decode_lines(source: SourceBase, path: Path) -> Iterator[tuple[int, bytes, str | None, tuple[str, str] | None]]:
+    """(1-based line number, raw bytes, decoded text or None, (reason kind, detail) or None) per line of a file.
+
+    Refuses a file that is not text at all (see `_refuse_binary_file`) before reading it.
+    """
+    _refuse_binary_file(source, path)
     size = path.stat().st_size
     with open(path, "rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc=path.name,
                                           disable=size < _PROGRESS_MIN_BYTES, mininterval=5) as progress:
-        for number, raw in enumerate(handle, start=1):
-            progress.update(len(raw))
+        for number, (raw, length, cut) in enumerate(_bounded_lines(handle, MAX_LINE_BYTES), start=1):
+            progress.update(length)
+            if cut:
+                yield number, raw[:_RAW_MAX_CHARS], None, ("line_too_long", f"{length} bytes > {MAX_LINE_BYTES}")
+                continue
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark is an encoding artefact, not text
             raw = raw.rstrip(b"\r\n")
             try:
                 yield number, raw, raw.decode("utf-8"), None
             except UnicodeDecodeError as err:
-                yield number, raw, None, f"not UTF-8 at byte {err.start}: {err.reason}"
+                yield number, raw, None, ("undecodable", f"not UTF-8 at byte {err.start}: {err.reason}"
+                                                         f"{_encoding_hint(raw)}")
 
 
 def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
-    name = str(path)
-    for number, raw, text, decode_error in _decode_lines(path):
-        if decode_error is not None:
-            yield _quarantine(name, number, "undecodable", decode_error, raw.decode("utf-8", errors="replace"))
+    name = _printable(str(path))
+    for number, raw, text, problem in _decode_lines(source, path):
+        if problem is not None:
+            yield _quarantine(name, number, *problem, raw.decode("utf-8", errors="replace"))
             continue
         if not text.strip():
             continue  # blank lines separate nothing in JSONL: they are not rows
@@ -280,11 +501,13 @@ def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
 
 def _text_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
     """One document per non-empty line; blank lines are separators, not data."""
-    name = str(path)
+    name = _printable(str(path))
     (canonical,) = source_fields(source)  # only text sources can have kind `text`
-    for number, raw, text, decode_error in _decode_lines(path):
-        if decode_error is not None:
-            yield _quarantine(name, number, "undecodable", decode_error, raw.decode("utf-8", errors="replace"))
+    for number, raw, text, problem in _decode_lines(source, path):
+        if problem is None and text.strip():
+            problem = text_problem(text)
+        if problem is not None:
+            yield _quarantine(name, number, *problem, raw.decode("utf-8", errors="replace"))
             continue
         if not text.strip():
             continue
@@ -295,7 +518,7 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    name = str(path)
+    name = _printable(str(path))
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
@@ -312,11 +535,35 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
     with tqdm(total=parquet.metadata.num_rows, unit="rows", desc=path.name, mininterval=5,
               disable=parquet.metadata.num_rows < 200_000) as progress:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(wanted))):
-            for record in batch.to_pylist():
+            for record, problem in _batch_records(batch):
                 number += 1
                 raw = json.dumps(record, ensure_ascii=False, default=str)
+                if problem is not None:
+                    yield _quarantine(name, number, "undecodable", problem, raw)
+                    continue
                 yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", raw)
             progress.update(batch.num_rows)
+
+
+def _batch_records(batch: Any) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(record, None) per row of a parquet batch; (record with the undecodable values as bytes, what is wrong)
+    for a row whose string column holds bytes that are not UTF-8 (other writers do not check)."""
+    try:
+        yield from ((record, None) for record in batch.to_pylist())
+        return
+    except UnicodeDecodeError:
+        pass  # some value is not UTF-8: go value by value so only its rows are quarantined
+    columns = batch.schema.names
+    for index in range(batch.num_rows):
+        record: dict[str, Any] = {}
+        problem = None
+        for column_name, column in zip(columns, batch.columns):
+            try:
+                record[column_name] = column[index].as_py()
+            except UnicodeDecodeError as err:
+                record[column_name] = repr(err.object[:200]) if isinstance(err.object, bytes) else None
+                problem = problem or f"column {column_name!r} is not UTF-8 at byte {err.start}: {err.reason}"
+        yield record, problem
 
 
 def _demo_module() -> Any:

@@ -30,6 +30,7 @@ from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
 from zero_chatgpt.config import ConfigError, load_config
 from zero_chatgpt.console import print_stage_row, print_table_header
+from zero_chatgpt.data_process.sources import check_configured_sources
 
 # Stages this flow runs, in order. Later stages join this list as they are built.
 PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo",
@@ -97,7 +98,10 @@ def zero_chatgpt(
     force: list[str] | str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the pipeline for `preset` (+ nested `overrides`) into `root`, up to `until`, rerunning `force`."""
-    config = load_config(preset, overrides).model_dump(mode="json")
+    typed_config = load_config(preset, overrides)
+    # Every data source is opened and sampled now, so a wrong field or an unreadable file fails in seconds.
+    check_configured_sources(typed_config)
+    config = typed_config.model_dump(mode="json")
     until_names = _stage_names(until, "until")
     run = PipelineRun(config, Path(root).resolve(), until_names[0] if until_names else None,
                       set(_stage_names(force, "force")))

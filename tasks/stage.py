@@ -2,7 +2,8 @@
 
 A stage task receives the whole resolved config as a plain dict, the upstream records and the root; it
 fingerprints only the config keys its spec names (so changing `pretrain` never reruns `clean`), each data
-source in them joined by its `source_version` (what about its content the config does not say). Prefect's
+source in them joined by its `source_version` (what about its content the config does not say: a file source's
+files with their content hashes, remembered in `<root>/.cache/source-hashes.json` by size and mtime). Prefect's
 cache key is that fingerprint; the flow asks Prefect to refresh it (`needs_refresh`) when the artifact dir no
 longer holds its manifest or the stage is forced, so the manifest on disk stays the source of truth.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from prefect.logging import get_run_logger
 from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete
 from zero_chatgpt.config import PipelineConfig, Section, SourceBase
 from zero_chatgpt.data_process.sources import source_version
+from zero_chatgpt.file_hash import FileHashCache
 from zero_chatgpt.progress import listening_to_progress
 
 
@@ -38,8 +41,10 @@ class StageSpec:
     config_keys: tuple[str, ...]
     upstream: tuple[str, ...] = ()
 
-    def config_section(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The part of the resolved config this stage depends on, keyed by dotted path."""
+    def config_section(self, config: dict[str, Any], root: str | None = None) -> dict[str, Any]:
+        """The part of the resolved config this stage depends on, keyed by dotted path; file sources carry their
+        files' content hashes (cached under `root` when given, else in this process)."""
+        hashes = source_hashes(root)
         section = {}
         for dotted in self.config_keys:
             value: Any = config
@@ -48,27 +53,44 @@ class StageSpec:
                 value = value[part]
                 fields = getattr(_section_class(annotation), "model_fields", {})
                 annotation = fields[part].annotation if part in fields else None
-            section[dotted] = with_source_versions(value, annotation)
+            section[dotted] = with_source_versions(value, annotation, hashes)
+        with _HASH_CACHE_LOCK:
+            hashes.save()
         return section
 
-    def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]]) -> str:
+    def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
         upstream_fps = {name: record["fingerprint"] for name, record in upstream.items()}
-        return fingerprint(self.name, self.version, self.config_section(config), upstream_fps,
+        return fingerprint(self.name, self.version, self.config_section(config, root), upstream_fps,
                            int(config["run"]["seed"]))
 
 
-def with_source_versions(value: Any, annotation: Any) -> Any:
+_HASH_CACHES: dict[str, FileHashCache] = {}
+_HASH_CACHE_LOCK = threading.Lock()
+
+
+def source_hashes(root: str | None) -> FileHashCache:
+    """The content-hash cache of source files for runs under `root` (`<root>/.cache/source-hashes.json`, so a
+    big corpus is read once, not on every run); without a root, one that lives in this process only."""
+    key = str(Path(root).resolve()) if root is not None else ""
+    with _HASH_CACHE_LOCK:
+        if key not in _HASH_CACHES:
+            _HASH_CACHES[key] = FileHashCache(Path(key) / ".cache" / "source-hashes.json" if key else None)
+        return _HASH_CACHES[key]
+
+
+def with_source_versions(value: Any, annotation: Any, hash_cache: FileHashCache | None = None) -> Any:
     """`value` (plain config data typed by `annotation`) with every data source in it carrying `"version":
     source_version(source)`, so the fingerprint (and the manifest) follow the content a source stands for."""
     model = _section_class(annotation)
     if isinstance(value, list):
-        return [with_source_versions(item, annotation) for item in value]
+        return [with_source_versions(item, annotation, hash_cache) for item in value]
     if not isinstance(value, dict) or model is None:
         return value
     if issubclass(model, SourceBase):
-        return {**value, "version": source_version(model.model_validate(value))}
-    return {key: with_source_versions(item, model.model_fields[key].annotation if key in model.model_fields else None)
+        return {**value, "version": source_version(model.model_validate(value), hash_cache)}
+    return {key: with_source_versions(item, model.model_fields[key].annotation if key in model.model_fields else None,
+                                      hash_cache)
             for key, item in value.items()}
 
 
@@ -85,7 +107,7 @@ def _section_class(annotation: Any) -> type[Section] | None:
 
 def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     def cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-        fp = spec.fingerprint(parameters["config"], parameters["upstream"])
+        fp = spec.fingerprint(parameters["config"], parameters["upstream"], parameters["root"])
         # The root is in the key because a cached record holds absolute paths: a copied root must not
         # hand back paths into the original.
         root_digest = hashlib.sha256(str(Path(parameters["root"]).resolve()).encode()).hexdigest()[:8]
@@ -98,7 +120,7 @@ def needs_refresh(spec: StageSpec, config: dict[str, Any], upstream: dict[str, d
                   force: bool) -> bool:
     """True when Prefect must not reuse a cached record: the stage is forced, or its artifact dir (the
     source of truth) is gone or unfinished."""
-    fp = spec.fingerprint(config, upstream)
+    fp = spec.fingerprint(config, upstream, root)
     verify = config.get("run", {}).get("verify", "sizes")
     return force or not is_complete(artifact_dir(root, spec.name, fp), fp, verify)
 
@@ -119,7 +141,7 @@ def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
 def resume_dir(spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str) -> Path:
     """Where a training stage keeps resume checkpoints: beside its artifact, so they outlive a killed run
     (the temporary build dir does not), and keyed by fingerprint, so a changed config never resumes them."""
-    final = artifact_dir(root, spec.name, spec.fingerprint(config, upstream))
+    final = artifact_dir(root, spec.name, spec.fingerprint(config, upstream, root))
     return final.with_name(f".resume-{final.name}")
 
 
@@ -145,7 +167,7 @@ def run_stage(
         result = build_artifact(
             stage=spec.name,
             version=spec.version,
-            config=spec.config_section(config),
+            config=spec.config_section(config, root),
             upstream={name: upstream[name] for name in spec.upstream},
             seed=int(config["run"]["seed"]),
             root=root,

@@ -202,3 +202,58 @@ def test_a_new_demo_generator_version_changes_the_fingerprint_of_every_stage_rea
     assert all(after[spec.name] != before[spec.name] for spec in (CLEAN, SFT, EVALUATE))
     # They read no demo source (build_prefs gets the demo's rows through sft): only their upstream changes them.
     assert after["dedup"] == before["dedup"] and after["build_prefs"] == before["build_prefs"]
+
+
+def _varied_documents(count: int, start: int = 0) -> list[bytes]:
+    """JSONL lines of documents with different words (dedup keeps most of them)."""
+    words = ["river", "salt", "wool", "bridge", "market", "winter", "harbour", "copper", "valley", "orchard",
+             "lantern", "ferry", "granary", "quarry", "festival", "tower", "meadow", "mill", "canal", "forest"]
+    lines = []
+    for i in range(start, start + count):
+        picked = [words[(i * 7 + j * (i % 5 + 1)) % len(words)] + str((i * 31 + j) % 97) for j in range(30)]
+        lines.append(json.dumps({"id": f"doc{i}", "text": f"Document {i} of the valley: " + " ".join(picked)}).encode())
+    return lines
+
+
+def test_appending_rows_to_a_jsonl_source_reruns_clean_and_every_stage_after(tmp_path):
+    """Source content is in the fingerprint: appended rows rebuild clean, dedup and train_tokenizer; unchanged
+    files keep everything cached; forcing clean on unchanged input leaves its downstream cached."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"\n".join(_varied_documents(40)) + b"\n")
+    root = tmp_path / "root"
+    source = {"kind": "jsonl", "path": str(corpus), "id_field": "id"}
+    args = ["--until", "train_tokenizer", "--set", f"data.sources=[{json.dumps(source)}]",
+            "--set", "clean.min_length=5", "--set", "train_tokenizer.vocab_size=400"]
+    first, _ = run_cli(root, *args)
+    assert statuses(first) == {"clean": "ran", "dedup": "ran", "train_tokenizer": "ran"}
+    assert read_manifest(first["clean"]["path"])["metrics"]["docs_out"] == 40
+    again, _ = run_cli(root, *args)
+    assert set(statuses(again).values()) == {"cached"}
+
+    with corpus.open("ab") as handle:
+        handle.write(b"\n".join(_varied_documents(20, start=40)) + b"\n")
+    appended, _ = run_cli(root, *args)
+    assert statuses(appended) == {"clean": "ran", "dedup": "ran", "train_tokenizer": "ran"}
+    assert read_manifest(appended["clean"]["path"])["metrics"]["docs_out"] == 60
+    dedup_docs = [read_manifest(run["dedup"]["path"])["metrics"]["docs_out"] for run in (first, appended)]
+    assert dedup_docs[1] > dedup_docs[0], dedup_docs
+    versions = read_manifest(appended["clean"]["path"])["config"]["data.sources"][0]["version"]["files"]
+    assert [entry["file"] for entry in versions] == [str(corpus)] and versions[0]["bytes"] == corpus.stat().st_size
+    assert (root / ".cache" / "source-hashes.json").is_file()
+
+    forced, _ = run_cli(root, *args, "--force", "clean")
+    assert statuses(forced) == {"clean": "ran", "dedup": "cached", "train_tokenizer": "cached"}
+
+
+def test_a_wrong_sft_field_fails_before_any_stage_runs(tmp_path, capsys):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(100)))
+    source = {"kind": "jsonl", "path": str(sft), "prompt_field": "question", "response_field": "output"}
+    started = time.perf_counter()
+    code = main(["run", "--root", str(tmp_path / "root"), "--set", f"data.sft_sources=[{json.dumps(source)}]"])
+    seconds = time.perf_counter() - started
+    error = capsys.readouterr().err
+    assert code == 1 and seconds < 60, (code, seconds)
+    assert f"jsonl source {str(sft)!r}" in error and "no 'question' field" in error
+    assert "the rows have fields ['instruction', 'output']" in error
+    assert not (tmp_path / "root" / "clean").exists()

@@ -203,10 +203,9 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
     (question,) = read_qa_rows(QaSource(kind="demo"), DemoCorpusConfig(), seed=5)
     assert {key: question[key] for key in ("id", "question", "answer", "lang")} == {
         "id": "eval-0", "question": "What is the river of Amberfall?", "answer": "Sel", "lang": "en"}
-    # The demo's version is its generator's, for every row type; files have none (yet).
+    # The demo's version is its generator's, for every row type (files: see test_file_source_version_...).
     assert source_version(TextSource(kind="demo")) == source_version(QaSource(kind="demo")) == {
         "generator_version": 77}
-    assert source_version(TextSource(kind="jsonl", path="x.jsonl")) == {}
 
 
 def test_qa_source_reads_questions_and_answers_from_any_file(tmp_path):
