@@ -344,3 +344,13 @@ def test_property_parquet_rows_in_equal_rows_out_plus_quarantined(tmp_path_facto
     path = folder / "rows.parquet"
     pq.write_table(pa.table({"text": column}), path)
     _check_accounting(TextSource(kind="parquet", path=str(path)), path, len(column), folder / "out")
+
+
+def test_preflight_refuses_sources_with_no_rows_and_demo_config_mistakes(tmp_path):
+    from zero_chatgpt.config import PrefSource
+
+    (tmp_path / "empty.jsonl").write_bytes(b"\n\n")
+    with pytest.raises(SourceError, match="holds no rows at all"):
+        check_sources([TextSource(kind="jsonl", path=str(tmp_path / "empty.jsonl"))])
+    with pytest.raises(SourceError, match="no demo preference data"):
+        check_sources([PrefSource(kind="demo")])
