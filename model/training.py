@@ -110,10 +110,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
         if not param.requires_grad:
             continue
         (decay if param.dim() >= 2 else no_decay).append(param)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # Empty groups dropped: LoRA trains matrices only, and ZeRO drops an empty group under the schedule's feet.
+    return [group for group in groups if group["params"]]
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:

@@ -172,6 +172,16 @@ def test_ppo_options_fail_clearly(dirs, tmp_path):
             ppo(ppo_config(lora_rank=4), dirs["sft"], dirs["rm"], tmp_path / "lora", seed=0, device="cpu")
 
 
+def test_lora_ppo_exports_a_merged_plain_model(dirs, tmp_path):
+    pytest.importorskip("peft")
+    cfg = ppo_config(lora_rank=4, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=10))
+    ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "lora", seed=0, device="cpu")
+    actor = AutoModelForCausalLM.from_pretrained(tmp_path / "lora").state_dict()
+    sft = AutoModelForCausalLM.from_pretrained(dirs["sft"]).state_dict()
+    assert actor.keys() == sft.keys()  # no adapter weights: a plain causal LM
+    assert any(not torch.equal(actor[key], sft[key]) for key in sft)
+
+
 def test_ppo_with_ema_and_adaptive_kl_runs(dirs, tmp_path):
     cfg = ppo_config(ema_decay=0.5, adaptive_kl=True, target_kl=0.01, optim=dict(lr=3e-3, max_steps=2))
     metrics = ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "ema", seed=0, device="cpu")

@@ -217,6 +217,19 @@ def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_laun
     assert _differs_from_sft(out, dirs["sft"])
 
 
+def test_lora_ppo_on_zero2_ranks_exports_a_merged_plain_model(dirs, tmp_path):  # noqa: F811
+    """LoRA adapters trained by DeepSpeed engines (only matrices train), checkpointed, then merged: the output
+    loads without peft and holds no adapter weights."""
+    pytest.importorskip("peft")
+    cfg = ppo_config(lora_rank=4, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=1))
+    out = tmp_path / "out"
+    metrics = launch_stage("ppo", cfg, {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}, out, 0, "cpu",
+                           tmp_path / "ckpt", TWO_ZERO2_RANKS, on_line=lambda line: None)
+    assert metrics["steps"] == 2 and [r["step"] for r in _records(out)] == [1, 2]
+    assert not any("lora" in key for key in AutoModelForCausalLM.from_pretrained(out).state_dict())
+    assert _differs_from_sft(out, dirs["sft"])
+
+
 def test_the_ppo_task_routes_through_the_launcher_when_ranks_exceed_one(dirs, tmp_path):  # noqa: F811
     """The Prefect task's body (called without a flow run) with 2 DDP ranks under torchrun."""
     from zero_chatgpt.tasks.ppo import ppo_task

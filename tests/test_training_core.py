@@ -114,6 +114,9 @@ def test_parameter_groups_decay_matrices_only():
     assert any(p is named["model.norm.weight"] for p in no_decay["params"])
     # every parameter in exactly one group, the tied embedding once
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    for param in model.parameters():  # LoRA-like: only matrices train, so there is no empty group
+        param.requires_grad_(param.dim() >= 2)
+    assert [group["weight_decay"] for group in parameter_groups(model, 0.1)] == [0.1]
 
 
 def test_token_cross_entropy_skips_ignored_targets():
