@@ -71,7 +71,10 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 PREFLIGHT_ROWS = 50
 # A text with more than this share of control characters (other than tab and line ends) is binary junk.
 _MAX_CONTROL_SHARE = 0.10
-_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Control characters counted on the UTF-8 bytes: C0 controls and DEL are single bytes (deleted by a fast
+# bytes.translate), C1 controls (U+0080-U+009F) are 0xC2 0x80-0x9F.
+_C0_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_C1_CONTROL_RE = re.compile(b"\xc2[\x80-\x9f]")
 # The first bytes of a file tell text from the binary formats people point a glob at by mistake.
 _SNIFF_BYTES = 8192
 _BINARY_SIGNATURES = {
@@ -396,18 +399,18 @@ def text_problem(text: str) -> tuple[str, str] | None:
     and a text of mostly control characters is binary junk that decoded by chance.
     """
     try:
-        text.encode("utf-8")
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError as err:
         return "unencodable", (f"lone surrogate U+{ord(text[err.start]):04X} at character {err.start} cannot be "
                                "stored as UTF-8")
-    nul = text.find("\x00")
-    if nul >= 0:
-        return "binary", f"NUL character at character {nul}"
-    if _CONTROL_RE.search(text):
-        controls = len(_CONTROL_RE.findall(text))
-        if controls > _MAX_CONTROL_SHARE * len(text):
-            return "control_chars", (f"{controls} of {len(text)} characters are control characters "
-                                     f"(> {_MAX_CONTROL_SHARE:.0%})")
+    if b"\x00" in encoded:
+        return "binary", f"NUL character at character {text.index(chr(0))}"
+    controls = len(encoded) - len(encoded.translate(None, _C0_CONTROL_BYTES))
+    if b"\xc2" in encoded:
+        controls += len(_C1_CONTROL_RE.findall(encoded))
+    if controls > _MAX_CONTROL_SHARE * len(text):
+        return "control_chars", (f"{controls} of {len(text)} characters are control characters "
+                                 f"(> {_MAX_CONTROL_SHARE:.0%})")
     return None
 
 
