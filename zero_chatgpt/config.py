@@ -482,7 +482,7 @@ class ResourcesConfig(Section):
         "launcher is deepspeed or zero_stage > 0, else DDP")
     zero_stage: Literal[0, 1, 2, 3] = Field(
         0, description="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also weights "
-        "(the final export consolidates them into an HF checkpoint)")
+        "(the final export consolidates them into an HF checkpoint); ppo runs 0-2")
     launcher_args: list[str] = Field(
         default_factory=list, description="extra arguments passed to the launcher before the entry point")
 
