@@ -23,7 +23,6 @@ from zero_chatgpt.model.ppo.update import UpdateSettings
 from test_ppo import dirs, ppo_config  # noqa: F401 - `dirs` is a fixture: a tiny sft dir and a trained rm
 from zero_chatgpt.config import ResourcesConfig
 
-STEPS = 4
 TWO_DDP_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="ddp")
 TWO_ZERO2_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="deepspeed", zero_stage=2)
 
@@ -135,12 +134,25 @@ def one_rank_run(dirs, tmp_path_factory):  # noqa: F811
     return out
 
 
-def _matching_config():
+def _matching_config(checkpoint_every: int = 100):
     """Rollouts that do not depend on the sampling stream: each rank draws from its own generator, so only
     a top_p that keeps just the likeliest token makes 2 ranks' rollouts those of 1 rank (the rest of the
-    step, whitening and mini-batches included, matches by construction)."""
+    step, whitening and mini-batches included, matches by construction). 3 steps."""
     return ppo_config(top_p=1e-6, optim=dict(lr=3e-3, warmup_steps=0, max_steps=3, min_lr_ratio=1.0,
-                                             weight_decay=0.0, checkpoint_every=100))
+                                             weight_decay=0.0, checkpoint_every=checkpoint_every))
+
+
+def _assert_matches_one_rank(out: Path, one_rank_out: Path) -> None:
+    """The step records' losses and figures, and the exported actor's weights, within 1e-5 of one rank's."""
+    one, two = _records(one_rank_out), _records(out)
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for key in ("policy_loss", "value_loss", "reward", "kl", "response_length", "clip_fraction", "entropy"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-5), key
+    assert one[-1]["policy_loss"] != one[0]["policy_loss"]  # the steps did something to compare
+    expected = AutoModelForCausalLM.from_pretrained(one_rank_out).state_dict()
+    actor = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert expected.keys() == actor.keys()
+    assert max((actor[key] - expected[key]).abs().max().item() for key in expected) < 1e-5
 
 
 def _shadowing_cwd(path: Path) -> Path:
@@ -163,15 +175,7 @@ def test_two_rank_ppo_matches_one_rank(dirs, one_rank_run, tmp_path, monkeypatch
     assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine
     backend = "DeepSpeedBackend" if resources.engine == "deepspeed" else "LocalBackend"  # DDP: LocalBackend
     assert any(f"actor and critic train through {backend} on 2 rank(s)" in line for line in lines)
-    one, two = _records(one_rank_run), _records(out)
-    assert [r["step"] for r in two] == [1, 2, 3]
-    for key in ("policy_loss", "value_loss", "reward", "kl", "response_length", "clip_fraction", "entropy"):
-        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-5), key
-    assert one[-1]["policy_loss"] != one[0]["policy_loss"]  # the steps did something to compare
-    expected = AutoModelForCausalLM.from_pretrained(one_rank_run).state_dict()
-    actor = AutoModelForCausalLM.from_pretrained(out).state_dict()
-    assert expected.keys() == actor.keys()
-    assert max((actor[key] - expected[key]).abs().max().item() for key in expected) < 1e-5
+    _assert_matches_one_rank(out, one_rank_run)
     assert _differs_from_sft(out, dirs["sft"])
 
 
@@ -186,11 +190,12 @@ def _saved_ppo_state(checkpoint_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("resources", [TWO_DDP_RANKS, TWO_ZERO2_RANKS], ids=["ddp", "deepspeed-zero2"])
-def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_launch(dirs, tmp_path,  # noqa: F811
-                                                                                   resources):
+def test_two_rank_ppo_resumes_after_a_cancelled_launch_to_the_uninterrupted_result(dirs, one_rank_run,  # noqa: F811
+                                                                                    tmp_path, resources):
     """torchrun, 2 ranks on the CPU: the first launch is cancelled once the step-2 checkpoint is written
-    (every rank's sampling state gathered into it), the second resumes there and finishes."""
-    cfg = ppo_config()  # 8 prompts per step: 4 per rank; checkpoint every 2 of 4 steps
+    (by the backends: torch files for DDP, ZeRO partitions for DeepSpeed, with every rank's sampling state),
+    the second resumes there and ends where an uninterrupted (1-rank) run ends."""
+    cfg = _matching_config(checkpoint_every=2)  # 8 prompts per step: 4 per rank; a checkpoint after step 2 of 3
     inputs = {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}
     out, checkpoint_dir = tmp_path / "out", tmp_path / "ckpt"
 
@@ -207,14 +212,12 @@ def test_two_rank_ppo_exports_a_trained_actor_and_resumes_after_a_cancelled_laun
     lines: list[str] = []
     metrics = launch_stage("ppo", cfg, inputs, out, 0, "cpu", checkpoint_dir, resources, on_line=lines.append)
     assert any("resuming from step 2" in line for line in lines)
-    assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine and metrics["steps"] == STEPS
+    assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine and metrics["steps"] == 3
     assert metrics["resumed_from"] == 2 and metrics["train_prompts"] + metrics["eval_prompts"] == 40
     assert {"reward_before", "reward_after", "kl", "mean_reward", "mean_kl"} <= metrics.keys()
-    records = _records(out)
-    assert [r["step"] for r in records] == [1, 2, 3, 4]  # rank 0 alone writes, each step once
-    assert records[:2] == saved["history"]
+    assert _records(out)[:2] == saved["history"]  # rank 0 alone writes, each step once
+    _assert_matches_one_rank(out, one_rank_run)
     assert not checkpoint_dir.exists() and (out / "tokenizer.json").is_file()
-    assert _differs_from_sft(out, dirs["sft"])
 
 
 def test_lora_ppo_on_zero2_ranks_exports_a_merged_plain_model(dirs, tmp_path):  # noqa: F811
