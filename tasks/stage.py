@@ -24,7 +24,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
-from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete
+from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete, upstream_key
 from zero_chatgpt.config import PipelineConfig, Section, SourceBase
 from zero_chatgpt.data_process.sources import source_version
 from zero_chatgpt.file_hash import FileHashCache
@@ -60,7 +60,7 @@ class StageSpec:
 
     def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
-        upstream_fps = {name: record["fingerprint"] for name, record in upstream.items()}
+        upstream_fps = {name: upstream_key(record) for name, record in upstream.items()}
         return fingerprint(self.name, self.version, self.config_section(config, root), upstream_fps,
                            int(config["run"]["seed"]))
 

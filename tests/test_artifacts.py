@@ -78,7 +78,11 @@ def test_upstream_lineage_is_recorded(tmp_path):
     up = build_artifact("clean", "1", {}, {}, 0, tmp_path, _body([]))
     down = build_artifact("dedup", "1", {}, {"clean": up.record()}, 0, tmp_path, _body([]))
     assert read_manifest(down.path)["upstream"]["clean"]["fingerprint"] == up.fingerprint
-    other_up = build_artifact("clean", "1", {"changed": True}, {}, 0, tmp_path, _body([]))
+    def other_output(out_dir):
+        (out_dir / "data.txt").write_text("other", encoding="utf-8")
+        return {}
+
+    other_up = build_artifact("clean", "1", {"changed": True}, {}, 0, tmp_path, other_output)
     moved = build_artifact("dedup", "1", {}, {"clean": other_up.record()}, 0, tmp_path, _body([]))
     assert moved.fingerprint != down.fingerprint
 
@@ -222,3 +226,21 @@ def test_a_full_disk_is_named_and_leaves_no_temporary_files(small_disk):
     with pytest.raises(DiskFullError, match=f"disk full at {small_disk}/clean .* bytes free"):
         build_artifact("clean", "1", {}, {}, 0, small_disk, filling)
     assert [p.name for p in (small_disk / "clean").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_downstream_fingerprints_follow_upstream_content_not_its_rebuilds(tmp_path):
+    def writing(text):
+        def body(out_dir):
+            (out_dir / "data.txt").write_text(text, encoding="utf-8")
+            return {}
+        return body
+
+    up = build_artifact("clean", "1", {}, {}, 0, tmp_path, writing("same"))
+    down = build_artifact("dedup", "1", {}, {"clean": up.record()}, 0, tmp_path, writing("x"))
+    rebuilt_same = build_artifact("clean", "1", {}, {}, 0, tmp_path, writing("same"), force=True)
+    again = build_artifact("dedup", "1", {}, {"clean": rebuilt_same.record()}, 0, tmp_path, writing("x"))
+    assert again.fingerprint == down.fingerprint and again.status == "cached"
+    rebuilt_other = build_artifact("clean", "1", {}, {}, 0, tmp_path, writing("other"), force=True)
+    moved = build_artifact("dedup", "1", {}, {"clean": rebuilt_other.record()}, 0, tmp_path, writing("x"))
+    assert moved.fingerprint != down.fingerprint and moved.status == "ran"
+    assert read_manifest(moved.path)["upstream"]["clean"]["content"] == rebuilt_other.content

@@ -34,6 +34,10 @@ def run_cli(root: Path, *extra: str) -> tuple[dict, float]:
     return json.loads((root / "latest.json").read_text(encoding="utf-8")), seconds
 
 
+def clean_docs_out(latest: dict) -> int:
+    return json.loads((Path(latest["clean"]["path"]) / "manifest.json").read_text(encoding="utf-8"))["metrics"]["docs_out"]
+
+
 def statuses(latest: dict) -> dict[str, str]:
     return {stage: entry["status"] for stage, entry in latest.items()}
 
@@ -87,9 +91,21 @@ def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root, monkeypatc
 
 def test_changing_a_clean_rule_reruns_clean_and_everything_after(tiny_root, tmp_path):
     root = copy_root(tiny_root, tmp_path)
-    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "clean.min_length=25")
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "clean.min_length=120")
+    assert clean_docs_out(latest) < clean_docs_out(tiny_root[1])  # the rule drops more documents
     assert set(statuses(latest).values()) == {"ran"}
     assert latest["clean"]["path"] != tiny_root[1]["clean"]["path"]
+
+
+def test_a_config_change_that_leaves_the_output_alike_reruns_only_until_the_output_matches(tiny_root, tmp_path):
+    """Downstream fingerprints follow upstream content: a clean rule that drops nothing more reruns clean, and
+    dedup (whose config section changed nothing but whose input manifest did), then finds equal output."""
+    root = copy_root(tiny_root, tmp_path)
+    latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "clean.min_length=90")
+    assert clean_docs_out(latest) == clean_docs_out(tiny_root[1])
+    stages = statuses(latest)
+    assert stages["clean"] == "ran"
+    assert all(stages[s] == "cached" for s in PIPELINE_STAGES[PIPELINE_STAGES.index("train_tokenizer"):-1]), stages
 
 
 def test_changing_dedup_keeps_clean_cached(tiny_root, tmp_path):

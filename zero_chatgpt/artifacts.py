@@ -137,10 +137,23 @@ class StageResult:
     status: str  # "ran" or "cached"
     seconds: float
     metrics: dict[str, Any]
+    content: str = ""  # digest of the artifact's files (see `content_digest`)
 
     def record(self) -> dict[str, str]:
         """The small record that crosses task boundaries."""
-        return {"stage": self.stage, "path": self.path, "fingerprint": self.fingerprint}
+        return {"stage": self.stage, "path": self.path, "fingerprint": self.fingerprint, "content": self.content}
+
+
+def content_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's file list (names, sizes, hashes): equal for artifacts with equal files."""
+    return hashlib.sha256(canonical_json(manifest.get("files", {})).encode()).hexdigest()
+
+
+def upstream_key(record: dict[str, str]) -> str:
+    """What a downstream fingerprint takes from an upstream artifact: its content digest, so a rebuilt upstream
+    with other output reruns what reads it and one with the same output does not (the fingerprint for
+    records from before content digests existed)."""
+    return record.get("content") or record["fingerprint"]
 
 
 def build_artifact(
@@ -161,7 +174,7 @@ def build_artifact(
     is renamed into place, so an interrupted run never leaves something that looks finished. An existing dir
     that fails `verify` is rebuilt, with the reason logged.
     """
-    upstream_fps = {name: rec["fingerprint"] for name, rec in upstream.items()}
+    upstream_fps = {name: upstream_key(rec) for name, rec in upstream.items()}
     fp = fingerprint(stage, version, config, upstream_fps, seed)
     final = artifact_dir(root, stage, fp)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +183,8 @@ def build_artifact(
         if manifest is not None and manifest.get("fingerprint") == fp and not force:
             problems = artifact_problems(final, manifest, verify)
             if not problems:
-                return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}))
+                return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}),
+                                   content_digest(manifest))
             logger.warning("%s: rebuilding %s: %s", stage, final, "; ".join(problems[:5]))
         return _build(stage, version, config, upstream, seed, fp, final, body)
 
@@ -191,7 +205,7 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
             "fingerprint": fp,
             "config": config,
             "seed": seed,
-            "upstream": {name: {"fingerprint": rec["fingerprint"], "path": rec["path"]}
+            "upstream": {name: {"fingerprint": rec["fingerprint"], "content": rec.get("content"), "path": rec["path"]}
                          for name, rec in upstream.items()},
             "metrics": metrics,
             "timings": {"started_at": started_at, "seconds": seconds},
@@ -208,7 +222,7 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
             raise DiskFullError(f"{stage}: disk full at {final.parent} ({free} bytes free after removing the "
                                 "stage's temporary files); free space or point --root elsewhere") from err
         raise
-    return StageResult(stage, str(final), fp, "ran", seconds, metrics)
+    return StageResult(stage, str(final), fp, "ran", seconds, metrics, content_digest(manifest))
 
 
 class DiskFullError(OSError):
