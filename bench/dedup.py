@@ -20,8 +20,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -121,8 +121,10 @@ def main() -> None:
         scale_docs = len(texts) * copies
         load_before = os.getloadavg()[0]
         if load_before > 0.5:
-            print(f"note: load average {load_before:.2f} before the scaling runs; other work on these cores "
-                  "lowers the 2-process speed-up")
+            print(
+                f"note: load average {load_before:.2f} before the scaling runs; other work on these cores "
+                "lowers the 2-process speed-up"
+            )
         wall_seconds: dict[int, list[float]] = {1: [], 2: []}
         cpu_seconds: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(scale_repeats):  # alternate, so a burst of load elsewhere hits both sides alike
@@ -130,7 +132,8 @@ def main() -> None:
                 run = process_pool_map(workers)
                 cpu_before = all_cpu_seconds()
                 wall_seconds[workers].append(
-                    best_seconds(lambda: run(compute_signatures, jobs), 1, time.perf_counter))
+                    best_seconds(lambda run=run: run(compute_signatures, jobs), 1, time.perf_counter)
+                )
                 cpu_seconds[workers].append(all_cpu_seconds() - cpu_before)
         one_proc_s, two_procs_s = min(wall_seconds[1]), min(wall_seconds[2])
         # CPU seconds spent by the 2-process run (workers plus parent) over the 1-process run: what parallelism
@@ -164,8 +167,10 @@ def main() -> None:
         "num_perm": params.num_perm,
         "data": origin,
     }
-    print(f"\ntargets: vs_naive >= 10 ({result['vs_naive']}), vs_floor <= 1.6 ({result['vs_floor']}), "
-          f"two_procs >= 1.7 ({result['two_procs']})")
+    print(
+        f"\ntargets: vs_naive >= 10 ({result['vs_naive']}), vs_floor <= 1.6 ({result['vs_floor']}), "
+        f"two_procs >= 1.7 ({result['two_procs']})"
+    )
     sys.stdout.flush()
     print(json.dumps(result))
 

@@ -24,6 +24,7 @@ from transformers import LlamaForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zero_chatgpt.config import ModelConfig, PpoConfig  # noqa: E402
 from zero_chatgpt.model.build import build_model, llama_config, resolve_device  # noqa: E402
 from zero_chatgpt.model.generation import sample  # noqa: E402
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience, reward_model_scores  # noqa: E402
@@ -31,7 +32,6 @@ from zero_chatgpt.model.ppo.stage import make_ppo_backends  # noqa: E402
 from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update  # noqa: E402
 from zero_chatgpt.model.training import autocast, autocast_dtype  # noqa: E402
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID  # noqa: E402
-from zero_chatgpt.config import ModelConfig, PpoConfig  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -61,13 +61,24 @@ def time_hf(model, prompts, max_new_tokens, device, dtype) -> tuple[float, int]:
     """(seconds, generated tokens) of one plain `model.generate(do_sample=True)` call on left-padded prompts."""
     width = max(map(len, prompts))
     ids = torch.tensor([[PAD_ID] * (width - len(p)) + p for p in prompts], device=device)
-    mask = (torch.arange(width, device=device)[None, :] >= torch.tensor([width - len(p) for p in prompts],
-                                                                        device=device)[:, None]).long()
+    mask = (
+        torch.arange(width, device=device)[None, :]
+        >= torch.tensor([width - len(p) for p in prompts], device=device)[:, None]
+    ).long()
     _sync(device)
     started = time.perf_counter()
     with torch.no_grad(), autocast(device, dtype):
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=max_new_tokens,
-                             eos_token_id=IM_END_ID, pad_token_id=PAD_ID, top_k=0, top_p=1.0, temperature=1.0)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=IM_END_ID,
+            pad_token_id=PAD_ID,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+        )
     _sync(device)
     seconds = time.perf_counter() - started
     new = out[:, width:]
@@ -107,9 +118,16 @@ def main() -> None:
     prompts = random_prompts(batch, vocab_size, 16, 48, seed=0)
 
     # One PPO step (after one warm-up step), split into generation / scoring / update.
-    rollout_settings = RolloutSettings(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, eos_id=IM_END_ID,
-                                       pad_id=PAD_ID, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda,
-                                       reward_clip=cfg.reward_clip)
+    rollout_settings = RolloutSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        eos_id=IM_END_ID,
+        pad_id=PAD_ID,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        reward_clip=cfg.reward_clip,
+    )
     update_settings = UpdateSettings.from_config(cfg)
     actor_backend, critic_backend = make_ppo_backends(actor, critic, cfg, update_settings, device, parallel=None)
     reward_fn = reward_model_scores(reward_model)
@@ -119,15 +137,20 @@ def main() -> None:
         _sync(device)
         started = time.perf_counter()
         with autocast(device, dtype):
-            experience, generate_seconds = collect_experience(prompts, actor, reference, critic, reward_fn,
-                                                              rollout_settings, cfg.kl_coef, generator)
+            experience, generate_seconds = collect_experience(
+                prompts, actor, reference, critic, reward_fn, rollout_settings, cfg.kl_coef, generator
+            )
         _sync(device)
         scored = time.perf_counter()
         ppo_update(experience, actor_backend, critic_backend, update_settings, device)
         _sync(device)
         done = time.perf_counter()
-        split = {"step_seconds": done - started, "generate_seconds": generate_seconds,
-                 "score_seconds": scored - started - generate_seconds, "update_seconds": done - scored}
+        split = {
+            "step_seconds": done - started,
+            "generate_seconds": generate_seconds,
+            "score_seconds": scored - started - generate_seconds,
+            "update_seconds": done - scored,
+        }
 
     # Rollout generation: ours vs HF generate, interleaved, same prompts, same max_new_tokens, same model.
     ours, hf = [], []

@@ -30,12 +30,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import sentencepiece as spm  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from zero_chatgpt.data_process.shard import shard_corpus  # noqa: E402
-from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts  # noqa: E402
-from zero_chatgpt.tokenizer.files import SP_MODEL_FILE  # noqa: E402
-from zero_chatgpt.tokenizer.train import train_tokenizer  # noqa: E402
 from zero_chatgpt.config import ShardConfig, TrainTokenizerConfig  # noqa: E402
+from zero_chatgpt.data_process.shard import shard_corpus  # noqa: E402
 from zero_chatgpt.parallel import process_pool_map  # noqa: E402
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE  # noqa: E402
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts  # noqa: E402
+from zero_chatgpt.tokenizer.train import train_tokenizer  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -83,15 +83,27 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
         tmp_dir = Path(tmp)
         write_corpus_parts(docs, tmp_dir / "dedup", docs_per_part=2000)
-        train_tokenizer(TrainTokenizerConfig(vocab_size=args.vocab_size, max_sample_chars=2_000_000),
-                        tmp_dir / "dedup", tmp_dir / "tokenizer", seed=0)
+        train_tokenizer(
+            TrainTokenizerConfig(vocab_size=args.vocab_size, max_sample_chars=2_000_000),
+            tmp_dir / "dedup",
+            tmp_dir / "tokenizer",
+            seed=0,
+        )
 
         config = ShardConfig(docs_per_batch=args.docs_per_batch, chars_per_batch=args.chars_per_batch)
         metrics: dict = {}
 
         def run_shard() -> None:
-            metrics.update(shard_corpus(config, tmp_dir / "dedup", tmp_dir / "tokenizer", tmp_dir / "shards",
-                                        seed=0, parallel_map=process_pool_map(args.workers)))
+            metrics.update(
+                shard_corpus(
+                    config,
+                    tmp_dir / "dedup",
+                    tmp_dir / "tokenizer",
+                    tmp_dir / "shards",
+                    seed=0,
+                    parallel_map=process_pool_map(args.workers),
+                )
+            )
 
         hf = AutoTokenizer.from_pretrained(tmp_dir / "tokenizer")
         sp = spm.SentencePieceProcessor(model_file=str(tmp_dir / "tokenizer" / SP_MODEL_FILE))
@@ -123,11 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
         "sp_loop_cpu_s": round(sp_loop_cpu, 3),
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    rows = [(f"shard path (parquet -> .bin, {args.workers} workers)", shard_s, shard_cpu),
-            ("hf AutoTokenizer.encode loop", hf_loop_s, hf_loop_cpu),
-            ("sentencepiece encode loop", sp_loop_s, sp_loop_cpu)]
-    print(f"\n{len(docs)} docs, {result['chars']:,} chars, {tokens:,} tokens ({source}); best of {repeats}; "
-          f"load average {load_before:.2f} on {os.cpu_count()} cores")
+    rows = [
+        (f"shard path (parquet -> .bin, {args.workers} workers)", shard_s, shard_cpu),
+        ("hf AutoTokenizer.encode loop", hf_loop_s, hf_loop_cpu),
+        ("sentencepiece encode loop", sp_loop_s, sp_loop_cpu),
+    ]
+    print(
+        f"\n{len(docs)} docs, {result['chars']:,} chars, {tokens:,} tokens ({source}); best of {repeats}; "
+        f"load average {load_before:.2f} on {os.cpu_count()} cores"
+    )
     print(f"{'path':45s} {'wall s':>8s} {'cpu s':>8s} {'tokens/s':>14s}")
     for name, seconds, cpu in rows:
         print(f"{name:45s} {seconds:8.3f} {cpu:8.3f} {tokens / seconds:14,.0f}")

@@ -46,8 +46,19 @@ FIGURES = (
 def run_seed(root: Path, seed: int, extra: list[str]) -> tuple[dict[str, dict[str, Any]], float]:
     """Run (or reuse) the tiny pipeline at `seed`; returns each stage's manifest metrics and the wall seconds."""
     seed_root = root / f"seed-{seed}"
-    command = [sys.executable, "-m", "zero_chatgpt.cli", "run", "--preset", "tiny", "--root", str(seed_root),
-               "--set", f"run.seed={seed}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "zero_chatgpt.cli",
+        "run",
+        "--preset",
+        "tiny",
+        "--root",
+        str(seed_root),
+        "--set",
+        f"run.seed={seed}",
+        *extra,
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
@@ -81,7 +92,9 @@ def main() -> None:
         print(f"seed {seed}: {seconds:.0f} s", flush=True)
 
     summary: dict[str, dict[str, float]] = {}
-    header = f"{'metric':<44}" + "".join(f"{'seed ' + str(s):>11}" for s in args.seeds) + f"{'mean':>9}{'min':>9}{'max':>9}"
+    header = (
+        f"{'metric':<44}" + "".join(f"{'seed ' + str(s):>11}" for s in args.seeds) + f"{'mean':>9}{'min':>9}{'max':>9}"
+    )
     print(header)
     for stage, key, nested in FIGURES:
         name = f"{stage}.{key}" + (f".{nested}" if nested else "")

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zero_chatgpt.config import ModelConfig, OptimConfig  # noqa: E402
 from zero_chatgpt.model.build import build_model, count_parameters, resolve_device  # noqa: E402
 from zero_chatgpt.model.losses import causal_lm_window_loss  # noqa: E402
 from zero_chatgpt.model.training import train  # noqa: E402
-from zero_chatgpt.config import ModelConfig, OptimConfig  # noqa: E402
 
 
 def plain_loop(model: torch.nn.Module, batches: list[torch.Tensor], lr: float) -> None:
@@ -42,11 +42,11 @@ def plain_loop(model: torch.nn.Module, batches: list[torch.Tensor], lr: float) -
         optimizer.zero_grad(set_to_none=True)
 
 
-def core_loop(model: torch.nn.Module, batches: list[torch.Tensor], optim: OptimConfig, device: torch.device,
-              metrics_path: Path) -> None:
+def core_loop(
+    model: torch.nn.Module, batches: list[torch.Tensor], optim: OptimConfig, device: torch.device, metrics_path: Path
+) -> None:
     """The pipeline's `train` with the stage's loss, writing its metrics file as pretrain does."""
-    train(model, iter(batches), causal_lm_window_loss, optim, device=device, metrics_path=metrics_path,
-          log_every=10**9)
+    train(model, iter(batches), causal_lm_window_loss, optim, device=device, metrics_path=metrics_path, log_every=10**9)
 
 
 def main() -> None:
@@ -70,17 +70,31 @@ def main() -> None:
     # Short runs, many repeats: on a shared machine the median of many short runs is the stable figure.
     steps = args.steps or (4 if args.quick else 20)
     repeats = args.repeats or (7 if args.quick else 9)
-    model_overrides = {key: value for key, value in {
-        "hidden_size": args.hidden_size, "num_layers": args.num_layers, "num_heads": args.num_heads,
-        "max_seq_len": args.max_seq_len}.items() if value is not None}
+    model_overrides = {
+        key: value
+        for key, value in {
+            "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "num_heads": args.num_heads,
+            "max_seq_len": args.max_seq_len,
+        }.items()
+        if value is not None
+    }
     model_cfg = ModelConfig(**model_overrides)
-    optim = OptimConfig(max_steps=steps, warmup_steps=min(2, steps), eval_every=10**9, checkpoint_every=10**9,
-                        **({"batch_size": args.batch_size} if args.batch_size else {}))
+    optim = OptimConfig(
+        max_steps=steps,
+        warmup_steps=min(2, steps),
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        **({"batch_size": args.batch_size} if args.batch_size else {}),
+    )
     device = resolve_device(args.device)
 
     torch.manual_seed(0)
-    batches = [torch.randint(0, args.vocab_size, (optim.batch_size, model_cfg.max_seq_len + 1)).to(device)
-               for _ in range(steps)]
+    batches = [
+        torch.randint(0, args.vocab_size, (optim.batch_size, model_cfg.max_seq_len + 1)).to(device)
+        for _ in range(steps)
+    ]
     tokens_per_run = steps * optim.batch_size * model_cfg.max_seq_len
     model = build_model(model_cfg, args.vocab_size).to(device)
     initial_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -127,8 +141,10 @@ def main() -> None:
     print(f"{'loop':<8}{'median tokens/s':>18}{'runs':>44}")
     for name, rates in (("core", core_rates), ("plain", plain_rates)):
         print(f"{name:<8}{statistics.median(rates):>18.0f}    " + " ".join(f"{r:8.0f}" for r in rates))
-    print(f"core / plain = {result['vs_plain_loop']:.3f} ({result['params']:,} params, {steps} steps x "
-          f"{optim.batch_size} x {model_cfg.max_seq_len} tokens, {torch.get_num_threads()} threads)")
+    print(
+        f"core / plain = {result['vs_plain_loop']:.3f} ({result['params']:,} params, {steps} steps x "
+        f"{optim.batch_size} x {model_cfg.max_seq_len} tokens, {torch.get_num_threads()} threads)"
+    )
     print(json.dumps(result))
 
 

@@ -25,15 +25,17 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.data_process.sources import (
     SourceError,
     describe_source,
@@ -43,17 +45,22 @@ from zero_chatgpt.data_process.sources import (
     read_text_rows,
     reason_kind,
 )
-from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.data_process.text_script import CJK_CHAR_RE, cjk_char_count
 from zero_chatgpt.parallel import ParallelMap, serial_map
 
 logger = logging.getLogger(__name__)
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
-REJECTED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("line", pa.int64()),
-    ("rule", pa.string()), ("reason", pa.string()), ("text", pa.string()),
-])
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("line", pa.int64()),
+        ("rule", pa.string()),
+        ("reason", pa.string()),
+        ("text", pa.string()),
+    ]
+)
 REJECTED_FILE = "rejected.parquet"
 QUARANTINE_RULE = "quarantine"
 _WORK_DIR = "_work"
@@ -254,8 +261,7 @@ class _RejectedWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def add(self, doc_id: str | None, source: str, line: int | None, rule: str, reason: str, text: str) -> None:
-        self.rows.append({"id": doc_id, "source": source, "line": line, "rule": rule, "reason": reason,
-                          "text": text})
+        self.rows.append({"id": doc_id, "source": source, "line": line, "rule": rule, "reason": reason, "text": text})
         self.count += 1
         if len(self.rows) >= _REJECTED_FLUSH_ROWS:
             self.flush()
@@ -333,16 +339,28 @@ def clean_unit(unit: CleanUnit) -> UnitSummary:
         summary.rejected_file = rejected.path.name
     if ids["id"]:
         summary.ids_file = f"{unit.prefix()}_ids.parquet"
-        table = pa.table({"id": pa.array(ids["id"], pa.string()), "line": pa.array(ids["line"], pa.int64()),
-                          "kept": pa.array(ids["kept"], pa.bool_()), "id_hash": pa.array(ids["id_hash"], pa.uint64())})
+        table = pa.table(
+            {
+                "id": pa.array(ids["id"], pa.string()),
+                "line": pa.array(ids["line"], pa.int64()),
+                "kept": pa.array(ids["kept"], pa.bool_()),
+                "id_hash": pa.array(ids["id_hash"], pa.uint64()),
+            }
+        )
         pq.write_table(table, work / summary.ids_file)
-    logger.info("clean: %s %s: %d rows in, %d kept", describe_source(unit.source),
-                ",".join(unit.files) if unit.files else "", summary.docs_in, summary.kept)
+    logger.info(
+        "clean: %s %s: %d rows in, %d kept",
+        describe_source(unit.source),
+        ",".join(unit.files) if unit.files else "",
+        summary.docs_in,
+        summary.kept,
+    )
     return summary
 
 
-def plan_units(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, seed: int,
-               work_dir: Path) -> list[CleanUnit]:
+def plan_units(
+    sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, seed: int, work_dir: Path
+) -> list[CleanUnit]:
     """One unit per file of each local source; demo, hf and `limit` sources are one unit each.
 
     A `limit` caps the good rows of the whole source, so its files must be read in order by one worker.
@@ -366,8 +384,7 @@ def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, d
     Returns {unit index: {kept-row ordinal within the unit: (id, line)}}. The first occurrence wins even
     when a cleaning rule dropped it: an id names one input row.
     """
-    tables = {s.index: pq.read_table(work / s.ids_file, columns=["id_hash", "kept"]) for s in summaries
-              if s.ids_file}
+    tables = {s.index: pq.read_table(work / s.ids_file, columns=["id_hash", "kept"]) for s in summaries if s.ids_file}
     if not tables:
         return {}
     order = [s.index for s in summaries if s.index in tables]
@@ -399,8 +416,9 @@ def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, d
     return duplicates
 
 
-def _remove_duplicates(summary: UnitSummary, duplicates: dict[int, tuple[str, int]], work: Path,
-                       rejected: _RejectedWriter) -> int:
+def _remove_duplicates(
+    summary: UnitSummary, duplicates: dict[int, tuple[str, int]], work: Path, rejected: _RejectedWriter
+) -> int:
     """Rewrite the unit's parts without the duplicate rows, quarantining them; returns how many moved."""
     moved = 0
     part_start = 0  # kept-row ordinal of the part's first row
@@ -412,9 +430,14 @@ def _remove_duplicates(summary: UnitSummary, duplicates: dict[int, tuple[str, in
         table = pq.read_table(work / part["file"])
         for row in in_part:
             doc_id, line = duplicates[first_ordinal + row]
-            rejected.add(doc_id, table.column("source")[row].as_py(), line, QUARANTINE_RULE,
-                         f"duplicate_id: id {doc_id!r} was already used by an earlier row",
-                         table.column("text")[row].as_py())
+            rejected.add(
+                doc_id,
+                table.column("source")[row].as_py(),
+                line,
+                QUARANTINE_RULE,
+                f"duplicate_id: id {doc_id!r} was already used by an earlier row",
+                table.column("text")[row].as_py(),
+            )
         mask = np.ones(table.num_rows, dtype=bool)
         mask[in_part] = False
         table = table.filter(pa.array(mask))
@@ -425,8 +448,14 @@ def _remove_duplicates(summary: UnitSummary, duplicates: dict[int, tuple[str, in
     return moved
 
 
-def clean_corpus(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, out_dir: Path, seed: int,
-                 parallel_map: ParallelMap = serial_map) -> dict[str, Any]:
+def clean_corpus(
+    sources: list[TextSource],
+    demo: DemoCorpusConfig,
+    cfg: CleanConfig,
+    out_dir: Path,
+    seed: int,
+    parallel_map: ParallelMap = serial_map,
+) -> dict[str, Any]:
     """Clean every text source into `out_dir` (see the module docstring for the layout); returns metrics.
 
     Metrics: `docs_in`, `docs_out`, `dropped` ({rule: count}), `quarantined`, `quarantine_reasons`
@@ -477,9 +506,11 @@ def clean_corpus(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanCo
         "shards": shards,
         "units": len(units),
         "sources": [
-            {"source": describe_source(source),
-             "docs_in": sum(s.docs_in for s in summaries if s.source_index == i),
-             "docs_out": sum(s.kept for s in summaries if s.source_index == i)}
+            {
+                "source": describe_source(source),
+                "docs_in": sum(s.docs_in for s in summaries if s.source_index == i),
+                "docs_out": sum(s.kept for s in summaries if s.source_index == i),
+            }
             for i, source in enumerate(sources)
         ],
     }
@@ -488,8 +519,13 @@ def clean_corpus(sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanCo
     assert metrics["docs_in"] == accounted, f"clean lost rows: {metrics['docs_in']} in, {accounted} accounted"
     if metrics["docs_out"] == 0:
         logger.warning("clean: every document was dropped; see %s", out_dir / REJECTED_FILE)
-    logger.info("clean: %d docs in, %d out, dropped %s, quarantined %d", metrics["docs_in"], metrics["docs_out"],
-                {k: v for k, v in dropped.items() if v}, metrics["quarantined"])
+    logger.info(
+        "clean: %d docs in, %d out, dropped %s, quarantined %d",
+        metrics["docs_in"],
+        metrics["docs_out"],
+        {k: v for k, v in dropped.items() if v},
+        metrics["quarantined"],
+    )
     return metrics
 
 

@@ -58,8 +58,9 @@ def normalise_messages(value: Any) -> list[Message]:
                 "(in `role`, or ShareGPT's `from`)"
             )
         if not isinstance(content, str):
-            raise ConversationError(f"turn {index}: content must be a string (`content` or `value`), got "
-                                    f"{_describe(content)}")
+            raise ConversationError(
+                f"turn {index}: content must be a string (`content` or `value`), got {_describe(content)}"
+            )
         messages.append({"role": ROLE_ALIASES[speaker.strip().lower()], "content": content})
     check_turn_order(messages)
     return messages
@@ -74,8 +75,10 @@ def check_turn_order(messages: list[Message]) -> None:
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
             turn = index + 1 + (len(messages) - len(body))
-            raise ConversationError(f"turn {turn}: expected a {expected} turn, got {message['role']}; turns must "
-                                    "alternate user/assistant after an optional first system message")
+            raise ConversationError(
+                f"turn {turn}: expected a {expected} turn, got {message['role']}; turns must "
+                "alternate user/assistant after an optional first system message"
+            )
 
 
 def parse_hh_transcript(text: str) -> list[Message]:
@@ -110,10 +113,14 @@ def hh_preference(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
     chosen_prompt, chosen_reply = split_last_reply(parse_hh_transcript(chosen))
     rejected_prompt, rejected_reply = split_last_reply(parse_hh_transcript(rejected))
     if chosen_prompt != rejected_prompt:
-        turn = next((i for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt), 1) if a != b),
-                    min(len(chosen_prompt), len(rejected_prompt)) + 1)
-        raise ConversationError(f"chosen and rejected transcripts differ at turn {turn}, before their last "
-                                "assistant turn: they do not answer the same conversation")
+        turn = next(
+            (i for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt), 1) if a != b),
+            min(len(chosen_prompt), len(rejected_prompt)) + 1,
+        )
+        raise ConversationError(
+            f"chosen and rejected transcripts differ at turn {turn}, before their last "
+            "assistant turn: they do not answer the same conversation"
+        )
     return chosen_prompt, chosen_reply, rejected_reply
 
 

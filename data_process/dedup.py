@@ -24,8 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from zero_chatgpt.data_process.minhash import MinHashParams, near_duplicate_pairs, resolve_bands_rows, signatures_for_texts
 from zero_chatgpt.config import DedupConfig
+from zero_chatgpt.data_process.minhash import (
+    MinHashParams,
+    near_duplicate_pairs,
+    resolve_bands_rows,
+    signatures_for_texts,
+)
 from zero_chatgpt.parallel import ParallelMap, serial_map
 
 logger = logging.getLogger(__name__)
@@ -299,8 +304,14 @@ def dedup_corpus(
     bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
     shards = input_shards(clean_dir)
     jobs = signature_jobs(shards, params, cfg.docs_per_shard)
-    logger.info("dedup: signing %d shards in %d jobs (num_perm=%d, bands=%d x rows=%d)",
-                len(shards), len(jobs), cfg.num_perm, bands, rows)
+    logger.info(
+        "dedup: signing %d shards in %d jobs (num_perm=%d, bands=%d x rows=%d)",
+        len(shards),
+        len(jobs),
+        cfg.num_perm,
+        bands,
+        rows,
+    )
     corpus = _merge_results(jobs, parallel_map(compute_signatures, jobs), cfg.num_perm)
     clustering = cluster_documents(corpus, cfg.threshold, bands, rows)
 
@@ -334,7 +345,12 @@ def dedup_corpus(
         "hash": "xxh32 per shingle, permutations (a*h+b) mod 2^32 with odd a",
         "output_files": files,
     }
-    logger.info("dedup: %d -> %d docs (%d exact, %d near duplicates in %d clusters)", metrics["docs_in"],
-                metrics["docs_out"], metrics["exact_duplicates"], metrics["near_duplicates"],
-                metrics["duplicate_clusters"])
+    logger.info(
+        "dedup: %d -> %d docs (%d exact, %d near duplicates in %d clusters)",
+        metrics["docs_in"],
+        metrics["docs_out"],
+        metrics["exact_duplicates"],
+        metrics["near_duplicates"],
+        metrics["duplicate_clusters"],
+    )
     return metrics

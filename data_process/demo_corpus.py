@@ -123,8 +123,15 @@ def _template_text(lang: str) -> str:
     parts.extend(words.TOO_SHORT[lang])
     parts.extend(words.SECTION_PAGES[lang])
     column = 0 if lang == "en" else 1
-    pairs = (words.KINDS, words.MAINLAND_LOCATIONS, words.ISLAND_LOCATIONS, words.CLIMATES, words.EXPORTS,
-             words.ANIMALS, words.PRODUCTS)
+    pairs = (
+        words.KINDS,
+        words.MAINLAND_LOCATIONS,
+        words.ISLAND_LOCATIONS,
+        words.CLIMATES,
+        words.EXPORTS,
+        words.ANIMALS,
+        words.PRODUCTS,
+    )
     for table in pairs:
         parts.extend(row[column] for row in table)
     return "\n".join(parts).lower()
@@ -151,8 +158,10 @@ class _NameRegistry:
                 continue
             self.taken.append(folded)
             return candidate
-        raise RuntimeError(f"could not find a fresh {self.lang} name after 1000 tries; the world is too large "
-                           f"for the name generator ({len(self.taken)} names taken)")
+        raise RuntimeError(
+            f"could not find a fresh {self.lang} name after 1000 tries; the world is too large "
+            f"for the name generator ({len(self.taken)} names taken)"
+        )
 
 
 def _en_country(rng: random.Random) -> str:
@@ -227,8 +236,7 @@ def build_demo_world(cfg: DemoCorpusConfig, seed: int) -> DemoWorld:
     names: dict[str, list[dict[str, str]]] = {key: [] for key in makers}
     for _ in range(count):
         for key, (make_en, make_zh) in makers.items():
-            names[key].append({"en": registries["en"].claim(rng, make_en),
-                               "zh": registries["zh"].claim(rng, make_zh)})
+            names[key].append({"en": registries["en"].claim(rng, make_en), "zh": registries["zh"].claim(rng, make_zh)})
     neighbour, direction = _pair_neighbours(count, rng)
 
     entities = []
@@ -248,16 +256,18 @@ def build_demo_world(cfg: DemoCorpusConfig, seed: int) -> DemoWorld:
             "national_animal": {"en": animal[0], "zh": animal[1]},
             "neighbour": dict(names["name"][neighbour[i]]),
         }
-        entities.append(DemoEntity(
-            index=i,
-            name=names["name"][i],
-            kind={"en": kind_en, "zh": kind_zh},
-            facts=facts,
-            location={"en": location[0], "zh": location[1]},
-            climate={"en": climate[0], "zh": climate[1]},
-            neighbour_direction=dict(zip(("en", "zh"), words.DIRECTIONS[direction[i]])),
-            mountain_height_m=rng.randint(900, 4800),
-        ))
+        entities.append(
+            DemoEntity(
+                index=i,
+                name=names["name"][i],
+                kind={"en": kind_en, "zh": kind_zh},
+                facts=facts,
+                location={"en": location[0], "zh": location[1]},
+                climate={"en": climate[0], "zh": climate[1]},
+                neighbour_direction=dict(zip(("en", "zh"), words.DIRECTIONS[direction[i]])),
+                mountain_height_m=rng.randint(900, 4800),
+            )
+        )
 
     # Held out per fact kind, so evaluation asks about every kind of fact.
     heldout: set[tuple[int, str]] = set()
@@ -271,8 +281,9 @@ def build_demo_world(cfg: DemoCorpusConfig, seed: int) -> DemoWorld:
 # ============================================================================================ writing
 
 
-def _fill(template: str, slots: dict[str, str], lang: str, rng: random.Random,
-          drawn: dict[str, list[str]] | None = None) -> str:
+def _fill(
+    template: str, slots: dict[str, str], lang: str, rng: random.Random, drawn: dict[str, list[str]] | None = None
+) -> str:
     """Fill a template from `slots`, drawing missing fields from the language's pools; capitalise English.
 
     `drawn` remembers pool values already used (pass one per page so its sentences do not repeat a value).
@@ -330,8 +341,7 @@ def _draft_page(entity: DemoEntity, page: int, lang: str, seed: int) -> _Draft:
     rng = _rng(seed, "page", lang, entity.index, page)
     focus, fact_keys, groups, (min_filler, max_filler) = words.FOCUSES[page % len(words.FOCUSES)]
     slots = entity.slots(lang)
-    facts = [_Sentence(_fill(rng.choice(words.FACT_SENTENCES[lang][key]), slots, lang, rng), True)
-             for key in fact_keys]
+    facts = [_Sentence(_fill(rng.choice(words.FACT_SENTENCES[lang][key]), slots, lang, rng), True) for key in fact_keys]
     templates = [t for group in groups for t in words.FILLER[lang][group]]
     count = min(rng.randint(min_filler, max_filler), len(templates))
     drawn: dict[str, list[str]] = {}
@@ -415,9 +425,9 @@ def _shingle_jaccard(a: str, b: str, lang: str) -> float:
     def shingle_set(text: str) -> set[Any]:
         if lang == "zh":
             text = " ".join(text.split())
-            return {text[i:i + 5] for i in range(len(text) - 4)}
+            return {text[i : i + 5] for i in range(len(text) - 4)}
         tokens = text.lower().split()
-        return {tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)}
+        return {tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)}
 
     first, second = shingle_set(a), shingle_set(b)
     return len(first & second) / max(1, len(first | second))
@@ -461,7 +471,7 @@ def _edit_swap_word(draft: _Draft, rng: random.Random) -> bool:
             if match:
                 found = match.group(0)
                 swapped = replacement.capitalize() if found[0].isupper() else replacement
-                sentence.text = sentence.text[: match.start()] + swapped + sentence.text[match.end():]
+                sentence.text = sentence.text[: match.start()] + swapped + sentence.text[match.end() :]
                 return True
     return False
 
@@ -503,8 +513,12 @@ def _junk_text(rule: str, entity: DemoEntity, lang: str, seed: int, number: int)
         return _fill(rng.choice(words.TOO_SHORT[lang]), slots, lang, rng)
     if rule == "section_keywords":
         product = rng.choice(words.PRODUCTS)
-        extra = {"person": _person_name(lang, rng), "birth_year": str(rng.randint(1800, 1990)),
-                 "product": product[0] if lang == "en" else product[1], "product_title": product[0].title()}
+        extra = {
+            "person": _person_name(lang, rng),
+            "birth_year": str(rng.randint(1800, 1990)),
+            "product": product[0] if lang == "en" else product[1],
+            "product_title": product[0].title(),
+        }
         return _fill(rng.choice(words.SECTION_PAGES[lang]), {**slots, **extra}, lang, rng)
     if rule == "whitespace":
         # A table flattened by a bad extractor: real content, but more blank than text.
@@ -517,7 +531,7 @@ def _junk_text(rule: str, entity: DemoEntity, lang: str, seed: int, number: int)
             pieces, start = [], 0
             while start < len(text):
                 step = rng.randint(2, 4)
-                pieces.append(text[start:start + step])
+                pieces.append(text[start : start + step])
                 start += step
         out = pieces[0]
         for piece in pieces[1:]:
@@ -552,7 +566,7 @@ def _language_documents(world: DemoWorld, cfg: DemoCorpusConfig, seed: int, lang
     originals = rng.sample(range(len(drafts)), counts["exact_dup"] + counts["near_dup"])
     for i in originals[: counts["exact_dup"]]:
         rows.append({"text": rows[i]["text"], "planted": "exact_dup", "dup_of": i})
-    for i in originals[counts["exact_dup"]:]:
+    for i in originals[counts["exact_dup"] :]:
         rows.append({"text": _near_duplicate(drafts[i], rng).render(), "planted": "near_dup", "dup_of": i})
     for rule in JUNK_LABELS:
         for number in range(counts[rule]):
@@ -586,8 +600,13 @@ def demo_documents(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, Any]]:
     """
     world = build_demo_world(cfg, seed)
     docs = [doc for lang in _languages(cfg) for doc in _language_documents(world, cfg, seed, lang)]
-    log.info("demo corpus: %d documents (%d planted) about %d places in %s",
-             len(docs), sum(d["planted"] is not None for d in docs), len(world.entities), _languages(cfg))
+    log.info(
+        "demo corpus: %d documents (%d planted) about %d places in %s",
+        len(docs),
+        sum(d["planted"] is not None for d in docs),
+        len(world.entities),
+        _languages(cfg),
+    )
     return docs
 
 
@@ -607,13 +626,15 @@ def demo_sft_pairs(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, str]]:
             phrasings = words.QUESTIONS[lang][key]
             questions = rng.sample(phrasings, min(cfg.sft_questions_per_fact, len(phrasings)))
             for n, question in enumerate(questions):
-                pairs.append({
-                    "id": f"demo:sft:{lang}:{entity.index:04d}:{key}:{n}",
-                    "prompt": _fill(question, slots, lang, rng),
-                    "response": _fill(rng.choice(words.ANSWERS[lang][key]), slots, lang, rng),
-                    "answer": entity.fact(key, lang),
-                    "lang": lang,
-                })
+                pairs.append(
+                    {
+                        "id": f"demo:sft:{lang}:{entity.index:04d}:{key}:{n}",
+                        "prompt": _fill(question, slots, lang, rng),
+                        "response": _fill(rng.choice(words.ANSWERS[lang][key]), slots, lang, rng),
+                        "answer": entity.fact(key, lang),
+                        "lang": lang,
+                    }
+                )
     return pairs
 
 
@@ -630,12 +651,14 @@ def demo_eval_questions(cfg: DemoCorpusConfig, seed: int) -> list[dict[str, str]
             if not world.is_heldout(entity.index, key):
                 continue
             rng = _rng(seed, "eval", lang, entity.index, key)
-            questions.append({
-                "id": f"demo:eval:{lang}:{entity.index:04d}:{key}",
-                "prompt": _fill(rng.choice(words.QUESTIONS[lang][key]), entity.slots(lang), lang, rng),
-                "answer": entity.fact(key, lang),
-                "lang": lang,
-            })
+            questions.append(
+                {
+                    "id": f"demo:eval:{lang}:{entity.index:04d}:{key}",
+                    "prompt": _fill(rng.choice(words.QUESTIONS[lang][key]), entity.slots(lang), lang, rng),
+                    "answer": entity.fact(key, lang),
+                    "lang": lang,
+                }
+            )
     return questions
 
 

@@ -14,8 +14,9 @@ estimate) reaches the threshold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from xxhash import xxh32_intdigest
@@ -147,9 +148,7 @@ def minhash_from_hashes(
     return signatures.T.copy()
 
 
-def signatures_for_texts(
-    texts: Sequence[str], params: MinHashParams
-) -> tuple[np.ndarray, np.ndarray]:
+def signatures_for_texts(texts: Sequence[str], params: MinHashParams) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures of a batch of documents.
 
     Returns (signatures uint32 of shape (num_docs, num_perm), char_shingled bool of shape (num_docs,)).
@@ -177,9 +176,7 @@ def _s_curve_areas(
     return np.trapezoid(hit_below, below, axis=1), np.trapezoid(miss_above, above, axis=1)
 
 
-def optimal_bands_rows(
-    threshold: float, num_perm: int, false_positive_weight: float = 0.5
-) -> tuple[int, int]:
+def optimal_bands_rows(threshold: float, num_perm: int, false_positive_weight: float = 0.5) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm minimising the weighted false-positive plus false-negative
     areas of the S-curve around `threshold` (the criterion datasketch's MinHashLSH uses)."""
     pairs = [(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)]
@@ -224,9 +221,7 @@ def band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
     return key
 
 
-def _pairs_in_buckets(
-    order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_bucket: int
-) -> np.ndarray:
+def _pairs_in_buckets(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_bucket: int) -> np.ndarray:
     """All pairs within each bucket of `order[start:start + size]`; buckets larger than `max_bucket` pair each
     member with the bucket's first member only, so one huge bucket cannot produce a quadratic number of pairs."""
     found = []
@@ -272,9 +267,7 @@ def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65
     return estimates
 
 
-def near_duplicate_pairs(
-    signatures: np.ndarray, threshold: float, bands: int, rows: int
-) -> tuple[np.ndarray, int]:
+def near_duplicate_pairs(signatures: np.ndarray, threshold: float, bands: int, rows: int) -> tuple[np.ndarray, int]:
     """Candidate pairs whose estimated Jaccard reaches `threshold`: ((num_pairs, 2) int64, num_candidates)."""
     candidates = candidate_pairs(signatures, bands, rows)
     keep = estimated_jaccard(signatures, candidates) >= threshold

@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 import sentencepiece as spm
 from tqdm import tqdm
 
-from zero_chatgpt.data_process.token_shards import ShardWriter, dtype_for_vocab, write_meta
-from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, hash_key_to_unit, read_checked_table, read_part
-from zero_chatgpt.stage_files import SP_MODEL_FILE
 from zero_chatgpt.config import ShardConfig
+from zero_chatgpt.data_process.token_shards import ShardWriter, dtype_for_vocab, write_meta
 from zero_chatgpt.parallel import ParallelMap, serial_map
+from zero_chatgpt.stage_files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, hash_key_to_unit, read_checked_table, read_part
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ def tokenize_job(job: ShardJob) -> ShardJobResult:
     return ShardJobResult(splits=splits, empty_docs=len(job.texts) - len(keep))
 
 
-def assign_validation(seed: int, doc_ids: list[object], val_fraction: float,
-                      eligible: np.ndarray | None = None) -> np.ndarray:
+def assign_validation(
+    seed: int, doc_ids: list[object], val_fraction: float, eligible: np.ndarray | None = None
+) -> np.ndarray:
     """Which documents go to validation, shape (num_docs,) bool: seeded hash of the id below `val_fraction`."""
     return validation_mask(hash_key_to_unit(doc_hash_keys(seed, doc_ids)), val_fraction, eligible)
 
@@ -133,8 +134,14 @@ def batch_bounds(doc_chars: list[int], docs_per_batch: int, chars_per_batch: int
     return bounds
 
 
-def shard_corpus(cfg: ShardConfig, corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, seed: int,
-                 parallel_map: ParallelMap = serial_map) -> dict:
+def shard_corpus(
+    cfg: ShardConfig,
+    corpus_dir: Path,
+    tokenizer_dir: Path,
+    out_dir: Path,
+    seed: int,
+    parallel_map: ParallelMap = serial_map,
+) -> dict:
     """Tokenise every document of `corpus_dir` into token shards in `out_dir`; returns metrics.
 
     Metrics: `train_tokens`, `val_tokens`, `dtype`, `train_docs`, `val_docs`, `tokens_per_s`, ...
@@ -159,8 +166,14 @@ def shard_corpus(cfg: ShardConfig, corpus_dir: Path, tokenizer_dir: Path, out_di
         part_sizes.append(table.num_rows)
     is_val_all = validation_mask(np.concatenate(units), cfg.val_fraction, eligible=np.concatenate(non_empty))
     is_val_parts = np.split(is_val_all, np.cumsum(part_sizes)[:-1])
-    log.info("sharding %d documents from %d parts: %d val, dtype %s, vocab %d", is_val_all.size, len(parts),
-             int(is_val_all.sum()), dtype.name, vocab_size)
+    log.info(
+        "sharding %d documents from %d parts: %d val, dtype %s, vocab %d",
+        is_val_all.size,
+        len(parts),
+        int(is_val_all.sum()),
+        dtype.name,
+        vocab_size,
+    )
 
     writers = {split: ShardWriter(out_dir, split, dtype, cfg.tokens_per_shard) for split in SPLITS}
     docs = {split: 0 for split in SPLITS}
@@ -193,8 +206,18 @@ def shard_corpus(cfg: ShardConfig, corpus_dir: Path, tokenizer_dir: Path, out_di
         log.warning("%d empty documents skipped (no tokens to write)", empty_docs)
     if docs["val"] == 0:
         log.warning("no validation documents: the corpus has fewer than 2 non-empty documents")
-    meta = write_meta(out_dir, dtype, vocab_size, eos_id, files, train_docs=docs["train"], val_docs=docs["val"],
-                      empty_docs=empty_docs, val_fraction=cfg.val_fraction, seed=seed)
+    meta = write_meta(
+        out_dir,
+        dtype,
+        vocab_size,
+        eos_id,
+        files,
+        train_docs=docs["train"],
+        val_docs=docs["val"],
+        empty_docs=empty_docs,
+        val_fraction=cfg.val_fraction,
+        seed=seed,
+    )
     seconds = time.perf_counter() - started
     total_tokens = meta["train_tokens"] + meta["val_tokens"]
     metrics = {
@@ -225,12 +248,11 @@ def _write_documents(writer: ShardWriter, split_tokens: SplitTokens) -> int:
     first = 0
     while first < lengths.size:
         in_current = writer.files[-1]["tokens"] if writer.files else writer.tokens_per_shard
-        room = writer.tokens_per_shard - in_current if in_current < writer.tokens_per_shard \
-            else writer.tokens_per_shard
+        room = writer.tokens_per_shard - in_current if in_current < writer.tokens_per_shard else writer.tokens_per_shard
         offset = int(ends[first - 1]) if first else 0
         starts = ends[first:] - lengths[first:] - offset
         last = first + max(1, int(np.searchsorted(starts, room, side="left")))
         # The writer checks the id range before narrowing to the shard dtype.
-        writer.write(split_tokens.tokens[offset: int(ends[last - 1])])
+        writer.write(split_tokens.tokens[offset : int(ends[last - 1])])
         first = last
     return int(lengths.size)

@@ -78,11 +78,17 @@ _C1_CONTROL_RE = re.compile(b"\xc2[\x80-\x9f]")
 # The first bytes of a file tell text from the binary formats people point a glob at by mistake.
 _SNIFF_BYTES = 8192
 _BINARY_SIGNATURES = {
-    b"\x7fELF": "an ELF executable or shared library", b"\xcf\xfa\xed\xfe": "a Mach-O executable",
-    b"\x1f\x8b": "gzip-compressed (decompress it first)", b"PK\x03\x04": "a zip archive",
-    b"\xfd7zXZ\x00": "xz-compressed (decompress it first)", b"\x28\xb5\x2f\xfd": "zstd-compressed",
-    b"PAR1": "a parquet file (use kind parquet)", b"%PDF-": "a PDF document", b"\x89PNG": "a PNG image",
-    b"SQLite format 3\x00": "an SQLite database", b"\xff\xfe": "UTF-16 text (convert it to UTF-8)",
+    b"\x7fELF": "an ELF executable or shared library",
+    b"\xcf\xfa\xed\xfe": "a Mach-O executable",
+    b"\x1f\x8b": "gzip-compressed (decompress it first)",
+    b"PK\x03\x04": "a zip archive",
+    b"\xfd7zXZ\x00": "xz-compressed (decompress it first)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PAR1": "a parquet file (use kind parquet)",
+    b"%PDF-": "a PDF document",
+    b"\x89PNG": "a PNG image",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"\xff\xfe": "UTF-16 text (convert it to UTF-8)",
     b"\xfe\xff": "UTF-16 text (convert it to UTF-8)",
 }
 # Content hashes of source files within this process, when no cache file under a run root is given.
@@ -160,20 +166,27 @@ def source_version(source: SourceBase, hash_cache: FileHashCache | None = None) 
     if source.kind == "hf":
         return {}
     cache = hash_cache if hash_cache is not None else _PROCESS_HASHES
-    return {"files": [{"file": _printable(str(path)), "bytes": path.stat().st_size, "xxh3": cache.hash(path)}
-                      for path in expand_source_files(source)]}
+    return {
+        "files": [
+            {"file": _printable(str(path)), "bytes": path.stat().st_size, "xxh3": cache.hash(path)}
+            for path in expand_source_files(source)
+        ]
+    }
 
 
 def check_configured_sources(config: PipelineConfig) -> None:
     """`check_sources` on every source of the run: data.sources, data.sft_sources, data.pref_sources and
     evaluate.qa_sources. All of them, not just those of the stages about to run, so a mistake in the SFT data
     shows up on the first `--until clean` run rather than after pretraining."""
-    check_sources([*config.data.sources, *config.data.sft_sources, *config.data.pref_sources,
-                   *config.evaluate.qa_sources], config.data.demo)
+    check_sources(
+        [*config.data.sources, *config.data.sft_sources, *config.data.pref_sources, *config.evaluate.qa_sources],
+        config.data.demo,
+    )
 
 
-def check_sources(sources: Iterable[SourceBase], demo: DemoCorpusConfig | None = None,
-                  rows_per_file: int = PREFLIGHT_ROWS) -> None:
+def check_sources(
+    sources: Iterable[SourceBase], demo: DemoCorpusConfig | None = None, rows_per_file: int = PREFLIGHT_ROWS
+) -> None:
     """Open every source and read the first `rows_per_file` rows of each of its files: fail fast, before any work.
 
     Raises one `SourceError` for the first problem, naming the source (kind, path), the file, the first bad
@@ -191,13 +204,18 @@ def check_sources(sources: Iterable[SourceBase], demo: DemoCorpusConfig | None =
                 _refuse_binary_file(source, path)
         rows_seen = 0
         for path in files or [None]:
-            sample = list(itertools.islice(
-                read_rows(source, demo, files=[path] if path is not None else None, require_rows=False),
-                rows_per_file))
+            sample = list(
+                itertools.islice(
+                    read_rows(source, demo, files=[path] if path is not None else None, require_rows=False),
+                    rows_per_file,
+                )
+            )
             if sample and all(is_quarantined(row) for row in sample):
                 where = f"file {_printable(str(path))}" if path is not None else "its stream"
-                raise SourceError(f"{describe_source(source)}: none of the first {len(sample)} rows of {where} is "
-                                  f"valid; {_quarantine_summary(sample, source)}")
+                raise SourceError(
+                    f"{describe_source(source)}: none of the first {len(sample)} rows of {where} is "
+                    f"valid; {_quarantine_summary(sample, source)}"
+                )
             rows_seen += len(sample)
             logger.info("%s: %s checked (%d rows sampled)", describe_source(source), path or "stream", len(sample))
         if rows_seen == 0:
@@ -214,8 +232,13 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def read_text_rows(source: TextSource, demo: DemoCorpusConfig | None = None, seed: int = 0,
-                   files: list[Path] | None = None, require_rows: bool = True) -> Iterator[dict[str, Any]]:
+def read_text_rows(
+    source: TextSource,
+    demo: DemoCorpusConfig | None = None,
+    seed: int = 0,
+    files: list[Path] | None = None,
+    require_rows: bool = True,
+) -> Iterator[dict[str, Any]]:
     """Good rows `{"id", "source", "line", "text"}` and quarantined rows of a pretraining text source.
 
     `files` restricts reading to some of the source's files (the clean stage reads one file per worker);
@@ -224,27 +247,43 @@ def read_text_rows(source: TextSource, demo: DemoCorpusConfig | None = None, see
     return read_rows(source, demo, seed, files, require_rows)
 
 
-def read_sft_rows(source: SftSource, demo: DemoCorpusConfig | None = None, seed: int = 0,
-                  files: list[Path] | None = None, require_rows: bool = True) -> Iterator[dict[str, Any]]:
+def read_sft_rows(
+    source: SftSource,
+    demo: DemoCorpusConfig | None = None,
+    seed: int = 0,
+    files: list[Path] | None = None,
+    require_rows: bool = True,
+) -> Iterator[dict[str, Any]]:
     """Good rows `{"id", "source", "line", "prompt", "response"}` and quarantined rows of an SFT source."""
     return read_rows(source, demo, seed, files, require_rows)
 
 
-def read_pref_rows(source: PrefSource, demo: DemoCorpusConfig | None = None, seed: int = 0,
-                   files: list[Path] | None = None, require_rows: bool = True) -> Iterator[dict[str, Any]]:
+def read_pref_rows(
+    source: PrefSource,
+    demo: DemoCorpusConfig | None = None,
+    seed: int = 0,
+    files: list[Path] | None = None,
+    require_rows: bool = True,
+) -> Iterator[dict[str, Any]]:
     """Good rows `{"id", "source", "line", "prompt", "chosen", "rejected"}` and quarantined rows."""
     return read_rows(source, demo, seed, files, require_rows)
 
 
-def read_qa_rows(source: QaSource, demo: DemoCorpusConfig | None = None, seed: int = 0,
-                 files: list[Path] | None = None, require_rows: bool = True) -> Iterator[dict[str, Any]]:
+def read_qa_rows(
+    source: QaSource,
+    demo: DemoCorpusConfig | None = None,
+    seed: int = 0,
+    files: list[Path] | None = None,
+    require_rows: bool = True,
+) -> Iterator[dict[str, Any]]:
     """Good rows `{"id", "source", "line", "question", "answer"[, "lang"]}` and quarantined rows of a QA source;
     kind demo gives the demo world's held-out fact questions (never in its SFT rows)."""
     return read_rows(source, demo, seed, files, require_rows)
 
 
-def read_all_rows(sources: list[SourceBase], demo: DemoCorpusConfig | None = None,
-                  seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_all_rows(
+    sources: list[SourceBase], demo: DemoCorpusConfig | None = None, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(good rows, quarantined rows) of every source, in source order; a repeated id is quarantined."""
     good, quarantined, seen = [], [], set()
     for source in sources:
@@ -252,23 +291,35 @@ def read_all_rows(sources: list[SourceBase], demo: DemoCorpusConfig | None = Non
             if is_quarantined(row):
                 quarantined.append(row)
             elif row["id"] in seen:
-                quarantined.append({"source": row["source"], "line": row["line"],
-                                    "reason": f"duplicate_id: id {row['id']!r} was already read",
-                                    "raw": json.dumps(row, ensure_ascii=False)[:_RAW_MAX_CHARS]})
+                quarantined.append(
+                    {
+                        "source": row["source"],
+                        "line": row["line"],
+                        "reason": f"duplicate_id: id {row['id']!r} was already read",
+                        "raw": json.dumps(row, ensure_ascii=False)[:_RAW_MAX_CHARS],
+                    }
+                )
             else:
                 seen.add(row["id"])
                 good.append(row)
     return good, quarantined
 
 
-def read_rows(source: SourceBase, demo: DemoCorpusConfig | None = None, seed: int = 0,
-              files: list[Path] | None = None, require_rows: bool = True) -> Iterator[dict[str, Any]]:
+def read_rows(
+    source: SourceBase,
+    demo: DemoCorpusConfig | None = None,
+    seed: int = 0,
+    files: list[Path] | None = None,
+    require_rows: bool = True,
+) -> Iterator[dict[str, Any]]:
     """Rows of any source type; configuration errors (no file, bad kind) are raised here, before iteration."""
     if source.kind == "text" and source.id_field:
         raise SourceError(f"{describe_source(source)}: `id_field` needs structured rows; text lines have no fields")
     if source.kind == "demo" and isinstance(source, PrefSource):
-        raise SourceError(f"{describe_source(source)}: there is no demo preference data "
-                          "(build_prefs makes pairs from the SFT model); use a jsonl/parquet/hf source")
+        raise SourceError(
+            f"{describe_source(source)}: there is no demo preference data "
+            "(build_prefs makes pairs from the SFT model); use a jsonl/parquet/hf source"
+        )
     if source.kind == "hf":
         # Opened here, not on first iteration, so an offline run fails where the source is named.
         return _limited(source, _hf_rows(source, _open_hf_stream(source)), require_rows)
@@ -305,16 +356,20 @@ def no_valid_rows_message(source: SourceBase, reasons: Counter, examples: list[d
         return f"{describe_source(source)}: no valid rows: the source holds no rows at all (only blank lines)"
     counts = ", ".join(f"{kind} x{count}" for kind, count in reasons.most_common())
     first = "; ".join(f"{row['source']} line {row['line']}: {row['reason']}" for row in examples)
-    return (f"{describe_source(source)}: no valid rows: all {sum(reasons.values())} rows were quarantined "
-            f"({counts}); first: {first}")
+    return (
+        f"{describe_source(source)}: no valid rows: all {sum(reasons.values())} rows were quarantined "
+        f"({counts}); first: {first}"
+    )
 
 
 def _quarantine_summary(sample: list[dict[str, Any]], source: SourceBase) -> str:
     """Why a sample of quarantined rows failed, with the fields those rows do have and a decoding hint."""
     reasons = Counter(reason_kind(row["reason"]) for row in sample)
     first = sample[0]
-    text = (f"line {first['line']}: {first['reason']}; reasons "
-            f"{', '.join(f'{kind} x{count}' for kind, count in reasons.most_common())}")
+    text = (
+        f"line {first['line']}: {first['reason']}; reasons "
+        f"{', '.join(f'{kind} x{count}' for kind, count in reasons.most_common())}"
+    )
     present: set[str] = set()
     for row in sample:
         try:
@@ -324,8 +379,10 @@ def _quarantine_summary(sample: list[dict[str, Any]], source: SourceBase) -> str
         if isinstance(record, dict):
             present.update(record)
     if present:
-        text += (f"; the source wants fields {sorted(source_fields(source).values())}, the rows have fields "
-                 f"{sorted(present)}")
+        text += (
+            f"; the source wants fields {sorted(source_fields(source).values())}, the rows have fields "
+            f"{sorted(present)}"
+        )
     return text
 
 
@@ -342,8 +399,11 @@ def _encoding_hint(raw: bytes) -> str:
 
 def _files_under(directory: Path) -> list[Path]:
     """Every file under `directory`, recursively, except names (or folders) starting with `.` or `_`."""
-    return [path for path in directory.rglob("*") if path.is_file()
-            and not any(part.startswith((".", "_")) for part in path.relative_to(directory).parts)]
+    return [
+        path
+        for path in directory.rglob("*")
+        if path.is_file() and not any(part.startswith((".", "_")) for part in path.relative_to(directory).parts)
+    ]
 
 
 def _refuse_binary_file(source: SourceBase, path: Path) -> None:
@@ -353,18 +413,22 @@ def _refuse_binary_file(source: SourceBase, path: Path) -> None:
         with open(path, "rb") as handle:
             head = handle.read(_SNIFF_BYTES)
     except OSError as err:
-        raise SourceError(f"{describe_source(source)}: file {_printable(str(path))} cannot be read: "
-                          f"{err.strerror or err}") from None
+        raise SourceError(
+            f"{describe_source(source)}: file {_printable(str(path))} cannot be read: {err.strerror or err}"
+        ) from None
     what = next((name for signature, name in _BINARY_SIGNATURES.items() if head.startswith(signature)), None)
     if what is None and head and head.count(0) > 0.1 * len(head):
         what = f"binary ({head.count(0)} NUL bytes in its first {len(head)} bytes)"
     if what is not None:
-        raise SourceError(f"{describe_source(source)}: file {_printable(str(path))} is not a {source.kind} file: it "
-                          f"looks like {what}; fix the path or glob so it matches only {source.kind} files")
+        raise SourceError(
+            f"{describe_source(source)}: file {_printable(str(path))} is not a {source.kind} file: it "
+            f"looks like {what}; fix the path or glob so it matches only {source.kind} files"
+        )
 
 
-def _raw_rows(source: SourceBase, demo: DemoCorpusConfig | None, seed: int,
-              files: list[Path]) -> Iterator[dict[str, Any]]:
+def _raw_rows(
+    source: SourceBase, demo: DemoCorpusConfig | None, seed: int, files: list[Path]
+) -> Iterator[dict[str, Any]]:
     if source.kind == "demo":
         yield from _demo_rows(source, demo or DemoCorpusConfig(), seed)
     else:
@@ -378,8 +442,7 @@ def _raw_rows(source: SourceBase, demo: DemoCorpusConfig | None, seed: int,
 
 
 def _quarantine(source_name: str, line: int | None, kind: str, detail: str, raw: str) -> dict[str, Any]:
-    return {"source": source_name, "line": line, "reason": f"{kind}: {detail}",
-            "raw": _printable(raw[:_RAW_MAX_CHARS])}
+    return {"source": source_name, "line": line, "reason": f"{kind}: {detail}", "raw": _printable(raw[:_RAW_MAX_CHARS])}
 
 
 def _printable(text: str) -> str:
@@ -401,32 +464,41 @@ def text_problem(text: str) -> tuple[str, str] | None:
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError as err:
-        return "unencodable", (f"lone surrogate U+{ord(text[err.start]):04X} at character {err.start} cannot be "
-                               "stored as UTF-8")
+        return "unencodable", (
+            f"lone surrogate U+{ord(text[err.start]):04X} at character {err.start} cannot be stored as UTF-8"
+        )
     if b"\x00" in encoded:
         return "binary", f"NUL character at character {text.index(chr(0))}"
     controls = len(encoded) - len(encoded.translate(None, _C0_CONTROL_BYTES))
     if b"\xc2" in encoded:
         controls += len(_C1_CONTROL_RE.findall(encoded))
     if controls > _MAX_CONTROL_SHARE * len(text):
-        return "control_chars", (f"{controls} of {len(text)} characters are control characters "
-                                 f"(> {_MAX_CONTROL_SHARE:.0%})")
+        return "control_chars", (
+            f"{controls} of {len(text)} characters are control characters (> {_MAX_CONTROL_SHARE:.0%})"
+        )
     return None
 
 
-def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, source_name: str, line: int,
-                     default_id: str, raw: str) -> dict[str, Any]:
+def _row_from_record(
+    record: Any, fields: dict[str, str], id_field: str | None, source_name: str, line: int, default_id: str, raw: str
+) -> dict[str, Any]:
     """Validate one parsed record: every wanted field (canonical -> input name) a non-empty string, the id usable."""
     if not isinstance(record, dict):
-        return _quarantine(source_name, line, "not_an_object", f"expected a JSON object, got "
-                           f"{type(record).__name__}", raw)
+        return _quarantine(
+            source_name, line, "not_an_object", f"expected a JSON object, got {type(record).__name__}", raw
+        )
     row: dict[str, Any] = {"id": default_id, "source": source_name, "line": line}
     if id_field:
         value = record.get(id_field)
         # bool is an int subclass, but a True/False id is certainly a mistake.
         if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value).strip() == "":
-            return _quarantine(source_name, line, "bad_id", f"id field {id_field!r} is "
-                               f"{_describe_value(value)}; expected a non-empty string or integer", raw)
+            return _quarantine(
+                source_name,
+                line,
+                "bad_id",
+                f"id field {id_field!r} is {_describe_value(value)}; expected a non-empty string or integer",
+                raw,
+            )
         problem = text_problem(str(value))
         if problem is not None:
             return _quarantine(source_name, line, "bad_id", f"id field {id_field!r}: {problem[1]}", raw)
@@ -436,8 +508,7 @@ def _row_from_record(record: Any, fields: dict[str, str], id_field: str | None, 
             return _quarantine(source_name, line, "missing_field", f"no {field!r} field", raw)
         value = record[field]
         if not isinstance(value, str):
-            return _quarantine(source_name, line, "not_a_string", f"field {field!r} is "
-                               f"{_describe_value(value)}", raw)
+            return _quarantine(source_name, line, "not_a_string", f"field {field!r} is {_describe_value(value)}", raw)
         if not value.strip():
             return _quarantine(source_name, line, "empty_field", f"field {field!r} is empty or whitespace", raw)
         problem = text_problem(value)
@@ -473,8 +544,12 @@ def _decode_lines(source: SourceBase, path: Path) -> Iterator[tuple[int, bytes, 
     """
     _refuse_binary_file(source, path)
     size = path.stat().st_size
-    with open(path, "rb") as handle, tqdm(total=size, unit="B", unit_scale=True, desc=path.name,
-                                          disable=size < _PROGRESS_MIN_BYTES, mininterval=5) as progress:
+    with (
+        open(path, "rb") as handle,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc=path.name, disable=size < _PROGRESS_MIN_BYTES, mininterval=5
+        ) as progress,
+    ):
         for number, (raw, length, cut) in enumerate(_bounded_lines(handle, MAX_LINE_BYTES), start=1):
             progress.update(length)
             if cut:
@@ -486,8 +561,12 @@ def _decode_lines(source: SourceBase, path: Path) -> Iterator[tuple[int, bytes, 
             try:
                 yield number, raw, raw.decode("utf-8"), None
             except UnicodeDecodeError as err:
-                yield number, raw, None, ("undecodable", f"not UTF-8 at byte {err.start}: {err.reason}"
-                                                         f"{_encoding_hint(raw)}")
+                yield (
+                    number,
+                    raw,
+                    None,
+                    ("undecodable", f"not UTF-8 at byte {err.start}: {err.reason}{_encoding_hint(raw)}"),
+                )
 
 
 def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
@@ -536,12 +615,18 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
     missing = [column for column in wanted if column not in present]
     if missing:
         # A missing column is a property of the file, not of a row: say so once instead of quarantining all rows.
-        raise SourceError(f"{describe_source(source)}: {name} has no column(s) {missing}; "
-                          f"columns are {sorted(present)}")
+        raise SourceError(
+            f"{describe_source(source)}: {name} has no column(s) {missing}; columns are {sorted(present)}"
+        )
     fields = source_fields(source)
     number = 0
-    with tqdm(total=parquet.metadata.num_rows, unit="rows", desc=path.name, mininterval=5,
-              disable=parquet.metadata.num_rows < 200_000) as progress:
+    with tqdm(
+        total=parquet.metadata.num_rows,
+        unit="rows",
+        desc=path.name,
+        mininterval=5,
+        disable=parquet.metadata.num_rows < 200_000,
+    ) as progress:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(wanted))):
             for record, problem in _batch_records(batch):
                 number += 1
@@ -600,18 +685,25 @@ def _demo_rows(source: SourceBase, demo: DemoCorpusConfig, seed: int) -> Iterato
 def _open_hf_stream(source: SourceBase) -> Iterable[Any]:
     """`datasets.load_dataset(..., streaming=True)`, or a `SourceError` when offline or it fails."""
     label = describe_source(source)
-    offline = [var for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-               if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")]
+    offline = [
+        var
+        for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+    ]
     if offline:
-        raise SourceError(f"{label}: Hugging Face datasets are offline ({offline[0]} is set); download the data "
-                          "and use a local jsonl/parquet source instead")
+        raise SourceError(
+            f"{label}: Hugging Face datasets are offline ({offline[0]} is set); download the data "
+            "and use a local jsonl/parquet source instead"
+        )
     try:
         import datasets
 
         return datasets.load_dataset(source.name, source.subset, split=source.split, streaming=True)
     except Exception as err:  # network, auth, unknown name: all mean this source cannot be read
-        raise SourceError(f"{label}: could not open the dataset (subset={source.subset!r}, "
-                          f"split={source.split!r}): {type(err).__name__}: {err}") from err
+        raise SourceError(
+            f"{label}: could not open the dataset (subset={source.subset!r}, "
+            f"split={source.split!r}): {type(err).__name__}: {err}"
+        ) from err
 
 
 def _hf_rows(source: SourceBase, stream: Iterable[Any]) -> Iterator[dict[str, Any]]:
@@ -625,8 +717,9 @@ def _hf_rows(source: SourceBase, stream: Iterable[Any]) -> Iterator[dict[str, An
         except StopIteration:
             return
         except Exception as err:  # a stream that breaks midway must not look like a short dataset
-            raise SourceError(f"{describe_source(source)}: reading failed after {number} rows: "
-                              f"{type(err).__name__}: {err}") from err
+            raise SourceError(
+                f"{describe_source(source)}: reading failed after {number} rows: {type(err).__name__}: {err}"
+            ) from err
         number += 1
         raw = json.dumps(record, ensure_ascii=False, default=str)
         yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", raw)

@@ -68,8 +68,14 @@ class ShardWriter:
         return self.files
 
 
-def write_meta(out_dir: str | Path, dtype: np.dtype, vocab_size: int, eos_id: int,
-               files: dict[str, list[dict[str, Any]]], **extra: Any) -> dict[str, Any]:
+def write_meta(
+    out_dir: str | Path,
+    dtype: np.dtype,
+    vocab_size: int,
+    eos_id: int,
+    files: dict[str, list[dict[str, Any]]],
+    **extra: Any,
+) -> dict[str, Any]:
     """Write `meta.json` for a shard dir and return it."""
     meta = {
         "dtype": np.dtype(dtype).name,
@@ -107,8 +113,9 @@ class TokenShards:
         self.arrays = [np.memmap(self.dir / e["file"], dtype=self.dtype, mode="r") for e in entries]
         for entry, array in zip(entries, self.arrays):
             if array.size != entry["tokens"]:
-                raise ValueError(f"{self.dir / entry['file']}: {array.size} tokens on disk, meta.json says "
-                                 f"{entry['tokens']}")
+                raise ValueError(
+                    f"{self.dir / entry['file']}: {array.size} tokens on disk, meta.json says {entry['tokens']}"
+                )
         self.offsets = np.cumsum([0] + [a.size for a in self.arrays])
         self.num_tokens = int(self.offsets[-1])
 
@@ -124,8 +131,8 @@ class TokenShards:
         shard = int(np.searchsorted(self.offsets, start, side="right") - 1)
         position = start - int(self.offsets[shard])
         while filled < length:
-            chunk = self.arrays[shard][position: position + (length - filled)]
-            out[filled: filled + chunk.size] = chunk
+            chunk = self.arrays[shard][position : position + (length - filled)]
+            out[filled : filled + chunk.size] = chunk
             filled += chunk.size
             shard += 1
             position = 0

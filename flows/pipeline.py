@@ -15,6 +15,10 @@ from prefect import flow
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
+from zero_chatgpt.artifacts import read_manifest, write_json_atomic
+from zero_chatgpt.config import ConfigError, load_config
+from zero_chatgpt.console import print_stage_row, print_table_header
+from zero_chatgpt.data_process.sources import check_configured_sources
 from zero_chatgpt.tasks.build_prefs import build_prefs_task
 from zero_chatgpt.tasks.clean import clean_task
 from zero_chatgpt.tasks.dedup import dedup_task
@@ -27,14 +31,21 @@ from zero_chatgpt.tasks.shard import shard_task
 from zero_chatgpt.tasks.stage import needs_refresh
 from zero_chatgpt.tasks.train_rm import train_rm_task
 from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
-from zero_chatgpt.artifacts import read_manifest, write_json_atomic
-from zero_chatgpt.config import ConfigError, load_config
-from zero_chatgpt.console import print_stage_row, print_table_header
-from zero_chatgpt.data_process.sources import check_configured_sources
 
 # Stages this flow runs, in order. Later stages join this list as they are built.
-PIPELINE_STAGES = ("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs", "train_rm", "ppo",
-                   "evaluate", "report")
+PIPELINE_STAGES = (
+    "clean",
+    "dedup",
+    "train_tokenizer",
+    "shard",
+    "pretrain",
+    "sft",
+    "build_prefs",
+    "train_rm",
+    "ppo",
+    "evaluate",
+    "report",
+)
 
 
 class PipelineRun:
@@ -57,13 +68,18 @@ class PipelineRun:
         force = name in self.force
         refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
         state = stage_task.with_options(result_storage=self.storage, refresh_cache=refresh)(
-            config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True)
+            config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True
+        )
         record = state.result()  # raises the stage's own error when it failed
         seconds = time.perf_counter() - started
         status = "cached" if state.name == "Cached" else record.get("status", "ran")
         metrics = (read_manifest(record["path"]) or {}).get("metrics", {})
-        self.latest[name] = {"path": record["path"], "status": status, "seconds": round(seconds, 3),
-                             "fingerprint": record["fingerprint"]}
+        self.latest[name] = {
+            "path": record["path"],
+            "status": status,
+            "seconds": round(seconds, 3),
+            "fingerprint": record["fingerprint"],
+        }
         write_json_atomic(self.root / "latest.json", self.latest)
         print_stage_row(name, status, seconds, metrics)
         get_run_logger().info("stage %s %s in %.1fs -> %s", name, status, seconds, record["path"])
@@ -103,8 +119,9 @@ def zero_chatgpt(
     check_configured_sources(typed_config)
     config = typed_config.model_dump(mode="json")
     until_names = _stage_names(until, "until")
-    run = PipelineRun(config, Path(root).resolve(), until_names[0] if until_names else None,
-                      set(_stage_names(force, "force")))
+    run = PipelineRun(
+        config, Path(root).resolve(), until_names[0] if until_names else None, set(_stage_names(force, "force"))
+    )
     print_table_header()
 
     clean = run.stage(clean_task)
@@ -117,9 +134,19 @@ def zero_chatgpt(
     reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
     policy = run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
     evaluation = run.stage(evaluate_task, pretrain=pretrained, sft=tuned, train_rm=reward, ppo=policy)
-    report = run.stage(report_task, clean=clean, dedup=dedup, train_tokenizer=tokenizer, shard=shards,
-                       pretrain=pretrained, sft=tuned, build_prefs=prefs, train_rm=reward, ppo=policy,
-                       evaluate=evaluation)
+    report = run.stage(
+        report_task,
+        clean=clean,
+        dedup=dedup,
+        train_tokenizer=tokenizer,
+        shard=shards,
+        pretrain=pretrained,
+        sft=tuned,
+        build_prefs=prefs,
+        train_rm=reward,
+        ppo=policy,
+        evaluate=evaluation,
+    )
     if report is not None:
         publish_report_task(report["path"], run.latest)
     return run.latest

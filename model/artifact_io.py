@@ -58,8 +58,14 @@ def read_jsonl(path: Path, required_str_keys: Iterable[str] = ()) -> list[dict[s
     return rows
 
 
-def export_trained_model(model: torch.nn.Module, tokenizer, out_dir: Path, checkpoint_dir: Path,
-                         parallel: Parallel | None, is_main_process: bool) -> None:
+def export_trained_model(
+    model: torch.nn.Module,
+    tokenizer,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    parallel: Parallel | None,
+    is_main_process: bool,
+) -> None:
     """Save the final model and tokenizer as a Hugging Face checkpoint, then delete the resume checkpoints.
 
     With a `parallel` backend every rank must call this (ZeRO weights are gathered across ranks); only the

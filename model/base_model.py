@@ -32,15 +32,17 @@ class ResolvedBaseModel:
     files: int
 
 
-def resolve_base_model(name: str, revision: str | None = None, allow_download: bool = False,
-                       hash_cache: FileHashCache | None = None) -> ResolvedBaseModel:
+def resolve_base_model(
+    name: str, revision: str | None = None, allow_download: bool = False, hash_cache: FileHashCache | None = None
+) -> ResolvedBaseModel:
     """A local model directory, or (with `allow_download`) a hub id fetched into the local hub cache."""
     local = Path(name).expanduser()
     if local.is_dir():
         return _local_model(local.resolve(), hash_cache or FileHashCache())
     if local.exists():
-        raise BaseModelError(f"base_model.path {name!r} is a file; give the directory holding config.json, the "
-                             "tokenizer and the weights")
+        raise BaseModelError(
+            f"base_model.path {name!r} is a file; give the directory holding config.json, the tokenizer and the weights"
+        )
     if not allow_download:
         raise BaseModelError(
             f"base_model.path {name!r} is not a local directory. To fetch it from the Hugging Face hub set "
@@ -71,12 +73,17 @@ def _hub_model(name: str, revision: str | None) -> ResolvedBaseModel:
     try:
         path = Path(snapshot_download(name, revision=revision))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise BaseModelError(f"base model {name!r} (revision {revision or 'main'}) could not be fetched from "
-                             f"the hub: {err}") from err
+        raise BaseModelError(
+            f"base model {name!r} (revision {revision or 'main'}) could not be fetched from the hub: {err}"
+        ) from err
     commit = path.name  # snapshots/<commit>
     payload = json.dumps({"hub": name, "commit": commit}, sort_keys=True)
-    return ResolvedBaseModel(path=path, fingerprint=hashlib.sha256(payload.encode()).hexdigest(),
-                             origin=f"hub:{name}@{commit}", files=sum(1 for p in path.rglob("*") if p.is_file()))
+    return ResolvedBaseModel(
+        path=path,
+        fingerprint=hashlib.sha256(payload.encode()).hexdigest(),
+        origin=f"hub:{name}@{commit}",
+        files=sum(1 for p in path.rglob("*") if p.is_file()),
+    )
 
 
 def _hidden(relative: Path) -> bool:

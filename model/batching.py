@@ -18,7 +18,7 @@ import torch
 def hash_fraction(row_id: str, seed: int, purpose: str) -> float:
     """A uniform number in [0, 1) fixed by (seed, purpose, row id): the same row always lands the same way."""
     digest = hashlib.sha256(f"{seed}\x1f{purpose}\x1f{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def seeded_subset(rows: list[dict[str, Any]], limit: int | None, seed: int, purpose: str) -> list[dict[str, Any]]:
@@ -44,8 +44,16 @@ class ShuffledBatches:
     rank's slice and divided by it averages, over ranks, to the weighted mean of the global batch.
     """
 
-    def __init__(self, items: list[Any], batch_size: int, seed: int, collate: Callable[[list[Any]], Any] = list,
-                 rank: int = 0, world_size: int = 1, loss_weight: Callable[[Any], float] | None = None) -> None:
+    def __init__(
+        self,
+        items: list[Any],
+        batch_size: int,
+        seed: int,
+        collate: Callable[[list[Any]], Any] = list,
+        rank: int = 0,
+        world_size: int = 1,
+        loss_weight: Callable[[Any], float] | None = None,
+    ) -> None:
         if not items:
             raise ValueError("ShuffledBatches: no items to draw batches from")
         self.items, self.batch_size, self.seed, self.collate = items, batch_size, seed, collate
@@ -65,13 +73,13 @@ class ShuffledBatches:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation()
             take = min(global_size - len(picked), len(self.items) - self.position)
-            picked.extend(self.items[i] for i in self._order[self.position: self.position + take])
+            picked.extend(self.items[i] for i in self._order[self.position : self.position + take])
             self.position += take
         return picked
 
     def next_batch(self) -> Any:
         picked = self.next_global_items()
-        batch = self.collate(picked[self.rank * self.batch_size: (self.rank + 1) * self.batch_size])
+        batch = self.collate(picked[self.rank * self.batch_size : (self.rank + 1) * self.batch_size])
         if self.loss_weight is not None:
             total = sum(self.loss_weight(item) for item in picked)
             batch["loss_normaliser"] = torch.tensor(total / self.world_size, dtype=torch.float32)

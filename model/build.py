@@ -63,8 +63,13 @@ def build_model(
     """A freshly initialised `LlamaForCausalLM` (fp32 weights; mixed precision is the training loop's job)."""
     config = llama_config(cfg, vocab_size, bos_token_id, eos_token_id, pad_token_id)
     model = LlamaForCausalLM(config)
-    logger.info("built LlamaForCausalLM: %s parameters, %d layers x %d hidden, vocab %d",
-                f"{count_parameters(model):,}", cfg.num_layers, cfg.hidden_size, vocab_size)
+    logger.info(
+        "built LlamaForCausalLM: %s parameters, %d layers x %d hidden, vocab %d",
+        f"{count_parameters(model):,}",
+        cfg.num_layers,
+        cfg.hidden_size,
+        vocab_size,
+    )
     return model
 
 

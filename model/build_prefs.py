@@ -59,8 +59,9 @@ def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: in
     return seeded_subset(rows, max_prompts, seed, "prefs")
 
 
-def generate_answers(model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig, seed: int,
-                     device: torch.device) -> tuple[list[str], dict[str, float]]:
+def generate_answers(
+    model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig, seed: int, device: torch.device
+) -> tuple[list[str], dict[str, float]]:
     """The model's answer to each chat prompt (same order) and generation stats.
 
     Prompts are sorted by length before batching so a batch pads little; the draws come from one seeded
@@ -80,23 +81,35 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig
     answers: list[str] = [""] * len(encoded)
     generated, unfinished, seconds = 0, 0, 0.0
     for start in range(0, len(order), cfg.batch_size):
-        batch = order[start: start + cfg.batch_size]
+        batch = order[start : start + cfg.batch_size]
         started = time.perf_counter()
-        rollout = sample(model, [encoded[i] for i in batch], cfg.max_new_tokens, eos_id=im_end_id, pad_id=pad_id,
-                         temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+        rollout = sample(
+            model,
+            [encoded[i] for i in batch],
+            cfg.max_new_tokens,
+            eos_id=im_end_id,
+            pad_id=pad_id,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator=generator,
+        )
         seconds += time.perf_counter() - started
         generated += int(rollout.response_mask.sum())
         ended = (rollout.responses == im_end_id) & rollout.response_mask
         unfinished += int((~ended.any(dim=1)).sum())
         for index, text in zip(batch, response_texts(tokenizer, rollout)):
             answers[index] = text
-    stats = {"tokens_per_s": generated / seconds if seconds > 0 else 0.0, "generated_tokens": generated,
-             "unfinished": unfinished}
+    stats = {
+        "tokens_per_s": generated / seconds if seconds > 0 else 0.0,
+        "generated_tokens": generated,
+        "unfinished": unfinished,
+    }
     return answers, stats
 
 
-def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
-                    seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_user_pairs(
+    sources: list[PrefSource], demo: DemoCorpusConfig, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(pairs with their file as `source`, quarantined rows) of every user preference source."""
     pairs, quarantined = [], []
     for source in sources:
@@ -104,16 +117,28 @@ def read_user_pairs(sources: list[PrefSource], demo: DemoCorpusConfig,
             if is_quarantined(row):
                 quarantined.append(row)
             else:
-                pairs.append({"id": row["id"], "prompt": row["prompt"], "chosen": row["chosen"],
-                              "rejected": row["rejected"], "source": row["source"]})
+                pairs.append(
+                    {
+                        "id": row["id"],
+                        "prompt": row["prompt"],
+                        "chosen": row["chosen"],
+                        "rejected": row["rejected"],
+                        "source": row["source"],
+                    }
+                )
     return pairs, quarantined
 
 
 def _sampled_pair(row: dict[str, Any], answer: str) -> dict[str, Any]:
     """A pair of the reference and the model's answer; the row's short `answer` rides along when it has one, so
     mining can tell which other references also state it (`states_the_answer`)."""
-    pair = {"id": row["id"], "prompt": row["prompt"], "chosen": row["response"], "rejected": answer,
-            "source": SAMPLED_SOURCE}
+    pair = {
+        "id": row["id"],
+        "prompt": row["prompt"],
+        "chosen": row["response"],
+        "rejected": answer,
+        "source": SAMPLED_SOURCE,
+    }
     if row.get("answer"):
         pair["answer"] = row["answer"]
     return pair
@@ -141,8 +166,13 @@ def _mean_chars(pairs: list[dict[str, Any]], side: str) -> float:
     return sum(len(pair[side]) for pair in pairs) / len(pairs) if pairs else 0.0
 
 
-def mine_negatives(cfg: MinedNegativesConfig, train_pairs: list[dict[str, Any]], heldout_pairs: list[dict[str, Any]],
-                   sft_dir: Path, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def mine_negatives(
+    cfg: MinedNegativesConfig,
+    train_pairs: list[dict[str, Any]],
+    heldout_pairs: list[dict[str, Any]],
+    sft_dir: Path,
+    seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """(mined pairs, counts) for the training side: `cfg.mismatched_per_prompt` look-alike and
     `cfg.same_subject_per_prompt` same-subject negatives per prompt of `train_pairs` (and, with
     `cfg.from_sft_rows`, of the SFT training rows sharing no normalised prompt or reference with `heldout_pairs`).
@@ -155,8 +185,11 @@ def mine_negatives(cfg: MinedNegativesConfig, train_pairs: list[dict[str, Any]],
     references = train_pairs + sft_references
     look_alike = mismatched_pairs(references, cfg.mismatched_per_prompt, seed)
     same_subject = same_subject_pairs(references, cfg.same_subject_per_prompt, seed)
-    counts = {"mismatched_pairs": len(look_alike), "same_subject_pairs": len(same_subject),
-              "sft_references": len(sft_references)}
+    counts = {
+        "mismatched_pairs": len(look_alike),
+        "same_subject_pairs": len(same_subject),
+        "sft_references": len(sft_references),
+    }
     return look_alike + same_subject, counts
 
 
@@ -192,10 +225,14 @@ def build_prefs(
         model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).to(torch_device)
         # Each prompt is asked `samples_per_prompt` times: more pairs for the reward model without more prompts.
         repeated = [row for row in prompt_rows for _ in range(cfg.samples_per_prompt)]
-        answers, stats = generate_answers(model, tokenizer, [row["prompt"] for row in repeated], cfg, seed,
-                                          torch_device)
-        sampled = [_sampled_pair(row, answer) for row, answer in zip(repeated, answers)
-                   if not _right_in_other_words(answer, row)]
+        answers, stats = generate_answers(
+            model, tokenizer, [row["prompt"] for row in repeated], cfg, seed, torch_device
+        )
+        sampled = [
+            _sampled_pair(row, answer)
+            for row, answer in zip(repeated, answers)
+            if not _right_in_other_words(answer, row)
+        ]
     dropped_correct = len(prompt_rows) * cfg.samples_per_prompt - len(sampled)
 
     candidates = sampled + user_pairs
@@ -203,13 +240,17 @@ def build_prefs(
     dropped_identical = len(candidates) - len(pairs)
     pairs, dropped_repeated = _without_repeats(pairs)
     if not pairs:
-        raise ValueError(f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
-                         f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs and {dropped_correct} "
-                         "stating the reference's answer dropped)")
+        raise ValueError(
+            f"build_prefs: no preference pair left ({len(prompt_rows)} prompts sampled, "
+            f"{len(user_pairs)} user pairs, {dropped_identical} identical pairs and {dropped_correct} "
+            "stating the reference's answer dropped)"
+        )
     train_pairs, heldout_pairs = split_pairs(pairs, cfg.val_fraction, seed)
     if not heldout_pairs:
-        raise ValueError(f"build_prefs: all {len(pairs)} pairs are linked by a shared prompt or reference answer; "
-                         "held-out accuracy needs at least two unrelated groups of pairs")
+        raise ValueError(
+            f"build_prefs: all {len(pairs)} pairs are linked by a shared prompt or reference answer; "
+            "held-out accuracy needs at least two unrelated groups of pairs"
+        )
     mined, mined_counts = mine_negatives(cfg.negatives, train_pairs, heldout_pairs, sft_dir, seed)
     write_jsonl(out_dir / TRAIN_PAIRS, train_pairs + mined)
     write_jsonl(out_dir / HELDOUT_PAIRS, heldout_pairs)
@@ -231,9 +272,20 @@ def build_prefs(
         "mean_rejected_chars": _mean_chars(pairs, "rejected"),
         **stats,
     }
-    logger.info("build_prefs: %d pairs (%d sampled, %d user; %d train, %d held out), %d identical and %d stating "
-                "the reference's answer dropped, %d quarantined; mined %d look-alike and %d same-subject negatives; "
-                "%.0f generated tokens/s", metrics["pairs"], sampled_pairs, metrics["user_pairs"], len(train_pairs),
-                len(heldout_pairs), dropped_identical, dropped_correct, len(quarantined),
-                mined_counts["mismatched_pairs"], mined_counts["same_subject_pairs"], metrics["tokens_per_s"])
+    logger.info(
+        "build_prefs: %d pairs (%d sampled, %d user; %d train, %d held out), %d identical and %d stating "
+        "the reference's answer dropped, %d quarantined; mined %d look-alike and %d same-subject negatives; "
+        "%.0f generated tokens/s",
+        metrics["pairs"],
+        sampled_pairs,
+        metrics["user_pairs"],
+        len(train_pairs),
+        len(heldout_pairs),
+        dropped_identical,
+        dropped_correct,
+        len(quarantined),
+        mined_counts["mismatched_pairs"],
+        mined_counts["same_subject_pairs"],
+        metrics["tokens_per_s"],
+    )
     return metrics

@@ -6,8 +6,8 @@ token, so what a user sees here is what PPO and evaluation saw.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -32,8 +32,16 @@ def load_chat_model(model_dir: str | Path, device: str = "auto"):
 class ChatSession:
     """A multi-turn conversation; `reply` streams the assistant's text through `on_text` as it is written."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 128, temperature: float = 0.7, top_p: float = 0.9,
-                 system: str | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_new_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        system: str | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.top_p = temperature, top_p
         self.stop_id = tokenizer.convert_tokens_to_ids(IM_END)
@@ -84,8 +92,17 @@ class ChatSession:
                 on_text(text[shown:])
                 shown = len(text)
 
-        sample(self.model, [self._prompt_ids()], self.max_new_tokens, self.stop_id, self.pad_id,
-               self.temperature, self.top_p, self.generator, on_tokens=stream)
+        sample(
+            self.model,
+            [self._prompt_ids()],
+            self.max_new_tokens,
+            self.stop_id,
+            self.pad_id,
+            self.temperature,
+            self.top_p,
+            self.generator,
+            on_tokens=stream,
+        )
         answer = self.tokenizer.decode(generated, skip_special_tokens=True)
         if on_text is not None and len(answer) > shown:
             on_text(answer[shown:])
@@ -111,8 +128,16 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def generate_replies(model, tokenizer, prompts: Iterable[str], max_new_tokens: int = 128, temperature: float = 0.0,
-                     top_p: float = 1.0, batch_size: int = 16, seed: int = 0) -> list[dict[str, str]]:
+def generate_replies(
+    model,
+    tokenizer,
+    prompts: Iterable[str],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[dict[str, str]]:
     """Single-turn answers for `prompts`, batched; greedy by default so the output is reproducible."""
     prompts = list(prompts)
     stop_id = tokenizer.convert_tokens_to_ids(IM_END)
@@ -120,8 +145,9 @@ def generate_replies(model, tokenizer, prompts: Iterable[str], max_new_tokens: i
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     rows = []
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        rollout = sample(model, chat_prompt_ids(tokenizer, batch), max_new_tokens, stop_id, pad_id, temperature,
-                         top_p, generator)
+        batch = prompts[start : start + batch_size]
+        rollout = sample(
+            model, chat_prompt_ids(tokenizer, batch), max_new_tokens, stop_id, pad_id, temperature, top_p, generator
+        )
         rows += [{"prompt": p, "response": r} for p, r in zip(batch, response_texts(tokenizer, rollout))]
     return rows

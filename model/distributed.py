@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import torch
 
+from zero_chatgpt.config import OptimConfig, ResourcesConfig
 from zero_chatgpt.model.checkpoint import rng_states
 from zero_chatgpt.model.training import LocalBackend, autocast_dtype
-from zero_chatgpt.config import OptimConfig, ResourcesConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ class RankInfo:
 def rank_info_from_env(environ: dict[str, str] | None = None) -> RankInfo:
     """RANK / WORLD_SIZE / LOCAL_RANK as set by torchrun and the deepspeed launcher (defaults: one process)."""
     env = os.environ if environ is None else environ
-    return RankInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
-                    local_rank=int(env.get("LOCAL_RANK", 0)))
+    return RankInfo(
+        rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)), local_rank=int(env.get("LOCAL_RANK", 0))
+    )
 
 
 def needs_launcher(resources: ResourcesConfig) -> bool:
@@ -125,13 +126,16 @@ def per_rank_count(name: str, total: int, world_size: int) -> int:
     """Each rank's share of a batch size `name` that counts items over all ranks; an uneven split is an error
     (rounding down would silently shrink the global batch the config asks for)."""
     if total % world_size:
-        raise ValueError(f"{name} {total} does not split evenly over {world_size} ranks: make it a multiple of "
-                         "resources.ranks x nodes")
+        raise ValueError(
+            f"{name} {total} does not split evenly over {world_size} ranks: make it a multiple of "
+            "resources.ranks x nodes"
+        )
     return total // world_size
 
 
-def mean_over_ranks(values: dict[str, float], world_size: int, device: torch.device | str = "cpu",
-                    weight: float = 1.0) -> dict[str, float]:
+def mean_over_ranks(
+    values: dict[str, float], world_size: int, device: torch.device | str = "cpu", weight: float = 1.0
+) -> dict[str, float]:
     """The `weight`-weighted mean over ranks of each figure in `values`, in one all-reduce; `values` itself
     (as floats) on one rank.
 
@@ -142,8 +146,7 @@ def mean_over_ranks(values: dict[str, float], world_size: int, device: torch.dev
     if world_size == 1:
         return {key: float(value) for key, value in values.items()}
     keys = sorted(values)
-    packed = torch.tensor([weight, *(weight * float(values[key]) for key in keys)], dtype=torch.float64,
-                          device=device)
+    packed = torch.tensor([weight, *(weight * float(values[key]) for key in keys)], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(packed)
     total = float(packed[0])
     return {key: float(packed[1 + i]) / total for i, key in enumerate(keys)}
@@ -207,13 +210,23 @@ class DdpParallel:
         self.rank, self.world_size, self.local_rank = info.rank, info.world_size, info.local_rank
         self.is_main_process = info.is_main_process
 
-    def backend(self, model, optimizer, scheduler, optim: OptimConfig, device: torch.device,
-                dtype: torch.dtype | None) -> LocalBackend:
+    def backend(
+        self, model, optimizer, scheduler, optim: OptimConfig, device: torch.device, dtype: torch.dtype | None
+    ) -> LocalBackend:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        return LocalBackend(model, optimizer, scheduler, optim, device, dtype, wrapped=wrapped,
-                            world_size=self.world_size, is_main_process=self.is_main_process)
+        return LocalBackend(
+            model,
+            optimizer,
+            scheduler,
+            optim,
+            device,
+            dtype,
+            wrapped=wrapped,
+            world_size=self.world_size,
+            is_main_process=self.is_main_process,
+        )
 
     def save_pretrained(self, model: torch.nn.Module, out_dir: Path, checkpoint_dir: Path) -> None:
         """Rank 0 saves the (replicated) model as an HF checkpoint; every rank must call it."""
@@ -237,13 +250,15 @@ class DeepSpeedParallel:
         self.zero_stage = zero_stage
         self.ds_engines: dict[int, Any] = {}  # id(model) -> the engine that trains it
 
-    def backend(self, model, optimizer, scheduler, optim: OptimConfig, device: torch.device,
-                dtype: torch.dtype | None) -> "DeepSpeedBackend":
+    def backend(
+        self, model, optimizer, scheduler, optim: OptimConfig, device: torch.device, dtype: torch.dtype | None
+    ) -> DeepSpeedBackend:
         import deepspeed
 
         config = deepspeed_config(optim, self.zero_stage, self.world_size, str(device))
-        ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                  config=config)
+        ds_engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
         self.ds_engines[id(ds_engine.module)] = ds_engine
         # With bf16/fp16 enabled DeepSpeed holds the model in half precision itself: no autocast on top.
         half = config["bf16"]["enabled"] or config["fp16"]["enabled"]
@@ -360,14 +375,16 @@ def save_hf_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], o
     tied = getattr(fresh, "_tied_weights_keys", None) or ()  # a list or (transformers 5) a dict of keys
     missing = [key for key in missing if key not in tied]
     if missing or unexpected:
-        raise RuntimeError(f"exported weights do not fit {type(model).__name__}: missing {missing}, "
-                           f"unexpected {unexpected}")
+        raise RuntimeError(
+            f"exported weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}"
+        )
     fresh.tie_weights()
     fresh.save_pretrained(out_dir)
 
 
-def zero_checkpoint_to_hf(checkpoint_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-                          tag: str | None = None) -> Path:
+def zero_checkpoint_to_hf(
+    checkpoint_dir: str | Path, model_dir: str | Path, out_dir: str | Path, tag: str | None = None
+) -> Path:
     """Convert a ZeRO checkpoint into an HF checkpoint: the architecture comes from `model_dir` (any HF
     checkpoint of the same config, e.g. a stage's exported output), the weights from the ZeRO partitions.
 
@@ -378,4 +395,3 @@ def zero_checkpoint_to_hf(checkpoint_dir: str | Path, model_dir: str | Path, out
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     save_hf_model(model, zero_checkpoint_state_dict(checkpoint_dir, tag), out_dir)
     return Path(out_dir)
-

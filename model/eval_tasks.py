@@ -43,16 +43,17 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import PreTrainedModel
 
-from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
 from zero_chatgpt.model.artifact_io import iter_jsonl
+from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
 from zero_chatgpt.model.generation import left_pad, positions_from_mask
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, PAD_ID
 
@@ -82,7 +83,7 @@ class TaskSpec(BaseModel):
     score: Literal["sum", "mean"] | None = Field(None, description="overrides evaluate.task_score")
 
     @model_validator(mode="after")
-    def _one_option_source(self) -> "TaskSpec":
+    def _one_option_source(self) -> TaskSpec:
         sources = [self.label_words is not None, self.choices_field is not None, self.options_from_labels]
         if sum(sources) != 1:
             raise ValueError("give exactly one of `label_words`, `choices_field`, `options_from_labels: true`")
@@ -162,9 +163,11 @@ def resolve_spec(path: Path, header: dict[str, Any] | None, rows: list[tuple[int
         task_field = rows[0][1].get("task") if rows else None
         name = path.stem if path.stem in BUILTIN_TASKS else task_field if task_field in BUILTIN_TASKS else None
         if name is None:
-            raise ValueError(f"{path}: no task spec: add {sidecar.name} beside it, or a first line "
-                             f'{{"{SPEC_HEADER_KEY}": {{...}}}}, or name the file after a built-in task '
-                             f"({', '.join(sorted(BUILTIN_TASKS))}); see docs/eval_tasks.md")
+            raise ValueError(
+                f"{path}: no task spec: add {sidecar.name} beside it, or a first line "
+                f'{{"{SPEC_HEADER_KEY}": {{...}}}}, or name the file after a built-in task '
+                f"({', '.join(sorted(BUILTIN_TASKS))}); see docs/eval_tasks.md"
+            )
         raw, where = {"name": name, **BUILTIN_TASKS[name]}, f"built-in spec {name!r}"
     try:
         spec = TaskSpec.model_validate(raw)
@@ -180,8 +183,11 @@ def expand_task_globs(patterns: Sequence[str]) -> list[Path]:
     """The `.jsonl` files matched by `patterns` (sorted, each once); a pattern matching none is an error."""
     found: list[Path] = []
     for pattern in patterns:
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                         if p.endswith(".jsonl") and Path(p).is_file())
+        matches = sorted(
+            Path(p)
+            for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+            if p.endswith(".jsonl") and Path(p).is_file()
+        )
         if not matches:
             raise ValueError(f"evaluate.task_files: {pattern!r} matches no .jsonl file")
         found.extend(m for m in matches if m not in found)
@@ -244,12 +250,16 @@ def render_row(spec: TaskSpec, row: dict[str, Any], options: list[str]) -> tuple
     return context, [option + rest for option in options]
 
 
-def prepare_task(spec: TaskSpec, rows: list[tuple[int, dict[str, Any]]], path: Path, few_shot: int = 0,
-                 max_rows: int | None = None) -> PreparedTask:
+def prepare_task(
+    spec: TaskSpec, rows: list[tuple[int, dict[str, Any]]], path: Path, few_shot: int = 0, max_rows: int | None = None
+) -> PreparedTask:
     """Render every row: the first `few_shot` usable rows become the solved-example prefix, at most
     `max_rows` of the following usable rows are scored. Unusable rows are skipped, counted by reason."""
-    label_options = (sorted({str(row[spec.label_field]) for _, row in rows if spec.label_field in row})
-                     if spec.options_from_labels else [])
+    label_options = (
+        sorted({str(row[spec.label_field]) for _, row in rows if spec.label_field in row})
+        if spec.options_from_labels
+        else []
+    )
     examples: list[str] = []
     items: list[TaskItem] = []
     skipped: Counter = Counter()
@@ -268,8 +278,12 @@ def prepare_task(spec: TaskSpec, rows: list[tuple[int, dict[str, Any]]], path: P
         else:
             items.append(TaskItem(context, continuations, gold))
     if skipped:
-        logger.warning("%s: %d rows skipped (%s)", path, sum(skipped.values()),
-                       "; ".join(f"{reason}: {count}" for reason, count in skipped.most_common()))
+        logger.warning(
+            "%s: %d rows skipped (%s)",
+            path,
+            sum(skipped.values()),
+            "; ".join(f"{reason}: {count}" for reason, count in skipped.most_common()),
+        )
     prefix = "".join(example + spec.example_separator for example in examples)
     return PreparedTask(spec.name or path.stem, path, spec, prefix, items, skipped, len(examples))
 
@@ -296,13 +310,14 @@ def encode_request(tokenizer, context: str, continuation: str, max_len: int) -> 
     if len(context_ids) + len(continuation_ids) > max_len:
         budget = max(max_len - len(context_ids), min(len(continuation_ids), max_len // 2))
         continuation_ids = continuation_ids[:budget]
-        context_ids = context_ids[len(context_ids) - (max_len - len(continuation_ids)):]
+        context_ids = context_ids[len(context_ids) - (max_len - len(continuation_ids)) :]
     return context_ids, continuation_ids
 
 
 @torch.no_grad()
-def continuation_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]],
-                          batch_size: int = 32) -> list[tuple[float, int]]:
+def continuation_logprobs(
+    model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]], batch_size: int = 32
+) -> list[tuple[float, int]]:
     """(sum of log p(continuation token | everything before it), token count) for each (context, continuation).
 
     Requests that share a context (the options of one example, when there are at least
@@ -319,8 +334,9 @@ def continuation_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[
     for index, (context, _) in enumerate(requests):
         groups.setdefault(tuple(context), []).append(index)
     can_share = isinstance(model, PreTrainedModel)
-    single = [i for members in groups.values()
-              if not can_share or len(members) < SHARED_CONTEXT_MIN_OPTIONS for i in members]
+    single = [
+        i for members in groups.values() if not can_share or len(members) < SHARED_CONTEXT_MIN_OPTIONS for i in members
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -331,7 +347,7 @@ def continuation_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[
                 if len(members) < SHARED_CONTEXT_MIN_OPTIONS:
                     continue
                 for start in range(0, len(members), batch_size):
-                    chunk = members[start: start + batch_size]
+                    chunk = members[start : start + batch_size]
                     values = _shared_context_logprobs(model, list(context), [requests[i][1] for i in chunk])
                     for index, value in zip(chunk, values):
                         results[index] = value
@@ -340,8 +356,9 @@ def continuation_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[
     return results
 
 
-def _batched_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]],
-                      batch_size: int) -> list[tuple[float, int]]:
+def _batched_logprobs(
+    model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]], batch_size: int
+) -> list[tuple[float, int]]:
     """Whole sequences, sorted by length and left-padded to (B, L) with position ids from the mask, so every
     row ends in the last column and its continuation (c tokens) fills the last c columns. Only the last
     max(c) + 1 positions are projected onto the vocabulary (`logits_to_keep`)."""
@@ -349,15 +366,20 @@ def _batched_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[int]
     results: list[tuple[float, int]] = [(0.0, 0)] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
     for start in range(0, len(order), batch_size):
-        batch = order[start: start + batch_size]
+        batch = order[start : start + batch_size]
         lengths = torch.tensor([len(requests[i][1]) for i in batch])
         longest = int(lengths.max())
         ids, mask = left_pad([requests[i][0] + requests[i][1] for i in batch], PAD_ID)
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                       use_cache=False, logits_to_keep=longest + 1).logits
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=longest + 1,
+        ).logits
         # Column j of `predicting` predicts token column j of `targets`: the last `longest` tokens.
-        predicting, targets = logits[:, -(longest + 1):-1], ids[:, -longest:]
+        predicting, targets = logits[:, -(longest + 1) : -1], ids[:, -longest:]
         token_logprobs = torch.log_softmax(predicting.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
         # Row r's continuation is its last lengths[r] columns.
         scored = torch.arange(longest)[None, :] >= (longest - lengths)[:, None]
@@ -367,8 +389,9 @@ def _batched_logprobs(model: torch.nn.Module, requests: Sequence[tuple[list[int]
     return results
 
 
-def _shared_context_logprobs(model: PreTrainedModel, context: list[int],
-                             continuations: list[list[int]]) -> list[tuple[float, int]]:
+def _shared_context_logprobs(
+    model: PreTrainedModel, context: list[int], continuations: list[list[int]]
+) -> list[tuple[float, int]]:
     """One context, G continuations: the context runs once (1, Lc) into a KV cache, which is repeated G
     times; the continuations run right-padded (G, Lk) on top of it. The context's last logits predict each
     continuation's first token; continuation position j predicts its token j + 1."""
@@ -383,13 +406,14 @@ def _shared_context_logprobs(model: PreTrainedModel, context: list[int],
     ids = torch.full((len(continuations), width), PAD_ID, dtype=torch.long)
     cont_mask = torch.zeros((len(continuations), width), dtype=torch.long)
     for row, tokens in enumerate(continuations):
-        ids[row, :len(tokens)] = torch.as_tensor(tokens)
-        cont_mask[row, :len(tokens)] = 1
+        ids[row, : len(tokens)] = torch.as_tensor(tokens)
+        cont_mask[row, : len(tokens)] = 1
     ids, cont_mask = ids.to(device), cont_mask.to(device)
     mask = torch.cat([torch.ones((len(continuations), len(context)), dtype=torch.long, device=device), cont_mask], 1)
     positions = (len(context) + torch.arange(width, device=device)).expand(len(continuations), -1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True).logits  # (G, Lk, V)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+    ).logits  # (G, Lk, V)
     rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     rest = (rest * cont_mask[:, 1:]).sum(dim=1)
     totals = first[ids[:, 0]] + rest
@@ -408,8 +432,9 @@ def predict(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def task_accuracy(model: torch.nn.Module, tokenizer, task: PreparedTask, default_score: Literal["sum", "mean"],
-                  batch_size: int = 32) -> float:
+def task_accuracy(
+    model: torch.nn.Module, tokenizer, task: PreparedTask, default_score: Literal["sum", "mean"], batch_size: int = 32
+) -> float:
     """Share of the task's items whose best-scoring option is the gold one (0.0 for no items)."""
     if not task.items:
         return 0.0
@@ -444,6 +469,22 @@ def task_summary(task: PreparedTask, accuracy_by_model: dict[str, float], defaul
     }
 
 
-__all__ = ["TaskSpec", "TaskItem", "PreparedTask", "RowError", "read_task_file", "resolve_spec",
-           "expand_task_globs", "row_options", "render_row", "prepare_task", "load_task", "encode_request",
-           "continuation_logprobs", "option_scores", "predict", "task_accuracy", "task_summary"]
+__all__ = [
+    "TaskSpec",
+    "TaskItem",
+    "PreparedTask",
+    "RowError",
+    "read_task_file",
+    "resolve_spec",
+    "expand_task_globs",
+    "row_options",
+    "render_row",
+    "prepare_task",
+    "load_task",
+    "encode_request",
+    "continuation_logprobs",
+    "option_scores",
+    "predict",
+    "task_accuracy",
+    "task_summary",
+]

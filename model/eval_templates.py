@@ -14,10 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 TNEWS_LABEL_WORDS = {
-    "news_story": "故事", "news_culture": "文化", "news_entertainment": "娱乐", "news_sports": "体育",
-    "news_finance": "财经", "news_house": "房产", "news_car": "汽车", "news_edu": "教育", "news_tech": "科技",
-    "news_military": "军事", "news_travel": "旅游", "news_world": "国际", "news_stock": "股票",
-    "news_agriculture": "农业", "news_game": "电竞",
+    "news_story": "故事",
+    "news_culture": "文化",
+    "news_entertainment": "娱乐",
+    "news_sports": "体育",
+    "news_finance": "财经",
+    "news_house": "房产",
+    "news_car": "汽车",
+    "news_edu": "教育",
+    "news_tech": "科技",
+    "news_military": "军事",
+    "news_travel": "旅游",
+    "news_world": "国际",
+    "news_stock": "股票",
+    "news_agriculture": "农业",
+    "news_game": "电竞",
 }
 
 SAME_MEANING_WORDS = {"0": "不同", "1": "相同"}
@@ -30,27 +41,40 @@ BUILTIN_TASKS: dict[str, dict[str, Any]] = {
     # Paper abstracts, 67 disciplines named in Chinese.
     "csldcp": {"template": "论文摘要：{content}\n学科：{option}", "options_from_labels": True},
     # Product reviews, positive / negative.
-    "eprstmt": {"template": "商品评论：{sentence}\n这是一条{option}。",
-                "label_words": {"Positive": "好评", "Negative": "差评"}},
+    "eprstmt": {
+        "template": "商品评论：{sentence}\n这是一条{option}。",
+        "label_words": {"Positive": "好评", "Negative": "差评"},
+    },
     # Natural language inference: does sentence1 entail sentence2?
-    "ocnli": {"template": "{sentence1}\n问题：“{sentence2}”对吗？\n回答：{option}",
-              "label_words": {"entailment": "对", "neutral": "可能", "contradiction": "错"}},
+    "ocnli": {
+        "template": "{sentence1}\n问题：“{sentence2}”对吗？\n回答：{option}",
+        "label_words": {"entailment": "对", "neutral": "可能", "contradiction": "错"},
+    },
     # Paraphrase pairs (1 = same meaning).
-    "afqmc": {"template": "句子一：{sentence1}\n句子二：{sentence2}\n两句话的意思{option}。",
-              "label_words": SAME_MEANING_WORDS},
-    "bustm": {"template": "句子一：{sentence1}\n句子二：{sentence2}\n两句话的意思{option}。",
-              "label_words": SAME_MEANING_WORDS},
+    "afqmc": {
+        "template": "句子一：{sentence1}\n句子二：{sentence2}\n两句话的意思{option}。",
+        "label_words": SAME_MEANING_WORDS,
+    },
+    "bustm": {
+        "template": "句子一：{sentence1}\n句子二：{sentence2}\n两句话的意思{option}。",
+        "label_words": SAME_MEANING_WORDS,
+    },
     # Winograd-style coreference: does the pronoun span2 refer to span1?
-    "cluewsc": {"template": "{text}\n问题：这里的“{span2_text}”指的是“{span1_text}”吗？"
-                            "\n回答：{option}",
-                "label_words": {"true": "是", "false": "不是"}},
+    "cluewsc": {
+        "template": "{text}\n问题：这里的“{span2_text}”指的是“{span1_text}”吗？\n回答：{option}",
+        "label_words": {"true": "是", "false": "不是"},
+    },
     # Are these keywords the paper's real ones (1) or not (0)?
-    "csl": {"template": "摘要：{abst}\n关键词：{keyword}\n问题：这些都是这篇论文的关键词吗？"
-                        "\n回答：{option}",
-            "label_words": {"1": "是", "0": "不是"}},
+    "csl": {
+        "template": "摘要：{abst}\n关键词：{keyword}\n问题：这些都是这篇论文的关键词吗？\n回答：{option}",
+        "label_words": {"1": "是", "0": "不是"},
+    },
     # Reading comprehension with 2-4 answer choices per question.
-    "c3": {"template": "{context}\n问：{question}\n答：{option}", "choices_field": "choices",
-           "label_field": "label_index"},
+    "c3": {
+        "template": "{context}\n问：{question}\n答：{option}",
+        "choices_field": "choices",
+        "label_field": "label_index",
+    },
     # Idiom cloze: the blank `#idiom#` in the passage is filled with each candidate in turn.
     "chid": {"template": "{content}", "blank": "#idiom#", "choices_field": "candidates"},
 }

@@ -20,20 +20,39 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 # Phrases that open a refusal or a non-answer, in the two languages of the demo world. The list is short and
 # literal on purpose: the figure is a trend line between models, not a classifier.
 REFUSAL_PHRASES: tuple[str, ...] = (
-    "i'm sorry", "i am sorry", "i apologize", "i cannot", "i can't", "i can not", "i am unable", "i'm unable",
-    "i am not able", "i'm not able", "as an ai", "i don't know", "i do not know",
-    "对不起", "抱歉", "我不能", "我无法", "作为一个ai", "作为人工智能", "作为一个人工智能", "我不知道", "无法回答",
+    "i'm sorry",
+    "i am sorry",
+    "i apologize",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i am unable",
+    "i'm unable",
+    "i am not able",
+    "i'm not able",
+    "as an ai",
+    "i don't know",
+    "i do not know",
+    "对不起",
+    "抱歉",
+    "我不能",
+    "我无法",
+    "作为一个ai",
+    "作为人工智能",
+    "作为一个人工智能",
+    "我不知道",
+    "无法回答",
 )
 
 
 def ngrams(tokens: Sequence[Hashable], n: int) -> list[tuple]:
     """The n-grams of one sequence, in order (empty when it is shorter than n)."""
-    return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(sequences: Sequence[Sequence[Hashable]], n: int) -> float:
@@ -85,14 +104,19 @@ def exact_match_rate(replies: Sequence[str], answers: Sequence[str]) -> float:
     return sum(map(contains_answer, replies, answers)) / len(replies) if replies else 0.0
 
 
-def pairwise_outcomes(policy_scores: Sequence[float], baseline_scores: Sequence[float],
-                      identical: Sequence[bool] | None = None, tolerance: float = 1e-6) -> list[float]:
+def pairwise_outcomes(
+    policy_scores: Sequence[float],
+    baseline_scores: Sequence[float],
+    identical: Sequence[bool] | None = None,
+    tolerance: float = 1e-6,
+) -> list[float]:
     """Per prompt: 1.0 if the policy's score beats the baseline's by more than `tolerance`, 0.0 if it loses
     by more, else 0.5 (a tie). A prompt whose two answers are `identical` is a tie whatever the scores say:
     the same text scored in differently padded batches can differ in the last float bits."""
     if len(policy_scores) != len(baseline_scores):
-        raise ValueError(f"pairwise_outcomes: {len(policy_scores)} policy scores for {len(baseline_scores)} "
-                         "baseline scores")
+        raise ValueError(
+            f"pairwise_outcomes: {len(policy_scores)} policy scores for {len(baseline_scores)} baseline scores"
+        )
     identical = identical if identical is not None else [False] * len(policy_scores)
     outcomes = []
     for policy, baseline, same in zip(policy_scores, baseline_scores, identical):
@@ -103,8 +127,12 @@ def pairwise_outcomes(policy_scores: Sequence[float], baseline_scores: Sequence[
     return outcomes
 
 
-def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float],
-             identical: Sequence[bool] | None = None, tolerance: float = 1e-6) -> float:
+def win_rate(
+    policy_scores: Sequence[float],
+    baseline_scores: Sequence[float],
+    identical: Sequence[bool] | None = None,
+    tolerance: float = 1e-6,
+) -> float:
     """Mean of `pairwise_outcomes`: 1.0 the policy always wins, 0.5 even; NaN for no prompts."""
     outcomes = pairwise_outcomes(policy_scores, baseline_scores, identical, tolerance)
     return sum(outcomes) / len(outcomes) if outcomes else float("nan")
@@ -134,6 +162,18 @@ def most_common_answer_share(texts: Sequence[str]) -> float:
     return Counter(text.strip() for text in texts).most_common(1)[0][1] / len(texts)
 
 
-__all__ = ["REFUSAL_PHRASES", "ngrams", "distinct_n", "repeated_ngram_rate", "normalise", "is_refusal",
-           "refusal_rate", "contains_answer", "exact_match_rate", "pairwise_outcomes", "win_rate",
-           "text_statistics", "most_common_answer_share"]
+__all__ = [
+    "REFUSAL_PHRASES",
+    "ngrams",
+    "distinct_n",
+    "repeated_ngram_rate",
+    "normalise",
+    "is_refusal",
+    "refusal_rate",
+    "contains_answer",
+    "exact_match_rate",
+    "pairwise_outcomes",
+    "win_rate",
+    "text_statistics",
+    "most_common_answer_share",
+]

@@ -39,26 +39,27 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 from zero_chatgpt.data_process.sources import read_all_rows
+from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
 from zero_chatgpt.model.eval_tasks import PreparedTask, expand_task_globs, load_task, task_accuracy, task_summary
 from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
 from zero_chatgpt.model.generation import Rollout, chat_prompt_ids, sample
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
-from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
-from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
 from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
-from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ SAMPLES_JSONL = "samples.jsonl"
 SAMPLES_MD = "samples.md"
 JUDGED_JSONL = "judged.jsonl"
 FACTS_JSONL = "facts.jsonl"
-TEXT_METRICS = ("response_tokens", "response_chars", "distinct_1", "distinct_2", "repeated_3gram_rate",
-                "refusal_rate")
+TEXT_METRICS = ("response_tokens", "response_chars", "distinct_1", "distinct_2", "repeated_3gram_rate", "refusal_rate")
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -96,8 +96,17 @@ def fit_prompts(prompts: list[list[int]], context: int | None, max_new_tokens: i
     return [ids[-room:] for ids in prompts]
 
 
-def generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
-             temperature: float, top_p: float, seed: int, batch_size: int) -> Generations:
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    batch_size: int,
+) -> Generations:
     """Batched answers to token-id prompts (sorted by length so batches pad little), from one seeded stream."""
     device = next(model.parameters()).device
     prompts = fit_prompts(prompts, getattr(model.config, "max_position_embeddings", None), max_new_tokens)
@@ -107,11 +116,23 @@ def generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], max_ne
     batches = []
     with autocast(device, autocast_dtype("auto", device)):
         for start in range(0, len(order), batch_size):
-            indices = order[start: start + batch_size]
-            rollout = sample(model, [prompts[i] for i in indices], max_new_tokens, eos_id=eos_id, pad_id=PAD_ID,
-                             temperature=temperature, top_p=top_p, generator=generator)
-            rollout = Rollout(rollout.sequences.cpu(), rollout.attention_mask.cpu(), rollout.prompt_length,
-                              rollout.response_mask.cpu())
+            indices = order[start : start + batch_size]
+            rollout = sample(
+                model,
+                [prompts[i] for i in indices],
+                max_new_tokens,
+                eos_id=eos_id,
+                pad_id=PAD_ID,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+            )
+            rollout = Rollout(
+                rollout.sequences.cpu(),
+                rollout.attention_mask.cpu(),
+                rollout.prompt_length,
+                rollout.response_mask.cpu(),
+            )
             for index, tokens, mask in zip(indices, rollout.responses.tolist(), rollout.response_mask.tolist()):
                 kept = [token for token, keep in zip(tokens, mask) if keep and token != eos_id]
                 token_ids[index] = kept
@@ -127,8 +148,15 @@ def plain_prompt_ids(tokenizer, questions: Sequence[str], template: str) -> list
 
 
 @torch.no_grad()
-def kl_to_reference(model: torch.nn.Module, reference: torch.nn.Module, prompts: list[list[int]],
-                    max_new_tokens: int, temperature: float, seed: int, batch_size: int) -> float:
+def kl_to_reference(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+) -> float:
     """Mean over prompts of sum_t [log p_model(y_t) - log p_ref(y_t)] on answers y sampled from `model`.
 
     Both distributions are taken at `temperature`, the one the answers were drawn at. 0.0 when `model` is
@@ -144,12 +172,24 @@ def kl_to_reference(model: torch.nn.Module, reference: torch.nn.Module, prompts:
     reference.eval()
     with autocast(device, autocast_dtype("auto", device)):
         for start in range(0, len(prompts), batch_size):
-            drawn = sample(model, prompts[start: start + batch_size], max_new_tokens, eos_id=IM_END_ID,
-                           pad_id=PAD_ID, temperature=temperature, generator=generator)
+            drawn = sample(
+                model,
+                prompts[start : start + batch_size],
+                max_new_tokens,
+                eos_id=IM_END_ID,
+                pad_id=PAD_ID,
+                temperature=temperature,
+                generator=generator,
+            )
             mask = drawn.response_mask.float()
-            logprobs = [token_logprobs(response_logits(m, drawn.sequences, drawn.attention_mask,
-                                                       drawn.prompt_length), drawn.responses, temperature)
-                        for m in (model, reference)]
+            logprobs = [
+                token_logprobs(
+                    response_logits(m, drawn.sequences, drawn.attention_mask, drawn.prompt_length),
+                    drawn.responses,
+                    temperature,
+                )
+                for m in (model, reference)
+            ]
             per_sequence.append(((logprobs[0] - logprobs[1]) * mask).sum(dim=1).float().cpu())
     return float(torch.cat(per_sequence).mean())
 
@@ -195,8 +235,11 @@ def find_judge(judge_model: str | None, rm_dir: Path) -> Path | None:
         return path
     path = independent_judge_dir(rm_dir)
     if not path.is_dir():
-        logger.warning("evaluate: %s has no independent judge (train_rm.independent_judge was off) and "
-                       "evaluate.judge_model is not set: win_rate_vs_sft_independent is None", rm_dir)
+        logger.warning(
+            "evaluate: %s has no independent judge (train_rm.independent_judge was off) and "
+            "evaluate.judge_model is not set: win_rate_vs_sft_independent is None",
+            rm_dir,
+        )
         return None
     return path
 
@@ -211,11 +254,15 @@ def _cell(text: str) -> str:
 
 def samples_markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table: prompt, reference, then each model's answer."""
-    lines = ["# Sample generations", "",
-             "Greedy answers. SFT and PPO are prompted with the chat template; the pretrained model in plain "
-             "text (see `evaluate.pretrain_prompt_template`).", "",
-             "| kind | prompt | reference | " + " | ".join(MODELS) + " |",
-             "|---|---|---|" + "---|" * len(MODELS)]
+    lines = [
+        "# Sample generations",
+        "",
+        "Greedy answers. SFT and PPO are prompted with the chat template; the pretrained model in plain "
+        "text (see `evaluate.pretrain_prompt_template`).",
+        "",
+        "| kind | prompt | reference | " + " | ".join(MODELS) + " |",
+        "|---|---|---|" + "---|" * len(MODELS),
+    ]
     for row in rows:
         answers = " | ".join(_cell(row["answers"].get(name, "")) for name in MODELS)
         lines.append(f"| {row['kind']} | {_cell(row['prompt'])} | {_cell(row.get('reference') or '')} | {answers} |")
@@ -269,26 +316,49 @@ def evaluate(
     judge_dir = find_judge(cfg.judge_model, rm_dir)
     qa_rows, bad_qa_rows = read_all_rows(cfg.qa_sources, demo, seed)
     if bad_qa_rows:
-        logger.warning("evaluate: %d qa_sources rows quarantined and not asked; first: %s line %s: %s",
-                       len(bad_qa_rows), bad_qa_rows[0]["source"], bad_qa_rows[0]["line"], bad_qa_rows[0]["reason"])
+        logger.warning(
+            "evaluate: %d qa_sources rows quarantined and not asked; first: %s line %s: %s",
+            len(bad_qa_rows),
+            bad_qa_rows[0]["source"],
+            bad_qa_rows[0]["line"],
+            bad_qa_rows[0]["reason"],
+        )
     questions = seeded_subset(qa_rows, cfg.max_questions, seed, "evaluate")
-    tasks: list[PreparedTask] = [load_task(path, cfg.few_shot, cfg.max_task_rows)
-                                 for path in expand_task_globs(cfg.task_files)]
+    tasks: list[PreparedTask] = [
+        load_task(path, cfg.few_shot, cfg.max_task_rows) for path in expand_task_globs(cfg.task_files)
+    ]
     tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
     chat_ids = chat_prompt_ids(tokenizer, [row["prompt"] for row in prompt_rows])
     question_chat_ids = chat_prompt_ids(tokenizer, [q["question"] for q in questions]) if questions else []
-    question_plain_ids = (plain_prompt_ids(tokenizer, [q["question"] for q in questions],
-                                           cfg.pretrain_prompt_template) if questions else [])
-    sample_rows = ([{"kind": "fixed", "prompt": p, "reference": None} for p in cfg.sample_prompts]
-                   + [{"kind": "held-out", "prompt": r["prompt"], "reference": r.get("response")}
-                      for r in prompt_rows[: cfg.num_samples]]
-                   + [{"kind": f"fact ({q['lang']})" if "lang" in q else "fact", "prompt": q["question"],
-                       "reference": q["answer"]}
-                      for q in questions[: cfg.num_samples]])
+    question_plain_ids = (
+        plain_prompt_ids(tokenizer, [q["question"] for q in questions], cfg.pretrain_prompt_template)
+        if questions
+        else []
+    )
+    sample_rows = (
+        [{"kind": "fixed", "prompt": p, "reference": None} for p in cfg.sample_prompts]
+        + [
+            {"kind": "held-out", "prompt": r["prompt"], "reference": r.get("response")}
+            for r in prompt_rows[: cfg.num_samples]
+        ]
+        + [
+            {
+                "kind": f"fact ({q['lang']})" if "lang" in q else "fact",
+                "prompt": q["question"],
+                "reference": q["answer"],
+            }
+            for q in questions[: cfg.num_samples]
+        ]
+    )
     for row in sample_rows:
         row["answers"] = {}
-    logger.info("evaluate: %d held-out prompts, %d fact questions, %d task files, %d sample prompts",
-                len(prompt_rows), len(questions), len(tasks), len(sample_rows))
+    logger.info(
+        "evaluate: %d held-out prompts, %d fact questions, %d task files, %d sample prompts",
+        len(prompt_rows),
+        len(questions),
+        len(tasks),
+        len(sample_rows),
+    )
 
     judged: dict[str, Generations] = {}
     stats: dict[str, dict[str, float]] = {}
@@ -299,34 +369,62 @@ def evaluate(
     # SFT first: it is the KL reference and stays loaded; the others are loaded one at a time.
     for name in ("sft", "pretrain", "ppo"):
         model = reference if name == "sft" else _load_causal_lm(dirs[name], torch_device)
-        judged[name] = generate(model, tokenizer, chat_ids, cfg.max_new_tokens, IM_END_ID, cfg.temperature,
-                                cfg.top_p, seed, cfg.batch_size)
+        judged[name] = generate(
+            model, tokenizer, chat_ids, cfg.max_new_tokens, IM_END_ID, cfg.temperature, cfg.top_p, seed, cfg.batch_size
+        )
         stats[name] = text_statistics(judged[name].texts, judged[name].token_ids)
-        kl[name] = kl_to_reference(model, reference, chat_ids, cfg.max_new_tokens, cfg.kl_temperature, seed + 1,
-                                   cfg.batch_size)
+        kl[name] = kl_to_reference(
+            model, reference, chat_ids, cfg.max_new_tokens, cfg.kl_temperature, seed + 1, cfg.batch_size
+        )
         # The pretrained model is asked in plain text and stops at <|endoftext|>; the chat models at <|im_end|>.
         plain = name == "pretrain"
         if questions:
-            fact_replies[name] = generate(model, tokenizer, question_plain_ids if plain else question_chat_ids,
-                                          cfg.max_new_tokens, ENDOFTEXT_ID if plain else IM_END_ID, 0.0, 1.0, seed,
-                                          cfg.batch_size).texts
+            fact_replies[name] = generate(
+                model,
+                tokenizer,
+                question_plain_ids if plain else question_chat_ids,
+                cfg.max_new_tokens,
+                ENDOFTEXT_ID if plain else IM_END_ID,
+                0.0,
+                1.0,
+                seed,
+                cfg.batch_size,
+            ).texts
         else:
             fact_replies[name] = []
         if sample_rows:
             texts = [row["prompt"] for row in sample_rows]
-            ids = plain_prompt_ids(tokenizer, texts, cfg.pretrain_prompt_template) if plain else \
-                chat_prompt_ids(tokenizer, texts)
-            answers = generate(model, tokenizer, ids, cfg.max_new_tokens, ENDOFTEXT_ID if plain else IM_END_ID,
-                               0.0, 1.0, seed, cfg.batch_size).texts
+            ids = (
+                plain_prompt_ids(tokenizer, texts, cfg.pretrain_prompt_template)
+                if plain
+                else chat_prompt_ids(tokenizer, texts)
+            )
+            answers = generate(
+                model,
+                tokenizer,
+                ids,
+                cfg.max_new_tokens,
+                ENDOFTEXT_ID if plain else IM_END_ID,
+                0.0,
+                1.0,
+                seed,
+                cfg.batch_size,
+            ).texts
             for row, answer in zip(sample_rows, answers):
                 row["answers"][name] = answer
         if name in cfg.task_models:
             with torch.no_grad(), autocast(torch_device, autocast_dtype("auto", torch_device)):
                 for task in tasks:
-                    task_accuracies[task.name][name] = task_accuracy(model, tokenizer, task, cfg.task_score,
-                                                                     cfg.batch_size)
-        logger.info("evaluate %s: %.1f tokens per answer, KL to SFT %.3f, distinct-2 %.3f", name,
-                    stats[name]["response_tokens"], kl[name], stats[name]["distinct_2"])
+                    task_accuracies[task.name][name] = task_accuracy(
+                        model, tokenizer, task, cfg.task_score, cfg.batch_size
+                    )
+        logger.info(
+            "evaluate %s: %.1f tokens per answer, KL to SFT %.3f, distinct-2 %.3f",
+            name,
+            stats[name]["response_tokens"],
+            kl[name],
+            stats[name]["distinct_2"],
+        )
         if model is not reference:
             del model
     del reference
@@ -342,8 +440,11 @@ def evaluate(
 
     identical = [a == b for a, b in zip(judged["ppo"].token_ids, judged["sft"].token_ids)]
     outcomes = pairwise_outcomes(rewards["ppo"], rewards["sft"], identical)
-    outcomes_independent = (pairwise_outcomes(independent_rewards["ppo"], independent_rewards["sft"], identical)
-                            if independent_rewards is not None else None)
+    outcomes_independent = (
+        pairwise_outcomes(independent_rewards["ppo"], independent_rewards["sft"], identical)
+        if independent_rewards is not None
+        else None
+    )
 
     languages = sorted({q["lang"] for q in questions if "lang" in q})
     answers = [q["answer"] for q in questions]
@@ -353,22 +454,42 @@ def evaluate(
         "ties_vs_sft": sum(outcome == 0.5 for outcome in outcomes),
         "identical_answers_vs_sft": sum(identical),
         "reward": {name: _mean(rewards[name]) for name in MODELS},
-        "reward_independent": ({name: _mean(independent_rewards[name]) for name in MODELS}
-                               if independent_rewards is not None else None),
+        "reward_independent": (
+            {name: _mean(independent_rewards[name]) for name in MODELS} if independent_rewards is not None else None
+        ),
         "kl_to_sft": kl,
         **{key: {name: stats[name][key] for name in MODELS} for key in TEXT_METRICS},
         # Without qa_sources the metric is absent, not zero.
-        **({"exact_match": {name: exact_match_rate(fact_replies[name], answers) for name in MODELS}} if questions
-           else {}),
-        **({"exact_match_by_lang": {
-            lang: {name: exact_match_rate([r for r, q in zip(fact_replies[name], questions) if q.get("lang") == lang],
-                                          [q["answer"] for q in questions if q.get("lang") == lang])
-                   for name in MODELS}
-            for lang in languages}} if languages else {}),
+        **(
+            {"exact_match": {name: exact_match_rate(fact_replies[name], answers) for name in MODELS}}
+            if questions
+            else {}
+        ),
+        **(
+            {
+                "exact_match_by_lang": {
+                    lang: {
+                        name: exact_match_rate(
+                            [r for r, q in zip(fact_replies[name], questions) if q.get("lang") == lang],
+                            [q["answer"] for q in questions if q.get("lang") == lang],
+                        )
+                        for name in MODELS
+                    }
+                    for lang in languages
+                }
+            }
+            if languages
+            else {}
+        ),
         # Ordered as task_models, so `accuracy` is the first listed model's (models ran in another order).
-        "tasks": {task.name: task_summary(task, {model_name: task_accuracies[task.name][model_name]
-                                                 for model_name in dict.fromkeys(cfg.task_models)}, cfg.task_score)
-                  for task in tasks},
+        "tasks": {
+            task.name: task_summary(
+                task,
+                {model_name: task_accuracies[task.name][model_name] for model_name in dict.fromkeys(cfg.task_models)},
+                cfg.task_score,
+            )
+            for task in tasks
+        },
         "independent_judge": str(judge_dir) if judge_dir is not None else None,
         "prompts": len(prompt_rows),
         "questions": len(questions),
@@ -376,28 +497,61 @@ def evaluate(
     }
     metrics = _json_safe(metrics)
 
-    write_jsonl(out_dir / JUDGED_JSONL, [
-        {"id": row["id"], "prompt": row["prompt"], "reference": row.get("response"),
-         "sft": judged["sft"].texts[i], "ppo": judged["ppo"].texts[i],
-         "reward": {"sft": rewards["sft"][i], "ppo": rewards["ppo"][i]},
-         "reward_independent": ({"sft": independent_rewards["sft"][i], "ppo": independent_rewards["ppo"][i]}
-                                if independent_rewards is not None else None),
-         "outcome": outcomes[i],
-         "outcome_independent": outcomes_independent[i] if outcomes_independent is not None else None}
-        for i, row in enumerate(prompt_rows)])
-    write_jsonl(out_dir / FACTS_JSONL, [
-        {**question, "replies": {name: fact_replies[name][i] for name in MODELS},
-         "correct": {name: contains_answer(fact_replies[name][i], question["answer"]) for name in MODELS}}
-        for i, question in enumerate(questions)])
+    write_jsonl(
+        out_dir / JUDGED_JSONL,
+        [
+            {
+                "id": row["id"],
+                "prompt": row["prompt"],
+                "reference": row.get("response"),
+                "sft": judged["sft"].texts[i],
+                "ppo": judged["ppo"].texts[i],
+                "reward": {"sft": rewards["sft"][i], "ppo": rewards["ppo"][i]},
+                "reward_independent": (
+                    {"sft": independent_rewards["sft"][i], "ppo": independent_rewards["ppo"][i]}
+                    if independent_rewards is not None
+                    else None
+                ),
+                "outcome": outcomes[i],
+                "outcome_independent": outcomes_independent[i] if outcomes_independent is not None else None,
+            }
+            for i, row in enumerate(prompt_rows)
+        ],
+    )
+    write_jsonl(
+        out_dir / FACTS_JSONL,
+        [
+            {
+                **question,
+                "replies": {name: fact_replies[name][i] for name in MODELS},
+                "correct": {name: contains_answer(fact_replies[name][i], question["answer"]) for name in MODELS},
+            }
+            for i, question in enumerate(questions)
+        ],
+    )
     write_jsonl(out_dir / SAMPLES_JSONL, sample_rows)
     (out_dir / SAMPLES_MD).write_text(samples_markdown(sample_rows), encoding="utf-8")
     (out_dir / EVAL_JSON).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    logger.info("evaluate done in %.0fs: win rate vs SFT %s (independent judge %s), exact match %s",
-                metrics["seconds"], metrics["win_rate_vs_sft"], metrics["win_rate_vs_sft_independent"],
-                metrics.get("exact_match"))
+    logger.info(
+        "evaluate done in %.0fs: win rate vs SFT %s (independent judge %s), exact match %s",
+        metrics["seconds"],
+        metrics["win_rate_vs_sft"],
+        metrics["win_rate_vs_sft_independent"],
+        metrics.get("exact_match"),
+    )
     return metrics
 
 
-__all__ = ["evaluate", "Generations", "generate", "kl_to_reference", "judge_scores", "plain_prompt_ids",
-           "heldout_prompt_rows", "seeded_subset", "find_judge",
-           "samples_markdown", "MODELS"]
+__all__ = [
+    "evaluate",
+    "Generations",
+    "generate",
+    "kl_to_reference",
+    "judge_scores",
+    "plain_prompt_ids",
+    "heldout_prompt_rows",
+    "seeded_subset",
+    "find_judge",
+    "samples_markdown",
+    "MODELS",
+]

@@ -12,8 +12,8 @@ Shapes: B prompts, P = longest prompt, T = generated columns (<= max_new_tokens)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -41,7 +41,7 @@ class Rollout:
     @property
     def responses(self) -> torch.LongTensor:
         """(B, T) the generated columns of `sequences`."""
-        return self.sequences[:, self.prompt_length:]
+        return self.sequences[:, self.prompt_length :]
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, torch.LongTensor]:
@@ -59,8 +59,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, t
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
+        ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
     return ids, mask
 
 
@@ -86,8 +86,9 @@ def next_token_distribution_filter(logits: torch.Tensor, temperature: float, top
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
-def pick_next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                     generator: torch.Generator | None) -> torch.LongTensor:
+def pick_next_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.LongTensor:
     """(B, V) logits -> (B,) token ids; argmax when `temperature == 0`, else a draw from the filtered softmax."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
@@ -127,8 +128,11 @@ def sample(
     batch, prompt_length = prompt_ids.shape
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and prompt_length + max_new_tokens > limit:
-        logger.warning("sampling up to %d positions, beyond the model's max_position_embeddings %d",
-                       prompt_length + max_new_tokens, limit)
+        logger.warning(
+            "sampling up to %d positions, beyond the model's max_position_embeddings %d",
+            prompt_length + max_new_tokens,
+            limit,
+        )
 
     was_training = model.training
     model.eval()
@@ -143,8 +147,14 @@ def sample(
         for _ in range(max_new_tokens):
             # logits_to_keep=1: only the last position's logits are needed, which spares the (B, P, V)
             # vocabulary projection over the whole prompt on the first step.
-            out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_positions,
-                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=attention_mask,
+                position_ids=step_positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache = out.past_key_values
             token = pick_next_tokens(out.logits[:, -1, :], temperature, top_p, generator)
             token = token.masked_fill(finished, pad_id)

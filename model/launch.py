@@ -28,12 +28,14 @@ import sys
 import tempfile
 import threading
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
+from zero_chatgpt.config import ResourcesConfig
 from zero_chatgpt.model.distributed import (
     free_port,
     init_process_group,
@@ -42,7 +44,6 @@ from zero_chatgpt.model.distributed import (
     shutdown_and_exit,
     training_engine,
 )
-from zero_chatgpt.config import ResourcesConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +72,40 @@ class LaunchError(RuntimeError):
 
 
 def launcher_command(resources: ResourcesConfig, spec_path: Path, master_port: int) -> list[str]:
-    """The command line that starts `resources.ranks` ranks per node running `python -m zero_chatgpt.model.launch spec`."""
+    """The command that starts `resources.ranks` ranks per node, each running `-m zero_chatgpt.model.launch spec`."""
     master_addr = resources.master_addr or "127.0.0.1"
     if resources.launcher == "torchrun":
         return [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nproc_per_node", str(resources.ranks),
-            "--nnodes", str(resources.nodes),
-            "--node_rank", str(resources.node_rank),
-            "--master_addr", master_addr,
-            "--master_port", str(master_port),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(resources.ranks),
+            "--nnodes",
+            str(resources.nodes),
+            "--node_rank",
+            str(resources.node_rank),
+            "--master_addr",
+            master_addr,
+            "--master_port",
+            str(master_port),
             *resources.launcher_args,
-            "-m", "zero_chatgpt.model.launch", str(spec_path),
+            "-m",
+            "zero_chatgpt.model.launch",
+            str(spec_path),
         ]
     command = [
-        sys.executable, "-m", "deepspeed.launcher.runner",
-        "--num_gpus", str(resources.ranks),
-        "--num_nodes", str(resources.nodes),
-        "--master_addr", master_addr,
-        "--master_port", str(master_port),
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(resources.ranks),
+        "--num_nodes",
+        str(resources.nodes),
+        "--master_addr",
+        master_addr,
+        "--master_port",
+        str(master_port),
         "--no_local_rank",  # ranks read LOCAL_RANK from the environment, as under torchrun
     ]
     if resources.hostfile:
@@ -117,8 +133,9 @@ def launcher_env(device: str, base: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
-def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str], Any],
-                 cwd: Path | None = None) -> int:
+def run_launcher(
+    command: list[str], env: dict[str, str], on_line: Callable[[str], Any], cwd: Path | None = None
+) -> int:
     """Run `command` in a new session, passing each output line (stdout and stderr) to `on_line`.
 
     On any exception (including KeyboardInterrupt, and SIGTERM, which is turned into one while this runs
@@ -126,8 +143,17 @@ def run_launcher(command: list[str], env: dict[str, str], on_line: Callable[[str
     Returns the exit code. Raises `LaunchError` with the output's tail when it is not 0.
     """
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, errors="replace", bufsize=1, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        start_new_session=True,
+    )
     previous_handler = _raise_on_sigterm()
     # Off the main thread (a Prefect worker thread) no signal handler can be installed; when the process
     # then exits on a cancellation, this still takes the ranks down with it.
@@ -260,10 +286,17 @@ def launch_stage(
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
         port = resources.master_port or free_port()
         command = launcher_command(resources, spec_path, port)
-        logger.info("launching %s on %d rank(s) x %d node(s) (%s, %s engine, ZeRO %d): %s", stage, resources.ranks,
-                    resources.nodes, resources.launcher, spec["engine"], resources.zero_stage, " ".join(command))
-        run_launcher(command, launcher_env(device), on_line or (lambda line: logger.info("%s", line)),
-                     cwd=Path.cwd())
+        logger.info(
+            "launching %s on %d rank(s) x %d node(s) (%s, %s engine, ZeRO %d): %s",
+            stage,
+            resources.ranks,
+            resources.nodes,
+            resources.launcher,
+            spec["engine"],
+            resources.zero_stage,
+            " ".join(command),
+        )
+        run_launcher(command, launcher_env(device), on_line or (lambda line: logger.info("%s", line)), cwd=Path.cwd())
         result_path = work_dir / RESULT_FILE
         if not result_path.is_file():
             if resources.nodes > 1 and resources.node_rank != 0:
@@ -287,9 +320,15 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     info = init_process_group(spec["engine"], rank_device(spec["device"], int(os.environ.get("LOCAL_RANK", 0))))
     device = rank_device(spec["device"], info.local_rank)
     parallel = make_parallel(spec["engine"], info, int(spec["zero_stage"]))
-    metrics = stage_fn(cfg, **decode_inputs(stage_fn, spec["inputs"]), out_dir=Path(spec["out_dir"]),
-                       seed=int(spec["seed"]), device=device, checkpoint_dir=Path(spec["checkpoint_dir"]),
-                       parallel=parallel)
+    metrics = stage_fn(
+        cfg,
+        **decode_inputs(stage_fn, spec["inputs"]),
+        out_dir=Path(spec["out_dir"]),
+        seed=int(spec["seed"]),
+        device=device,
+        checkpoint_dir=Path(spec["checkpoint_dir"]),
+        parallel=parallel,
+    )
     if info.is_main_process:
         metrics = {**metrics, "ranks": info.world_size, "engine": spec["engine"], "zero_stage": spec["zero_stage"]}
         Path(spec["result_path"]).write_text(json.dumps(metrics), encoding="utf-8")
@@ -298,8 +337,11 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _configure_rank_logging(rank: int) -> None:
     """Rank 0 logs at INFO; other ranks only warnings (they would repeat rank 0's lines)."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 

@@ -15,21 +15,35 @@ import torch
 TaskType = Literal["CAUSAL_LM", "SEQ_CLS"]
 
 
-def with_lora(model: torch.nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,
-              target_modules: list[str] | str = "all-linear", task_type: TaskType = "CAUSAL_LM") -> torch.nn.Module:
+def with_lora(
+    model: torch.nn.Module,
+    rank: int,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: list[str] | str = "all-linear",
+    task_type: TaskType = "CAUSAL_LM",
+) -> torch.nn.Module:
     """`model` wrapped with trainable LoRA adapters of `rank` (alpha defaults to 2 x rank); all other weights are
     frozen, except a scalar head (`SEQ_CLS`), which stays trainable."""
     from peft import LoraConfig, get_peft_model
 
     # GPT-2 stores its projections transposed (`Conv1D`); peft must be told, or it warns and guesses.
     transposed = any(type(module).__name__ == "Conv1D" for module in model.modules())
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else 2 * rank, lora_dropout=dropout,
-                        target_modules=target_modules, task_type=task_type, fan_in_fan_out=transposed)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else 2 * rank,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+        fan_in_fan_out=transposed,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as err:  # peft names the modules it could not find; say which key picks them
-        raise ValueError(f"LoRA target_modules={target_modules!r} do not fit this {type(model).__name__}: {err}. "
-                         "Set the stage's `lora.target_modules` to names of its linear layers, or 'all-linear'") from err
+        raise ValueError(
+            f"LoRA target_modules={target_modules!r} do not fit this {type(model).__name__}: {err}. "
+            "Set the stage's `lora.target_modules` to names of its linear layers, or 'all-linear'"
+        ) from err
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100  # target id that contributes no loss (prompt tokens in SFT, padding)
 
 
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                        ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def token_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy in nats and the number of scored tokens.
 
     logits: (batch, seq, vocab), any float dtype (computed in fp32); targets: (batch, seq) int64, already

@@ -89,7 +89,7 @@ def split_pairs(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> 
 def _character_bigrams(text: str) -> frozenset[str]:
     """The set of adjacent character pairs of the case-folded text: a cheap, language-neutral similarity key."""
     folded = text.casefold()
-    return frozenset(folded[i: i + 2] for i in range(len(folded) - 1))
+    return frozenset(folded[i : i + 2] for i in range(len(folded) - 1))
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -115,8 +115,13 @@ def _nearest_prompts(prompt: str, pool: list[str], keys: dict[str, frozenset[str
     return others[:count]
 
 
-def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
-                     candidates: int = MISMATCH_CANDIDATES, nearest: int = MISMATCH_NEAREST) -> list[dict[str, str]]:
+def mismatched_pairs(
+    pairs: list[dict[str, str]],
+    per_prompt: int,
+    seed: int,
+    candidates: int = MISMATCH_CANDIDATES,
+    nearest: int = MISMATCH_NEAREST,
+) -> list[dict[str, str]]:
     """Extra pairs whose rejected answer is the reference answer of another, similar prompt of `pairs`.
 
     For each distinct prompt, `per_prompt` pairs: chosen = its first pair's `chosen`, rejected = the `chosen`
@@ -140,17 +145,31 @@ def mismatched_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
         own = references[prompt].strip()
         pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
         # Another reference that says the same thing (the same fact asked in other words) is not a wrong answer.
-        others = [other for other in pool if references[other].strip() != own
-                  and not states_the_answer(references[other], short_answers.get(prompt))]
+        others = [
+            other
+            for other in pool
+            if references[other].strip() != own and not states_the_answer(references[other], short_answers.get(prompt))
+        ]
         closest = _nearest_prompts(prompt, others, keys, nearest)
         for other in rng.sample(closest, min(per_prompt, len(closest))):
-            extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
-                          "source": MISMATCHED_SOURCE})
+            extra.append(
+                {
+                    "prompt": prompt,
+                    "chosen": references[prompt],
+                    "rejected": references[other],
+                    "source": MISMATCHED_SOURCE,
+                }
+            )
     return extra
 
 
-def same_subject_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
-                       candidates: int = MISMATCH_CANDIDATES, nearest: int = MISMATCH_NEAREST) -> list[dict[str, str]]:
+def same_subject_pairs(
+    pairs: list[dict[str, str]],
+    per_prompt: int,
+    seed: int,
+    candidates: int = MISMATCH_CANDIDATES,
+    nearest: int = MISMATCH_NEAREST,
+) -> list[dict[str, str]]:
     """Extra pairs whose rejected answer is the reference of another question about the same subject.
 
     A prompt's look-alikes (its `nearest` most similar of `candidates` seeded random prompts) mostly ask the same
@@ -178,8 +197,11 @@ def same_subject_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
     for prompt in prompts:
         pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
         look_alikes = _nearest_prompts(prompt, pool, keys, nearest)
-        form = {bigram for bigram in keys[prompt] if 2 * sum(bigram in keys[other] for other in look_alikes)
-                >= len(look_alikes)}
+        form = {
+            bigram
+            for bigram in keys[prompt]
+            if 2 * sum(bigram in keys[other] for other in look_alikes) >= len(look_alikes)
+        }
         subject = keys[prompt] - form
         if not subject:
             continue
@@ -188,14 +210,25 @@ def same_subject_pairs(pairs: list[dict[str, str]], per_prompt: int, seed: int,
             if len(postings[bigram]) <= MAX_SUBJECT_POSTING:
                 for other in postings[bigram]:
                     shared[other] = shared.get(other, 0) + 1
-        matches = [(count, other) for other, count in shared.items() if other != prompt and 2 * count >= len(subject)
-                   and normalised[other] != normalised[prompt]
-                   and not states_the_answer(references[other], short_answers.get(prompt))]
+        matches = [
+            (count, other)
+            for other, count in shared.items()
+            if other != prompt
+            and 2 * count >= len(subject)
+            and normalised[other] != normalised[prompt]
+            and not states_the_answer(references[other], short_answers.get(prompt))
+        ]
         matches.sort(key=lambda match: (-match[0], match[1]))
         best = [other for _, other in matches[:nearest]]
         for other in rng.sample(best, min(per_prompt, len(best))):
-            extra.append({"prompt": prompt, "chosen": references[prompt], "rejected": references[other],
-                          "source": SAME_SUBJECT_SOURCE})
+            extra.append(
+                {
+                    "prompt": prompt,
+                    "chosen": references[prompt],
+                    "rejected": references[other],
+                    "source": SAME_SUBJECT_SOURCE,
+                }
+            )
     return extra
 
 
@@ -215,6 +248,11 @@ def sft_reference_pairs(sft_rows: list[dict[str, Any]], held_out: list[dict[str,
         if row.get("answer"):
             reference["answer"] = row["answer"]
         references.append(reference)
-    logger.info("build_prefs: %d of %d SFT rows are references for mined negatives (%d share a prompt or reference "
-                "with a held-out pair)", len(references), len(sft_rows), len(sft_rows) - len(references))
+    logger.info(
+        "build_prefs: %d of %d SFT rows are references for mined negatives (%d share a prompt or reference "
+        "with a held-out pair)",
+        len(references),
+        len(sft_rows),
+        len(sft_rows) - len(references),
+    )
     return references

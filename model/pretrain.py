@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from zero_chatgpt.config import PretrainConfig
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.build import build_model, count_parameters, resolve_device, seed_everything
 from zero_chatgpt.model.losses import causal_lm_window_loss, token_cross_entropy
 from zero_chatgpt.model.throughput import peak_flops_per_s, training_flops_per_token
 from zero_chatgpt.model.training import Parallel, train
-from zero_chatgpt.config import PretrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class RandomWindows:
     1 rank x B, and the data position is the same on every rank (one copy in a checkpoint is enough).
     """
 
-    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, shards: TokenShards, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.shards = shards
         self.batch_size = batch_size
         self.window = seq_len + 1
@@ -52,7 +53,7 @@ class RandomWindows:
         if self.world_size == 1:
             return torch.from_numpy(self.shards.sample_windows(self.rng, self.batch_size, self.window))
         starts = self.rng.integers(0, len(self.shards) - self.window + 1, size=self.batch_size * self.world_size)
-        mine = starts[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         return torch.from_numpy(np.stack([self.shards.tokens(int(s), self.window) for s in mine]))
 
     def state_dict(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def make_val_loss_fn(windows: list[torch.Tensor], batch_size: int, device: torch
     def val_loss(model: torch.nn.Module) -> dict[str, float]:
         total, tokens = torch.zeros((), device=device), 0
         for start in range(0, len(windows), batch_size):
-            batch = torch.stack(windows[start: start + batch_size]).to(device)
+            batch = torch.stack(windows[start : start + batch_size]).to(device)
             logits = model(input_ids=batch[:, :-1], use_cache=False).logits
             loss, count = token_cross_entropy(logits, batch[:, 1:])
             total += loss.float() * count
@@ -101,7 +102,6 @@ def make_val_loss_fn(windows: list[torch.Tensor], batch_size: int, device: torch
         return {"val_loss": float(total) / tokens}
 
     return val_loss
-
 
 
 def pretrain(
@@ -141,23 +141,40 @@ def pretrain(
     train_shards = TokenShards(shard_dir, "train")
     val_shards = TokenShards(shard_dir, "val")
     if train_shards.vocab_size > vocab_size:
-        raise ValueError(f"{shard_dir}/meta.json: vocab_size {train_shards.vocab_size} exceeds the "
-                         f"{vocab_size} tokens of the tokenizer in {tokenizer_dir}: shards and tokenizer disagree")
+        raise ValueError(
+            f"{shard_dir}/meta.json: vocab_size {train_shards.vocab_size} exceeds the "
+            f"{vocab_size} tokens of the tokenizer in {tokenizer_dir}: shards and tokenizer disagree"
+        )
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id != train_shards.eos_id:
-        logger.warning("eos id %d in %s/meta.json differs from the tokenizer's %d", train_shards.eos_id,
-                       shard_dir, tokenizer.eos_token_id)
+        logger.warning(
+            "eos id %d in %s/meta.json differs from the tokenizer's %d",
+            train_shards.eos_id,
+            shard_dir,
+            tokenizer.eos_token_id,
+        )
 
-    model = build_model(model_cfg, vocab_size, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(
+        model_cfg,
+        vocab_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     params = count_parameters(model)
     batches = RandomWindows(train_shards, optim.batch_size, model_cfg.max_seq_len, seed, rank, world_size)
     # Every rank scores the same windows, as many as eval_batches global batches: the same val set for
     # 1 rank x B and 2 ranks x B/2.
-    val_windows = consecutive_val_windows(val_shards, model_cfg.max_seq_len,
-                                          optim.eval_batches * optim.batch_size * world_size)
+    val_windows = consecutive_val_windows(
+        val_shards, model_cfg.max_seq_len, optim.eval_batches * optim.batch_size * world_size
+    )
     unigram_val_loss = unigram_entropy(val_shards)
-    logger.info("pretrain: %s params, %s train / %s val tokens, unigram val loss %.3f nats/token",
-                f"{params:,}", f"{len(train_shards):,}", f"{len(val_shards):,}", unigram_val_loss)
+    logger.info(
+        "pretrain: %s params, %s train / %s val tokens, unigram val loss %.3f nats/token",
+        f"{params:,}",
+        f"{len(train_shards):,}",
+        f"{len(val_shards):,}",
+        unigram_val_loss,
+    )
 
     result = train(
         model,
@@ -187,6 +204,10 @@ def pretrain(
     if peak is not None:
         flops_per_token = training_flops_per_token(model.config, params, model_cfg.max_seq_len)
         metrics["mfu"] = result.tokens_per_s * flops_per_token / (peak * world_size)  # tokens/s is global
-    logger.info("pretrain done: val_loss %.4f vs unigram %.4f, %.0f tokens/s", metrics["val_loss"],
-                unigram_val_loss, result.tokens_per_s)
+    logger.info(
+        "pretrain done: val_loss %.4f vs unigram %.4f, %.0f tokens/s",
+        metrics["val_loss"],
+        unigram_val_loss,
+        result.tokens_per_s,
+    )
     return metrics

@@ -27,14 +27,19 @@ def load_reward_model(model_dir: Path, pad_id: int = PAD_ID) -> torch.nn.Module:
     return model
 
 
-def per_token_scores(backbone: torch.nn.Module, head: torch.nn.Module, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor) -> torch.Tensor:
+def per_token_scores(
+    backbone: torch.nn.Module, head: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """The scalar head at every position: (B, L) ids and mask -> (B, L) fp32 scores.
 
     Position ids follow the mask, so left-padded (rollouts) and right-padded (pairs) rows score alike.
     """
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
     return head(hidden).squeeze(-1).float()
 
 
@@ -44,8 +49,9 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def sequence_scores(reward_model: torch.nn.Module, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_scores(
+    reward_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Rewards (B,) of whole sequences (B, L): the head read at each row's last real token.
 
     Pooling by the mask rather than by the pad id (as the model's own forward does) stays right when a

@@ -61,8 +61,9 @@ class SftSplits:
     rlhf: list[dict[str, Any]]
 
 
-def split_sft_rows(rows: list[dict[str, Any]], rlhf_prompt_fraction: float, val_fraction: float,
-                   seed: int) -> SftSplits:
+def split_sft_rows(
+    rows: list[dict[str, Any]], rlhf_prompt_fraction: float, val_fraction: float, seed: int
+) -> SftSplits:
     """Assign rows to RLHF prompts / SFT val / SFT train by id hash and seed (independent of row order).
 
     A row goes to RLHF with probability `rlhf_prompt_fraction`; the rest to val with probability
@@ -109,7 +110,7 @@ def truncate_pair(prompt_ids: list[int], response_ids: list[int], max_seq_len: i
     response_budget = max(max_seq_len - len(prompt_ids), min(len(response_ids), max_seq_len // 2))
     response_ids = response_ids[:response_budget]
     prompt_budget = max_seq_len - len(response_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - prompt_budget:] if prompt_budget > 0 else []
+    prompt_ids = prompt_ids[len(prompt_ids) - prompt_budget :] if prompt_budget > 0 else []
     return prompt_ids, response_ids
 
 
@@ -151,19 +152,26 @@ def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tupl
 def check_tokenizer_coverage(tokenizer, rows: list[dict[str, Any]]) -> tuple[ByteFallbackReport, ByteFallbackReport]:
     """Byte-fallback reports of the rows' prompts and responses; a warning naming the characters when either
     share is above `BYTE_FALLBACK_WARN_SHARE` (see `tokenizer.coverage` for why that matters)."""
-    reports = (byte_fallback_report(tokenizer, (row["prompt"] for row in rows)),
-               byte_fallback_report(tokenizer, (row["response"] for row in rows)))
+    reports = (
+        byte_fallback_report(tokenizer, (row["prompt"] for row in rows)),
+        byte_fallback_report(tokenizer, (row["response"] for row in rows)),
+    )
     for side, report in zip(("prompt", "response"), reports):
         if report.share > BYTE_FALLBACK_WARN_SHARE:
-            logger.warning("sft: %.0f%% of the SFT %s tokens are byte-fallback pieces: the tokenizer, trained on the "
-                           "pretraining corpus, has no piece for %s, and pretraining never trained their bytes. "
-                           "Pretraining text that uses these characters (or fewer such rows) fixes it",
-                           100 * report.share, side, report.most_common())
+            logger.warning(
+                "sft: %.0f%% of the SFT %s tokens are byte-fallback pieces: the tokenizer, trained on the "
+                "pretraining corpus, has no piece for %s, and pretraining never trained their bytes. "
+                "Pretraining text that uses these characters (or fewer such rows) fixes it",
+                100 * report.share,
+                side,
+                report.most_common(),
+            )
     return reports
 
 
-def sft_batches(examples: list[SftExample], batch_size: int, pad_id: int, seed: int, rank: int = 0,
-                world_size: int = 1) -> ShuffledBatches:
+def sft_batches(
+    examples: list[SftExample], batch_size: int, pad_id: int, seed: int, rank: int = 0, world_size: int = 1
+) -> ShuffledBatches:
     """Rank `rank`'s training batches: its slice of each seeded global batch of `batch_size * world_size` examples.
 
     Each batch carries `loss_normaliser`: the global batch's supervised token count / world_size, which
@@ -172,8 +180,15 @@ def sft_batches(examples: list[SftExample], batch_size: int, pad_id: int, seed: 
     """
     if not examples:
         raise ValueError("no SFT training examples")
-    return ShuffledBatches(examples, batch_size, seed, collate=lambda rows: collate(rows, pad_id), rank=rank,
-                           world_size=world_size, loss_weight=supervised_token_count)
+    return ShuffledBatches(
+        examples,
+        batch_size,
+        seed,
+        collate=lambda rows: collate(rows, pad_id),
+        rank=rank,
+        world_size=world_size,
+        loss_weight=supervised_token_count,
+    )
 
 
 def supervised_token_count(example: SftExample) -> int:
@@ -219,10 +234,9 @@ def make_val_loss_fn(examples: list[SftExample], batch_size: int, pad_id: int, d
     def val_loss(model: torch.nn.Module) -> dict[str, float]:
         total, tokens = 0.0, 0
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start: start + batch_size], pad_id)
+            batch = collate(examples[start : start + batch_size], pad_id)
             batch = {key: value.to(device) for key, value in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             loss, count = token_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
             total += float(loss) * int(count)
             tokens += int(count)
@@ -232,7 +246,6 @@ def make_val_loss_fn(examples: list[SftExample], batch_size: int, pad_id: int, d
 
 
 # ------------------------------------------------------------------------------------------------ stage
-
 
 
 def _public_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -281,9 +294,11 @@ def sft(
         logger.warning("sft: %d quarantined rows written to %s", len(quarantined), out_dir / REJECTED)
     splits = split_sft_rows(rows, cfg.rlhf_prompt_fraction, cfg.val_fraction, seed)
     if not splits.train or not splits.val:
-        raise ValueError(f"sft: {len(rows)} usable SFT rows give {len(splits.train)} train / {len(splits.val)} val "
-                         f"rows after holding out {len(splits.rlhf)} RLHF prompts; add data or lower "
-                         "sft.rlhf_prompt_fraction")
+        raise ValueError(
+            f"sft: {len(rows)} usable SFT rows give {len(splits.train)} train / {len(splits.val)} val "
+            f"rows after holding out {len(splits.rlhf)} RLHF prompts; add data or lower "
+            "sft.rlhf_prompt_fraction"
+        )
     if is_main_process:
         write_jsonl(out_dir / RLHF_PROMPTS, map(_public_row, splits.rlhf))
         write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
@@ -302,22 +317,32 @@ def sft(
     train_examples, dropped_train, truncated_train = encode_rows(tokenizer, splits.train, max_seq_len)
     val_examples, dropped_val, truncated_val = encode_rows(tokenizer, splits.val, max_seq_len)
     if not train_examples or not val_examples:
-        raise ValueError(f"sft: no {'train' if not train_examples else 'val'} example fits in max_seq_len "
-                         f"{max_seq_len}; raise sft.max_seq_len")
+        raise ValueError(
+            f"sft: no {'train' if not train_examples else 'val'} example fits in max_seq_len "
+            f"{max_seq_len}; raise sft.max_seq_len"
+        )
     val_rows = len(val_examples)
     # Periodic eval reads at most eval_batches global batches (every rank scores the same rows, so 1 rank x B
     # and 2 ranks x B/2 share a val set); the whole set stays in sft_val.jsonl for `evaluate`.
     val_examples = val_examples[: optim.eval_batches * optim.batch_size * world_size]
     supervised = sum(sum(label != IGNORE_INDEX for label in ex.labels) for ex in train_examples)
-    logger.info("sft: %d train / %d val rows, %d RLHF prompts held out, %d quarantined, %d dropped as too long; "
-                "%s supervised train tokens", len(train_examples), val_rows, len(splits.rlhf),
-                len(quarantined), dropped_train + dropped_val, f"{supervised:,}")
+    logger.info(
+        "sft: %d train / %d val rows, %d RLHF prompts held out, %d quarantined, %d dropped as too long; "
+        "%s supervised train tokens",
+        len(train_examples),
+        val_rows,
+        len(splits.rlhf),
+        len(quarantined),
+        dropped_train + dropped_val,
+        f"{supervised:,}",
+    )
 
     params = count_parameters(model)  # before training: ZeRO 3 leaves empty partitions in `model`
     model.to(torch_device)
     val_loss_fn = make_val_loss_fn(val_examples, optim.batch_size, pad_id, torch_device)
-    base_val_loss = evaluate(model, val_loss_fn, torch_device,
-                             autocast_dtype(optim.precision, torch_device))["val_loss"]
+    base_val_loss = evaluate(model, val_loss_fn, torch_device, autocast_dtype(optim.precision, torch_device))[
+        "val_loss"
+    ]
     logger.info("sft: base val loss %.4f (the pretrained model on the SFT val set)", base_val_loss)
 
     result = train(
@@ -335,7 +360,8 @@ def sft(
     # Chat generation must end at the assistant's <|im_end|>, not only at <|endoftext|>.
     im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
     model.generation_config.eos_token_id = [im_end_id] + (
-        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    )
     model.generation_config.pad_token_id = pad_id
     export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process)
 
@@ -358,6 +384,7 @@ def sft(
         "params": params,
         "resumed_from": result.resumed_from,
     }
-    logger.info("sft done: val_loss %.4f (base %.4f), %.0f tokens/s", metrics["val_loss"], base_val_loss,
-                result.tokens_per_s)
+    logger.info(
+        "sft done: val_loss %.4f (base %.4f), %.0f tokens/s", metrics["val_loss"], base_val_loss, result.tokens_per_s
+    )
     return metrics

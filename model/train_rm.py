@@ -84,8 +84,8 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
-        ids[index, :len(row)] = torch.as_tensor(row, dtype=torch.long)
-        mask[index, :len(row)] = 1
+        ids[index, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[index, : len(row)] = 1
     return ids, mask
 
 
@@ -109,8 +109,13 @@ def pairwise_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     `<|im_end|>`, so the head's pooling at the last non-pad token is the pooling at the last real token.
     """
     mask = batch["attention_mask"]
-    scores = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask),
-                   use_cache=False).logits.squeeze(-1).float()
+    scores = (
+        model(
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+        )
+        .logits.squeeze(-1)
+        .float()
+    )
     half = scores.size(0) // 2
     return scores[:half], scores[half:]
 
@@ -120,8 +125,11 @@ def pairwise_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tup
     chosen, rejected = pairwise_scores(model, batch)
     margin = chosen - rejected
     loss = -F.logsigmoid(margin).mean()
-    return loss, {"accuracy": (margin > 0).float().mean().detach(), "reward_margin": margin.mean().detach(),
-                  "tokens": int(batch["attention_mask"].sum())}
+    return loss, {
+        "accuracy": (margin > 0).float().mean().detach(),
+        "reward_margin": margin.mean().detach(),
+        "tokens": int(batch["attention_mask"].sum()),
+    }
 
 
 def make_pair_eval_fn(batches: list[dict[str, torch.Tensor]], device: torch.device):
@@ -133,8 +141,11 @@ def make_pair_eval_fn(batches: list[dict[str, torch.Tensor]], device: torch.devi
             chosen, rejected = pairwise_scores(model, {k: v.to(device) for k, v in batch.items()})
             margins.append((chosen - rejected).float())
         margin = torch.cat(margins)
-        return {"val_loss": float(-F.logsigmoid(margin).mean()), "val_accuracy": float((margin > 0).float().mean()),
-                "reward_margin": float(margin.mean())}
+        return {
+            "val_loss": float(-F.logsigmoid(margin).mean()),
+            "val_accuracy": float((margin > 0).float().mean()),
+            "reward_margin": float(margin.mean()),
+        }
 
     return evaluate_pairs
 
@@ -148,8 +159,9 @@ def length_baseline_accuracy(encoded: list[tuple[list[int], list[int]]]) -> floa
 # --------------------------------------------------------------------------------------------- stage
 
 
-def judge_halves(train_pairs: list[dict[str, str]], judge_fraction: float,
-                 seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def judge_halves(
+    train_pairs: list[dict[str, str]], judge_fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(the reward model's pairs, the independent judge's pairs): a partition of build_prefs' training pairs.
 
     `split_pairs` with seed + 1 gives `judge_fraction` of the groups of pairs linked by a shared normalised prompt
@@ -159,15 +171,27 @@ def judge_halves(train_pairs: list[dict[str, str]], judge_fraction: float,
     """
     rm_pairs, judge_pairs = split_pairs(train_pairs, judge_fraction, seed + 1)
     if not judge_pairs:
-        raise ValueError(f"train_rm.independent_judge: all {len(train_pairs)} training pairs are linked by a shared "
-                         "prompt or reference answer, so no disjoint half is left for the judge; set "
-                         "train_rm.independent_judge=false or add data")
+        raise ValueError(
+            f"train_rm.independent_judge: all {len(train_pairs)} training pairs are linked by a shared "
+            "prompt or reference answer, so no disjoint half is left for the judge; set "
+            "train_rm.independent_judge=false or add data"
+        )
     return rm_pairs, judge_pairs
 
 
-def fit_reward_model(sft_dir: Path, tokenizer, train_encoded: Encoded, val_batches: list[dict[str, torch.Tensor]],
-                     optim: OptimConfig, freeze_fraction: float, seed: int, device: torch.device, out_dir: Path,
-                     checkpoint_dir: Path, parallel: Parallel | None) -> dict[str, Any]:
+def fit_reward_model(
+    sft_dir: Path,
+    tokenizer,
+    train_encoded: Encoded,
+    val_batches: list[dict[str, torch.Tensor]],
+    optim: OptimConfig,
+    freeze_fraction: float,
+    seed: int,
+    device: torch.device,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    parallel: Parallel | None,
+) -> dict[str, Any]:
     """Train one reward model from the SFT model in `sft_dir` on `train_encoded`, save it to `out_dir`.
 
     Returns val_accuracy, val_loss, reward_margin (on `val_batches`), train_loss, steps, resumed_from,
@@ -192,9 +216,14 @@ def fit_reward_model(sft_dir: Path, tokenizer, train_encoded: Encoded, val_batch
     for param in model.parameters():
         param.requires_grad_(True)  # frozen flags are a training choice, not part of the saved model
     export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process=rank == 0)
-    return {**{key: result.last_eval[key] for key in ("val_accuracy", "val_loss", "reward_margin")},
-            "train_loss": result.train_loss, "steps": result.steps, "resumed_from": result.resumed_from,
-            "frozen_layers": frozen_layers, "params": params}
+    return {
+        **{key: result.last_eval[key] for key in ("val_accuracy", "val_loss", "reward_margin")},
+        "train_loss": result.train_loss,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "frozen_layers": frozen_layers,
+        "params": params,
+    }
 
 
 def train_reward_model(
@@ -225,23 +254,44 @@ def train_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     train_pairs = read_pairs(prefs_dir / TRAIN_PAIRS)
     heldout_pairs = read_pairs(prefs_dir / HELDOUT_PAIRS)
-    rm_pairs, judge_pairs = (judge_halves(train_pairs, cfg.judge_fraction, seed) if cfg.independent_judge
-                             else (train_pairs, []))
+    rm_pairs, judge_pairs = (
+        judge_halves(train_pairs, cfg.judge_fraction, seed) if cfg.independent_judge else (train_pairs, [])
+    )
 
     def encode(rows: list[dict[str, str]]) -> Encoded:
-        return [(encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.max_seq_len),
-                 encode_answer(tokenizer, row["prompt"], row["rejected"], cfg.max_seq_len)) for row in rows]
+        return [
+            (
+                encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.max_seq_len),
+                encode_answer(tokenizer, row["prompt"], row["rejected"], cfg.max_seq_len),
+            )
+            for row in rows
+        ]
 
     heldout_encoded = encode(heldout_pairs)
     size = cfg.optim.batch_size
-    val_batches = [pair_batch(heldout_encoded[i: i + size]) for i in range(0, len(heldout_encoded), size)]
+    val_batches = [pair_batch(heldout_encoded[i : i + size]) for i in range(0, len(heldout_encoded), size)]
     by_source = dict(sorted(Counter(pair.get("source", "") for pair in rm_pairs).items()))
-    logger.info("train_rm: %d training pairs (%s), %d held out, %d for the independent judge", len(rm_pairs),
-                ", ".join(f"{count} {source}" for source, count in by_source.items()), len(heldout_pairs),
-                len(judge_pairs))
+    logger.info(
+        "train_rm: %d training pairs (%s), %d held out, %d for the independent judge",
+        len(rm_pairs),
+        ", ".join(f"{count} {source}" for source, count in by_source.items()),
+        len(heldout_pairs),
+        len(judge_pairs),
+    )
 
-    rm_metrics = fit_reward_model(sft_dir, tokenizer, encode(rm_pairs), val_batches, cfg.optim, cfg.freeze_fraction,
-                                  seed, torch_device, out_dir, checkpoint_dir, parallel)
+    rm_metrics = fit_reward_model(
+        sft_dir,
+        tokenizer,
+        encode(rm_pairs),
+        val_batches,
+        cfg.optim,
+        cfg.freeze_fraction,
+        seed,
+        torch_device,
+        out_dir,
+        checkpoint_dir,
+        parallel,
+    )
     metrics: dict[str, Any] = {
         **rm_metrics,
         "length_baseline_accuracy": length_baseline_accuracy(heldout_encoded),
@@ -252,14 +302,37 @@ def train_reward_model(
     if judge_pairs:
         judge_dir = independent_judge_dir(out_dir)
         judge_dir.mkdir(parents=True, exist_ok=True)
-        judge_val_batches = [pair_batch(heldout_encoded[i: i + cfg.judge_optim.batch_size])
-                             for i in range(0, len(heldout_encoded), cfg.judge_optim.batch_size)]
-        judge = fit_reward_model(sft_dir, tokenizer, encode(judge_pairs), judge_val_batches, cfg.judge_optim,
-                                 cfg.freeze_fraction, seed + 1, torch_device, judge_dir,
-                                 checkpoint_dir.with_name(checkpoint_dir.name + "-judge"), parallel)
-        metrics.update({"judge_train_pairs": len(judge_pairs), **{f"judge_{key}": judge[key] for key in (
-            "val_accuracy", "val_loss", "reward_margin", "train_loss", "steps")}})
-    logger.info("train_rm done: val_accuracy %.3f (longer-answer baseline %.3f), margin %.3f%s",
-                metrics["val_accuracy"], metrics["length_baseline_accuracy"], metrics["reward_margin"],
-                f"; independent judge {metrics['judge_val_accuracy']:.3f}" if judge_pairs else "")
+        judge_val_batches = [
+            pair_batch(heldout_encoded[i : i + cfg.judge_optim.batch_size])
+            for i in range(0, len(heldout_encoded), cfg.judge_optim.batch_size)
+        ]
+        judge = fit_reward_model(
+            sft_dir,
+            tokenizer,
+            encode(judge_pairs),
+            judge_val_batches,
+            cfg.judge_optim,
+            cfg.freeze_fraction,
+            seed + 1,
+            torch_device,
+            judge_dir,
+            checkpoint_dir.with_name(checkpoint_dir.name + "-judge"),
+            parallel,
+        )
+        metrics.update(
+            {
+                "judge_train_pairs": len(judge_pairs),
+                **{
+                    f"judge_{key}": judge[key]
+                    for key in ("val_accuracy", "val_loss", "reward_margin", "train_loss", "steps")
+                },
+            }
+        )
+    logger.info(
+        "train_rm done: val_accuracy %.3f (longer-answer baseline %.3f), margin %.3f%s",
+        metrics["val_accuracy"],
+        metrics["length_baseline_accuracy"],
+        metrics["reward_margin"],
+        f"; independent judge {metrics['judge_val_accuracy']:.3f}" if judge_pairs else "",
+    )
     return metrics

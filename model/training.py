@@ -27,15 +27,16 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from zero_chatgpt.config import OptimConfig
+from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from zero_chatgpt.progress import report_progress
 
 logger = logging.getLogger(__name__)
@@ -129,18 +130,21 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.dev
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
-                   optimizer_steps_per_step: int = 1) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, optimizer_steps_per_step: int = 1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup + cosine schedule as a `LambdaLR`, so its position is saved with the optimizer.
 
     It is stepped after every optimizer step. `optim.max_steps` and `warmup_steps` count training steps;
     a stage that makes several optimizer steps per training step (PPO: one per mini-batch of each rollout
     batch) passes their number, and all of them run at that step's lr.
     """
-    schedule = partial(lr_multiplier, warmup_steps=optim.warmup_steps, max_steps=optim.max_steps,
-                       min_lr_ratio=optim.min_lr_ratio)
+    schedule = partial(
+        lr_multiplier, warmup_steps=optim.warmup_steps, max_steps=optim.max_steps, min_lr_ratio=optim.min_lr_ratio
+    )
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda optimizer_step: schedule(optimizer_step // optimizer_steps_per_step))
+        optimizer, lambda optimizer_step: schedule(optimizer_step // optimizer_steps_per_step)
+    )
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -229,8 +233,9 @@ def _as_float(value: Any) -> float:
     return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def evaluate(model: torch.nn.Module, eval_fn: EvalFn, device: torch.device,
-             dtype: torch.dtype | None) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, eval_fn: EvalFn, device: torch.device, dtype: torch.dtype | None
+) -> dict[str, float]:
     """Run `eval_fn` in eval mode without gradients, then put the model back in train mode."""
     was_training = model.training
     model.eval()
@@ -284,10 +289,18 @@ class LocalBackend:
     """Plain PyTorch: GradScaler for fp16, clip-grad-norm, `optimizer.step`. One process, or one DDP rank
     when `wrapped` is a `DistributedDataParallel` around `model` (torch checkpoints, written by rank 0)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, optim: OptimConfig, device: torch.device,
-                 dtype: torch.dtype | None, wrapped: torch.nn.Module | None = None, world_size: int = 1,
-                 is_main_process: bool = True) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        optim: OptimConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        wrapped: torch.nn.Module | None = None,
+        world_size: int = 1,
+        is_main_process: bool = True,
+    ) -> None:
         self.module = model
         self.forward_model = wrapped if wrapped is not None else model
         self.optimizer, self.scheduler, self.optim = optimizer, scheduler, optim
@@ -320,13 +333,16 @@ class LocalBackend:
     def save(self, checkpoint_dir: Path, client_state: dict[str, Any]) -> None:
         if not self.is_main_process:
             return  # DDP ranks hold identical weights and optimizer states: one copy is enough
-        save_checkpoint(checkpoint_dir, {
-            **client_state,
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        })
+        save_checkpoint(
+            checkpoint_dir,
+            {
+                **client_state,
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+            },
+        )
 
     def load(self, checkpoint_dir: Path) -> dict[str, Any] | None:
         # On the CPU: RNG states must stay CPU tensors; load_state_dict moves weights and moments.
@@ -347,18 +363,29 @@ class Parallel(Protocol):
     world_size: int
     is_main_process: bool
 
-    def backend(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, optim: OptimConfig, device: torch.device,
-                dtype: torch.dtype | None) -> TrainBackend: ...
+    def backend(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        optim: OptimConfig,
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> TrainBackend: ...
 
     def save_pretrained(self, model: torch.nn.Module, out_dir: Path, checkpoint_dir: Path) -> None:
         """After `train`, on every rank: rank 0 writes the full trained weights as an HF checkpoint."""
         ...
 
 
-def make_backend(model: torch.nn.Module, optim: OptimConfig, device: torch.device,
-                 parallel: Parallel | None = None, is_main_process: bool = True,
-                 optimizer_steps_per_step: int = 1) -> TrainBackend:
+def make_backend(
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    device: torch.device,
+    parallel: Parallel | None = None,
+    is_main_process: bool = True,
+    optimizer_steps_per_step: int = 1,
+) -> TrainBackend:
     """`model`'s optimizer step: the core's AdamW and schedule, run by `parallel`'s backend (DDP or DeepSpeed)
     on a multi-rank run, else by a `LocalBackend`. A stage training two models makes one backend each."""
     optimizer = make_optimizer(model, optim, device)
@@ -438,18 +465,26 @@ def train(
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
         grad_norm = backend.step()
         if backend.world_size > 1:
-            loss_sum, step_tokens, metric_sums = _global_step_figures(loss_sum, step_tokens, metric_sums,
-                                                                      backend.world_size)
+            loss_sum, step_tokens, metric_sums = _global_step_figures(
+                loss_sum, step_tokens, metric_sums, backend.world_size
+            )
         loss_value = float(loss_sum) / optim.grad_accum  # one device sync per step
         seconds = time.perf_counter() - started
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"training loss is {loss_value} at step {step + 1}: lower optim.lr or check the data")
+            raise FloatingPointError(
+                f"training loss is {loss_value} at step {step + 1}: lower optim.lr or check the data"
+            )
 
         train_seconds += seconds
         tokens_here += step_tokens
         tokens_seen += step_tokens
-        record = {"step": step + 1, "loss": loss_value, "lr": lr, "tokens_seen": tokens_seen,
-                  "tokens_per_s": step_tokens / seconds}
+        record = {
+            "step": step + 1,
+            "loss": loss_value,
+            "lr": lr,
+            "tokens_seen": tokens_seen,
+            "tokens_per_s": step_tokens / seconds,
+        }
         if grad_norm is not None:
             record["grad_norm"] = _as_float(grad_norm)
         record.update({key: _as_float(value) / optim.grad_accum for key, value in metric_sums.items()})
@@ -457,8 +492,14 @@ def train(
         progress.update(1)
         report_progress(step + 1, optim.max_steps)
         if is_main_process and ((step + 1) % log_every == 0 or step == start_step):
-            logger.info("step %d/%d loss %.4f lr %.2e %.0f tokens/s", step + 1, optim.max_steps, loss_value, lr,
-                        record["tokens_per_s"])
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e %.0f tokens/s",
+                step + 1,
+                optim.max_steps,
+                loss_value,
+                lr,
+                record["tokens_per_s"],
+            )
 
         last = step + 1 == optim.max_steps
         if eval_fn is not None and ((step + 1) % optim.eval_every == 0 or last):
@@ -467,12 +508,15 @@ def train(
             if is_main_process:
                 logger.info("step %d eval %s", step + 1, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
         if checkpoint_dir is not None and (step + 1) % optim.checkpoint_every == 0 and not last:
-            backend.save(Path(checkpoint_dir), {
-                "step": step + 1,
-                "tokens_seen": tokens_seen,
-                "data": source.state_dict(),
-                "rng": rng_states(),
-            })
+            backend.save(
+                Path(checkpoint_dir),
+                {
+                    "step": step + 1,
+                    "tokens_seen": tokens_seen,
+                    "data": source.state_dict(),
+                    "rng": rng_states(),
+                },
+            )
             if is_main_process:
                 logger.info("saved checkpoint at step %d", step + 1)
     progress.close()
@@ -490,15 +534,22 @@ def train(
     )
 
 
-def _global_step_figures(loss_sum: torch.Tensor, step_tokens: int, metric_sums: dict[str, Any],
-                         world_size: int) -> tuple[float, int, dict[str, float]]:
+def _global_step_figures(
+    loss_sum: torch.Tensor, step_tokens: int, metric_sums: dict[str, Any], world_size: int
+) -> tuple[float, int, dict[str, float]]:
     """The step's log figures over all ranks (one all-reduce): loss and metrics averaged, tokens summed."""
     # Imported here: model.distributed builds on this module (LocalBackend), not the other way round.
     from zero_chatgpt.model.distributed import mean_over_ranks
 
-    means = mean_over_ranks({"loss": _as_float(loss_sum), "tokens": float(step_tokens),
-                             **{f"metric.{key}": _as_float(value) for key, value in metric_sums.items()}},
-                            world_size, loss_sum.device)
+    means = mean_over_ranks(
+        {
+            "loss": _as_float(loss_sum),
+            "tokens": float(step_tokens),
+            **{f"metric.{key}": _as_float(value) for key, value in metric_sums.items()},
+        },
+        world_size,
+        loss_sum.device,
+    )
     tokens = int(round(means.pop("tokens") * world_size))
     return means.pop("loss"), tokens, {key.removeprefix("metric."): value for key, value in means.items()}
 
@@ -506,5 +557,12 @@ def _global_step_figures(loss_sum: torch.Tensor, step_tokens: int, metric_sums: 
 def _progress_bar(start_step: int, max_steps: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=max_steps, initial=start_step, desc="train", unit="step", disable=not enabled,
-                mininterval=2.0, leave=False)
+    return tqdm(
+        total=max_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not enabled,
+        mininterval=2.0,
+        leave=False,
+    )

@@ -9,8 +9,9 @@ from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.build_prefs import build_prefs
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
-BUILD_PREFS = StageSpec("build_prefs", version="3", config_keys=("build_prefs", "data.pref_sources", "data.demo"),
-                        upstream=("sft",))
+BUILD_PREFS = StageSpec(
+    "build_prefs", version="3", config_keys=("build_prefs", "data.pref_sources", "data.demo"), upstream=("sft",)
+)
 
 
 @stage_task(BUILD_PREFS)
@@ -18,6 +19,19 @@ def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: st
     """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs; split them
     into training and held-out pairs and mine extra negatives for the training side."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(BUILD_PREFS, config, upstream, root, force, lambda out_dir: build_prefs(
-        cfg.build_prefs, cfg.data.pref_sources, cfg.data.demo, Path(upstream["sft"]["path"]), out_dir,
-        cfg.run.seed, cfg.run.device))
+    return run_stage(
+        BUILD_PREFS,
+        config,
+        upstream,
+        root,
+        force,
+        lambda out_dir: build_prefs(
+            cfg.build_prefs,
+            cfg.data.pref_sources,
+            cfg.data.demo,
+            Path(upstream["sft"]["path"]),
+            out_dir,
+            cfg.run.seed,
+            cfg.run.device,
+        ),
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.data_process.clean import clean_corpus
 from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.config import PipelineConfig
 
 CLEAN = StageSpec("clean", version="1", config_keys=("clean", "data.sources", "data.demo"))
 
@@ -16,5 +16,13 @@ CLEAN = StageSpec("clean", version="1", config_keys=("clean", "data.sources", "d
 def clean_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Read every text source, normalise it and drop rows by rule, keeping the rejects."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(CLEAN, config, upstream, root, force, lambda out_dir: clean_corpus(
-        cfg.data.sources, cfg.data.demo, cfg.clean, out_dir, cfg.run.seed, prefect_map(cfg.resources, "clean")))
+    return run_stage(
+        CLEAN,
+        config,
+        upstream,
+        root,
+        force,
+        lambda out_dir: clean_corpus(
+            cfg.data.sources, cfg.data.demo, cfg.clean, out_dir, cfg.run.seed, prefect_map(cfg.resources, "clean")
+        ),
+    )

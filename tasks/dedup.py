@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.data_process.dedup import dedup_corpus
 from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.config import PipelineConfig
 
 DEDUP = StageSpec("dedup", version="1", config_keys=("dedup",), upstream=("clean",))
 
@@ -17,5 +17,13 @@ DEDUP = StageSpec("dedup", version="1", config_keys=("dedup",), upstream=("clean
 def dedup_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Drop exact and MinHash near-duplicate documents, keeping one per cluster."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(DEDUP, config, upstream, root, force, lambda out_dir: dedup_corpus(
-        cfg.dedup, Path(upstream["clean"]["path"]), out_dir, cfg.run.seed, prefect_map(cfg.resources, "dedup")))
+    return run_stage(
+        DEDUP,
+        config,
+        upstream,
+        root,
+        force,
+        lambda out_dir: dedup_corpus(
+            cfg.dedup, Path(upstream["clean"]["path"]), out_dir, cfg.run.seed, prefect_map(cfg.resources, "dedup")
+        ),
+    )

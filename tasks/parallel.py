@@ -7,7 +7,8 @@ shard shows in the UI. Small maps run in-process: starting worker processes cost
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -53,8 +54,9 @@ def prefect_map(resources: ResourcesConfig, stage: str) -> ParallelMap:
             return serial_map(fn, items)
         with _task_runner(resources, len(items)) as runner:
             futures = [
-                runner.submit(shard_task.with_options(task_run_name=f"{stage}-shard-{index}"),
-                              parameters={"fn": fn, "item": item})
+                runner.submit(
+                    shard_task.with_options(task_run_name=f"{stage}-shard-{index}"), parameters={"fn": fn, "item": item}
+                )
                 for index, item in enumerate(items)
             ]
             return [future.result() for future in futures]

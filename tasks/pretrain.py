@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.pretrain import pretrain
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
-from zero_chatgpt.config import PipelineConfig
 
 PRETRAIN = StageSpec("pretrain", version="1", config_keys=("pretrain",), upstream=("shard", "train_tokenizer"))
 

@@ -10,14 +10,28 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.console import KEY_METRICS
 from zero_chatgpt.report import build_report, render_markdown
+from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
-REPORT = StageSpec("report", version="1", config_keys=("report",),
-                   upstream=("clean", "dedup", "train_tokenizer", "shard", "pretrain", "sft", "build_prefs",
-                             "train_rm", "ppo", "evaluate"))
+REPORT = StageSpec(
+    "report",
+    version="1",
+    config_keys=("report",),
+    upstream=(
+        "clean",
+        "dedup",
+        "train_tokenizer",
+        "shard",
+        "pretrain",
+        "sft",
+        "build_prefs",
+        "train_rm",
+        "ppo",
+        "evaluate",
+    ),
+)
 
 
 @stage_task(REPORT)
@@ -25,8 +39,9 @@ def report_task(config: dict[str, Any], upstream: dict[str, dict], root: str, fo
     """Build the report card (markdown, JSON, plots) from every upstream manifest."""
     cfg = PipelineConfig.model_validate(config)
     stage_dirs = {name: Path(upstream[name]["path"]) for name in REPORT.upstream}
-    return run_stage(REPORT, config, upstream, root, force,
-                     lambda out_dir: build_report(stage_dirs, out_dir, plots=cfg.report.plots))
+    return run_stage(
+        REPORT, config, upstream, root, force, lambda out_dir: build_report(stage_dirs, out_dir, plots=cfg.report.plots)
+    )
 
 
 @task(name="publish_report", cache_policy=NO_CACHE)
@@ -36,14 +51,23 @@ def publish_report_task(report_dir: str, latest: dict[str, dict[str, Any]]) -> N
     markdown = render_markdown(report, statuses=latest)
     # The UI cannot show local PNGs: point at them instead of embedding.
     plots = "\n".join(f"- `{Path(report_dir) / name}`" for name in report["plots"])
-    create_markdown_artifact(key="zero-chatgpt-report-card", markdown=markdown.split("## Curves")[0]
-                             + (f"## Curves (PNG files)\n\n{plots}\n" if plots else ""),
-                             description="zero-chatgpt report card")
+    create_markdown_artifact(
+        key="zero-chatgpt-report-card",
+        markdown=markdown.split("## Curves")[0] + (f"## Curves (PNG files)\n\n{plots}\n" if plots else ""),
+        description="zero-chatgpt report card",
+    )
     rows = []
     for stage, entry in report["stages"].items():
         run = latest.get(stage, {})
         key = KEY_METRICS.get(stage)
-        rows.append({"stage": stage, "status": run.get("status", ""), "seconds": run.get("seconds", ""),
-                     "key_metric": key or "", "value": entry["metrics"].get(key, "") if key else "",
-                     "fingerprint": entry["fingerprint"][:12]})
+        rows.append(
+            {
+                "stage": stage,
+                "status": run.get("status", ""),
+                "seconds": run.get("seconds", ""),
+                "key_metric": key or "",
+                "value": entry["metrics"].get(key, "") if key else "",
+                "fingerprint": entry["fingerprint"][:12],
+            }
+        )
     create_table_artifact(key="zero-chatgpt-stage-metrics", table=rows, description="per-stage key metrics")

@@ -17,6 +17,9 @@ SFT = StageSpec("sft", version="4", config_keys=("sft", "data.sft_sources", "dat
 def sft_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Fine-tune the pretrained model on chat rows, loss on the response tokens only."""
     cfg = PipelineConfig.model_validate(config)
-    inputs = {"sft_sources": cfg.data.sft_sources, "demo": cfg.data.demo,
-              "pretrain_dir": Path(upstream["pretrain"]["path"])}
+    inputs = {
+        "sft_sources": cfg.data.sft_sources,
+        "demo": cfg.data.demo,
+        "pretrain_dir": Path(upstream["pretrain"]["path"]),
+    }
     return run_training_stage(SFT, config, upstream, root, force, sft, cfg.sft, inputs)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.data_process.shard import shard_corpus
 from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.config import PipelineConfig
 
 SHARD = StageSpec("shard", version="1", config_keys=("shard",), upstream=("dedup", "train_tokenizer"))
 
@@ -17,6 +17,18 @@ SHARD = StageSpec("shard", version="1", config_keys=("shard",), upstream=("dedup
 def shard_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Tokenise the deduplicated corpus into train/val `.bin` shards."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(SHARD, config, upstream, root, force, lambda out_dir: shard_corpus(
-        cfg.shard, Path(upstream["dedup"]["path"]), Path(upstream["train_tokenizer"]["path"]), out_dir,
-        cfg.run.seed, prefect_map(cfg.resources, "shard")))
+    return run_stage(
+        SHARD,
+        config,
+        upstream,
+        root,
+        force,
+        lambda out_dir: shard_corpus(
+            cfg.shard,
+            Path(upstream["dedup"]["path"]),
+            Path(upstream["train_tokenizer"]["path"]),
+            out_dir,
+            cfg.run.seed,
+            prefect_map(cfg.resources, "shard"),
+        ),
+    )

@@ -61,8 +61,9 @@ class StageSpec:
     def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
         upstream_fps = {name: upstream_key(record) for name, record in upstream.items()}
-        return fingerprint(self.name, self.version, self.config_section(config, root), upstream_fps,
-                           int(config["run"]["seed"]))
+        return fingerprint(
+            self.name, self.version, self.config_section(config, root), upstream_fps, int(config["run"]["seed"])
+        )
 
 
 _HASH_CACHES: dict[str, FileHashCache] = {}
@@ -89,9 +90,12 @@ def with_source_versions(value: Any, annotation: Any, hash_cache: FileHashCache 
         return value
     if issubclass(model, SourceBase):
         return {**value, "version": source_version(model.model_validate(value), hash_cache)}
-    return {key: with_source_versions(item, model.model_fields[key].annotation if key in model.model_fields else None,
-                                      hash_cache)
-            for key, item in value.items()}
+    return {
+        key: with_source_versions(
+            item, model.model_fields[key].annotation if key in model.model_fields else None, hash_cache
+        )
+        for key, item in value.items()
+    }
 
 
 def _section_class(annotation: Any) -> type[Section] | None:
@@ -116,8 +120,9 @@ def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]]
     return cache_key
 
 
-def needs_refresh(spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str,
-                  force: bool) -> bool:
+def needs_refresh(
+    spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str, force: bool
+) -> bool:
     """True when Prefect must not reuse a cached record: the stage is forced, or its artifact dir (the
     source of truth) is gone or unfinished."""
     fp = spec.fingerprint(config, upstream, root)
@@ -127,8 +132,13 @@ def needs_refresh(spec: StageSpec, config: dict[str, Any], upstream: dict[str, d
 
 def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
     """Decorate a thin stage function as a Prefect task keyed by the stage fingerprint."""
-    options = {"name": spec.name, "cache_key_fn": _cache_key_for(spec), "persist_result": True,
-               "task_run_name": spec.name, **task_options}
+    options = {
+        "name": spec.name,
+        "cache_key_fn": _cache_key_for(spec),
+        "persist_result": True,
+        "task_run_name": spec.name,
+        **task_options,
+    }
 
     def decorate(fn: Callable) -> Any:
         stage = task(**options)(fn)
@@ -189,8 +199,11 @@ def _progress_artifact(stage: str, min_step: float = 0.02, min_seconds: float = 
 
     def listen(fraction: float) -> None:
         now = time.monotonic()
-        if state["broken"] or (state["id"] is not None and fraction < 1.0 and (
-                fraction - state["shown"] < min_step or now - state["at"] < min_seconds)):
+        if state["broken"] or (
+            state["id"] is not None
+            and fraction < 1.0
+            and (fraction - state["shown"] < min_step or now - state["at"] < min_seconds)
+        ):
             return
         try:
             if state["id"] is None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 from zero_chatgpt.tokenizer.train import train_tokenizer
-from zero_chatgpt.config import PipelineConfig
 
 TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_tokenizer",), upstream=("dedup",))
 
@@ -16,5 +16,11 @@ TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_
 def train_tokenizer_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Train the sentencepiece BPE tokenizer and export it as a Hugging Face fast tokenizer."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(TRAIN_TOKENIZER, config, upstream, root, force, lambda out_dir: train_tokenizer(
-        cfg.train_tokenizer, Path(upstream["dedup"]["path"]), out_dir, cfg.run.seed))
+    return run_stage(
+        TRAIN_TOKENIZER,
+        config,
+        upstream,
+        root,
+        force,
+        lambda out_dir: train_tokenizer(cfg.train_tokenizer, Path(upstream["dedup"]["path"]), out_dir, cfg.run.seed),
+    )

@@ -19,18 +19,39 @@ FAMILIES = ("llama", "qwen2", "gpt2", "bloom", "opt")
 def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
     """A 2-layer, width-32 config of `family` for a tokenizer of `vocab_size` ids."""
     if family == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_positions,
+        )
     if family == "qwen2":
-        return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions)
+        return Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_positions,
+        )
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=max_positions)
     if family == "bloom":
         return BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4)
     if family == "opt":
-        return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=max_positions, word_embed_proj_dim=32)
+        return OPTConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_positions,
+            word_embed_proj_dim=32,
+        )
     raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
 
 

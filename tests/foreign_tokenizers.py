@@ -16,7 +16,8 @@ TRAINING_TEXT = [
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
@@ -36,29 +37,36 @@ def _byte_level_bpe(special_tokens: list[str], vocab_size: int = 400) -> Tokeniz
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
     return tokenizer
 
 
 def gpt2_style_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE, `<|endoftext|>` only, no chat template, no pad token (as GPT-2 ships)."""
-    return PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(["<|endoftext|>"]),
-                                   eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(["<|endoftext|>"]), eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
 
 
 def llama3_style_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(specials), bos_token="<|begin_of_text|>",
-                                        eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(specials),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+    )
     tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
 
 
 def qwen_style_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(specials), eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(specials), eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tokenizer.chat_template = QWEN_TEMPLATE
     return tokenizer

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from zero_chatgpt.config import ModelConfig, TrainTokenizerConfig
 from zero_chatgpt.model.build import build_model
 from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
 from zero_chatgpt.tokenizer.train import train_tokenizer
-from zero_chatgpt.config import ModelConfig, TrainTokenizerConfig
 
 
 def make_tokenizer_dir(root: Path, vocab_size: int = 400) -> Path:
@@ -26,8 +26,12 @@ def make_causal_lm_dir(root: Path, tokenizer_dir: Path, seed: int = 0, max_seq_l
     """A random-init tiny LLaMA + its tokenizer, saved the way the model stages save theirs."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=max_seq_len),
-                        len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=max_seq_len),
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     out = root / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

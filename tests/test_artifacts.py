@@ -33,6 +33,7 @@ def _body(calls):
         calls.append(out_dir)
         (out_dir / "data.txt").write_text("hello", encoding="utf-8")
         return {"rows": 3}
+
     return body
 
 
@@ -78,6 +79,7 @@ def test_upstream_lineage_is_recorded(tmp_path):
     up = build_artifact("clean", "1", {}, {}, 0, tmp_path, _body([]))
     down = build_artifact("dedup", "1", {}, {"clean": up.record()}, 0, tmp_path, _body([]))
     assert read_manifest(down.path)["upstream"]["clean"]["fingerprint"] == up.fingerprint
+
     def other_output(out_dir):
         (out_dir / "data.txt").write_text("other", encoding="utf-8")
         return {}
@@ -208,8 +210,9 @@ def test_verify_command_names_damaged_artifacts(tmp_path, capsys):
 def small_disk(tmp_path):
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield mount_point
@@ -233,6 +236,7 @@ def test_downstream_fingerprints_follow_upstream_content_not_its_rebuilds(tmp_pa
         def body(out_dir):
             (out_dir / "data.txt").write_text(text, encoding="utf-8")
             return {}
+
         return body
 
     up = build_artifact("clean", "1", {}, {}, 0, tmp_path, writing("same"))

@@ -42,8 +42,15 @@ from zero_chatgpt.tokenizer.train import train_tokenizer
 DEMO = DemoCorpusConfig(num_entities=8, docs_per_entity=1)
 SEED = 3
 NUM_PROMPTS = 20
-CFG = BuildPrefsConfig(max_new_tokens=12, temperature=1.0, top_p=0.95, batch_size=8, max_prompts=16,
-                       samples_per_prompt=1, val_fraction=0.25)
+CFG = BuildPrefsConfig(
+    max_new_tokens=12,
+    temperature=1.0,
+    top_p=0.95,
+    batch_size=8,
+    max_prompts=16,
+    samples_per_prompt=1,
+    val_fraction=0.25,
+)
 MINED_SOURCES = {MISMATCHED_SOURCE, SAME_SUBJECT_SOURCE}
 
 
@@ -64,13 +71,27 @@ def sft_dir(tmp_path_factory) -> Path:
     train_tokenizer(TrainTokenizerConfig(vocab_size=500, heldout_docs=0), root / "corpus", out, seed=SEED)
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(SEED)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128), len(tokenizer),
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128),
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(out)
-    write_jsonl(out / RLHF_PROMPTS, [{"id": p["id"], "prompt": p["prompt"], "response": p["response"],
-                                      "source": "demo"} for p in pairs[:NUM_PROMPTS]])
-    write_jsonl(out / SFT_TRAIN, [{"id": p["id"], "prompt": p["prompt"], "response": p["response"],
-                                   "answer": p["answer"], "source": "demo"} for p in pairs[NUM_PROMPTS:]])
+    write_jsonl(
+        out / RLHF_PROMPTS,
+        [
+            {"id": p["id"], "prompt": p["prompt"], "response": p["response"], "source": "demo"}
+            for p in pairs[:NUM_PROMPTS]
+        ],
+    )
+    write_jsonl(
+        out / SFT_TRAIN,
+        [
+            {"id": p["id"], "prompt": p["prompt"], "response": p["response"], "answer": p["answer"], "source": "demo"}
+            for p in pairs[NUM_PROMPTS:]
+        ],
+    )
     return out
 
 
@@ -84,8 +105,16 @@ def first_run(sft_dir, tmp_path_factory):
 def test_pairs_from_sampled_answers(first_run, sft_dir):
     out, metrics = first_run
     pairs = read_real_pairs(out)
-    for key in ("pairs", "sampled_pairs", "user_pairs", "dropped_identical", "quarantined", "mean_rejected_chars",
-                "mean_chosen_chars", "tokens_per_s"):
+    for key in (
+        "pairs",
+        "sampled_pairs",
+        "user_pairs",
+        "dropped_identical",
+        "quarantined",
+        "mean_rejected_chars",
+        "mean_chosen_chars",
+        "tokens_per_s",
+    ):
         assert key in metrics, key
     assert json.loads(json.dumps(metrics)) == metrics
     assert metrics["prompts"] == CFG.max_prompts
@@ -175,16 +204,25 @@ def test_several_samples_per_prompt_give_several_distinct_pairs(sft_dir, tmp_pat
 
 def test_user_pairs_are_merged_and_bad_rows_quarantined(sft_dir, tmp_path):
     user = tmp_path / "user_prefs.jsonl"
-    user.write_text("\n".join([
-        json.dumps({"prompt": "Is water wet?", "chosen": "Yes.", "rejected": "Purple."}),
-        json.dumps({"prompt": "2 + 2?", "chosen": "4"}),  # no rejected answer
-        json.dumps({"prompt": "Same?", "chosen": "same", "rejected": " same "}),  # no preference
-        json.dumps({"question": "Capital?", "chosen": "A", "rejected": "B", "q": 1}),  # prompt under another name
-        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "..."}),
-    ]) + "\n", encoding="utf-8")
+    user.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "Is water wet?", "chosen": "Yes.", "rejected": "Purple."}),
+                json.dumps({"prompt": "2 + 2?", "chosen": "4"}),  # no rejected answer
+                json.dumps({"prompt": "Same?", "chosen": "same", "rejected": " same "}),  # no preference
+                json.dumps(
+                    {"question": "Capital?", "chosen": "A", "rejected": "B", "q": 1}
+                ),  # prompt under another name
+                json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "..."}),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     cfg = CFG.model_copy(update={"max_prompts": 4})
-    metrics = build_prefs(cfg, [PrefSource(kind="jsonl", path=str(user))], DEMO, sft_dir, tmp_path / "out",
-                          seed=SEED, device="cpu")
+    metrics = build_prefs(
+        cfg, [PrefSource(kind="jsonl", path=str(user))], DEMO, sft_dir, tmp_path / "out", seed=SEED, device="cpu"
+    )
     assert metrics["user_pairs"] == 2
     assert metrics["quarantined"] == 2
     assert metrics["pairs"] == metrics["sampled_pairs"] + 2
@@ -240,11 +278,13 @@ def test_mined_negatives_are_counted_and_never_touch_a_held_out_pair(first_run, 
     with_leak = tmp_path / "sft"
     shutil.copytree(sft_dir, with_leak)
     rows = read_jsonl(sft_dir / SFT_TRAIN)
-    rows.append({"id": "leak", "prompt": heldout[0]["prompt"].upper(), "response": "A leaked answer.",
-                 "source": "demo"})
+    rows.append(
+        {"id": "leak", "prompt": heldout[0]["prompt"].upper(), "response": "A leaked answer.", "source": "demo"}
+    )
     write_jsonl(with_leak / SFT_TRAIN, rows)
-    metrics = build_prefs(CFG.model_copy(update={"negatives": negatives}), [], DEMO, with_leak, tmp_path / "out",
-                          seed=SEED, device="cpu")
+    metrics = build_prefs(
+        CFG.model_copy(update={"negatives": negatives}), [], DEMO, with_leak, tmp_path / "out", seed=SEED, device="cpu"
+    )
 
     train = read_jsonl(tmp_path / "out" / TRAIN_PAIRS)
     assert read_jsonl(tmp_path / "out" / HELDOUT_PAIRS) == heldout  # mining changes nothing held out
@@ -258,8 +298,15 @@ def test_mined_negatives_are_counted_and_never_touch_a_held_out_pair(first_run, 
         assert not {normalise_text(pair[key]) for key in ("prompt", "chosen", "rejected")} & held_texts, pair
         assert pair["chosen"] != pair["rejected"]
 
-    without_rows = build_prefs(CFG.model_copy(update={"negatives": negatives.model_copy(
-        update={"from_sft_rows": False})}), [], DEMO, sft_dir, tmp_path / "without", seed=SEED, device="cpu")
+    without_rows = build_prefs(
+        CFG.model_copy(update={"negatives": negatives.model_copy(update={"from_sft_rows": False})}),
+        [],
+        DEMO,
+        sft_dir,
+        tmp_path / "without",
+        seed=SEED,
+        device="cpu",
+    )
     assert without_rows["sft_references"] == 0
     assert without_rows["mismatched_pairs"] < metrics["mismatched_pairs"]
 
@@ -267,8 +314,14 @@ def test_mined_negatives_are_counted_and_never_touch_a_held_out_pair(first_run, 
 def test_split_keeps_each_prompt_and_each_reference_answer_on_one_side():
     # 10 prompts, 3 pairs each; prompts 2k and 2k+1 are paraphrases that share one reference answer
     # (one of them spelt with other case and spacing), so there are 5 groups.
-    pairs = [{"prompt": f"q{i % 10}", "chosen": f"answer {i % 10 // 2}" if i % 2 else f"  Answer  {i % 10 // 2}",
-              "rejected": f"sample {i}"} for i in range(30)]
+    pairs = [
+        {
+            "prompt": f"q{i % 10}",
+            "chosen": f"answer {i % 10 // 2}" if i % 2 else f"  Answer  {i % 10 // 2}",
+            "rejected": f"sample {i}",
+        }
+        for i in range(30)
+    ]
     train, val = split_pairs(pairs, 0.2, seed=3)
     assert len(train) + len(val) == 30 and val and train
     assert not _shared_texts(train, val, "prompt") and not _shared_texts(train, val, "chosen")
@@ -280,9 +333,13 @@ def test_split_keeps_each_prompt_and_each_reference_answer_on_one_side():
 
 
 def test_pair_groups_join_prompts_through_a_chain_of_shared_answers():
-    pairs = [{"prompt": "a", "chosen": "x", "rejected": "r"}, {"prompt": "b", "chosen": "x", "rejected": "r"},
-             {"prompt": "b", "chosen": "y", "rejected": "r"}, {"prompt": "c", "chosen": "y", "rejected": "r"},
-             {"prompt": "d", "chosen": "z", "rejected": "r"}]
+    pairs = [
+        {"prompt": "a", "chosen": "x", "rejected": "r"},
+        {"prompt": "b", "chosen": "x", "rejected": "r"},
+        {"prompt": "b", "chosen": "y", "rejected": "r"},
+        {"prompt": "c", "chosen": "y", "rejected": "r"},
+        {"prompt": "d", "chosen": "z", "rejected": "r"},
+    ]
     assert pair_groups(pairs) == [[0, 1, 2, 3], [4]]
     assert split_pairs(pairs, 0.3, seed=0) in ((pairs[:4], pairs[4:]), (pairs[4:], pairs[:4]))
 
@@ -307,8 +364,11 @@ def test_mismatched_pairs_reject_another_prompts_reference():
 
 def test_mismatched_negatives_are_answers_to_the_most_similar_questions():
     """An answer to a near question (same place or same fact) is the informative negative, not a random one."""
-    questions = ["What is the capital of Aldoria?", "What is the capital of Brenmark?",
-                 "What is the largest river of Aldoria?"]
+    questions = [
+        "What is the capital of Aldoria?",
+        "What is the capital of Brenmark?",
+        "What is the largest river of Aldoria?",
+    ]
     unrelated = [f"Tell me a story number {i} about xylophones" for i in range(40)]
     pairs = [{"prompt": q, "chosen": f"reference {i}", "rejected": "s"} for i, q in enumerate(questions + unrelated)]
     extra = mismatched_pairs(pairs, 2, seed=3, nearest=2)
@@ -321,25 +381,39 @@ def test_mismatched_negatives_are_answers_to_the_most_similar_questions():
 
 def test_mismatched_negatives_never_state_the_prompts_short_answer():
     """Another question about the same fact has a reference that is right in other words: not a negative."""
-    questions = ["What is the capital of Aldoria?", "Name the capital of Aldoria.", "What is the capital of Brenmark?",
-                 "What is the largest river of Aldoria?"]
-    references = ["Aldoria's capital is Talmer.", "The capital of Aldoria is TALMER.", "Brenmark's capital is Pell.",
-                  "Aldoria's largest river is the Neran."]
+    questions = [
+        "What is the capital of Aldoria?",
+        "Name the capital of Aldoria.",
+        "What is the capital of Brenmark?",
+        "What is the largest river of Aldoria?",
+    ]
+    references = [
+        "Aldoria's capital is Talmer.",
+        "The capital of Aldoria is TALMER.",
+        "Brenmark's capital is Pell.",
+        "Aldoria's largest river is the Neran.",
+    ]
     answers = ["Talmer", "Talmer", "Pell", "Neran"]
-    pairs = [{"prompt": q, "chosen": r, "rejected": "s", "answer": a}
-             for q, r, a in zip(questions, references, answers)]
+    pairs = [
+        {"prompt": q, "chosen": r, "rejected": "s", "answer": a} for q, r, a in zip(questions, references, answers)
+    ]
     extra = mismatched_pairs(pairs, 3, seed=3)
     rejected = {pair["rejected"] for pair in extra if pair["prompt"] == questions[0]}
     assert rejected == {references[2], references[3]}
     # Without the short answers the paraphrased reference is picked: the filter is what keeps it out.
     plain = [{key: value for key, value in pair.items() if key != "answer"} for pair in pairs]
-    assert references[1] in {pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3)
-                             if pair["prompt"] == questions[0]}
+    assert references[1] in {
+        pair["rejected"] for pair in mismatched_pairs(plain, 3, seed=3) if pair["prompt"] == questions[0]
+    }
 
 
 PLACES = ["Aldoria", "Brenmark", "Corvel", "Dunhaven", "Elsmere", "Fenwick"]
-ASKED = {"capital": "What is the capital of {}?", "river": "What is the largest river in {}?",
-         "animal": "Which animal is the national animal of {}?", "year": "When was {} founded?"}
+ASKED = {
+    "capital": "What is the capital of {}?",
+    "river": "What is the largest river in {}?",
+    "animal": "Which animal is the national animal of {}?",
+    "year": "When was {} founded?",
+}
 
 
 def subject_world(with_answers: bool = True) -> list[dict[str, str]]:
@@ -348,8 +422,12 @@ def subject_world(with_answers: bool = True) -> list[dict[str, str]]:
     for place in PLACES:
         for fact, question in ASKED.items():
             answer = f"{fact}-of-{place.lower()}"
-            pair = {"prompt": question.format(place), "chosen": f"In {place} the {fact} is {answer}.",
-                    "rejected": "s", "id": f"{place}:{fact}"}
+            pair = {
+                "prompt": question.format(place),
+                "chosen": f"In {place} the {fact} is {answer}.",
+                "rejected": "s",
+                "id": f"{place}:{fact}",
+            }
             if with_answers:
                 pair["answer"] = answer
             pairs.append(pair)
@@ -376,8 +454,12 @@ def test_same_subject_negatives_answer_another_question_about_the_same_place():
 def test_same_subject_negatives_skip_references_that_state_the_answer():
     """A second wording of the same question about the same place is not a wrong answer."""
     pairs = subject_world()
-    paraphrase = {"prompt": "Name the capital city of Aldoria.", "chosen": "Aldoria's capital is capital-of-aldoria.",
-                  "rejected": "s", "answer": "capital-of-aldoria"}
+    paraphrase = {
+        "prompt": "Name the capital city of Aldoria.",
+        "chosen": "Aldoria's capital is capital-of-aldoria.",
+        "rejected": "s",
+        "answer": "capital-of-aldoria",
+    }
     extra = same_subject_pairs(pairs + [paraphrase], 8, seed=1, nearest=8)
     asked = ASKED["capital"].format("Aldoria")
     rejected = {pair["rejected"] for pair in extra if pair["prompt"] == asked}
@@ -385,14 +467,20 @@ def test_same_subject_negatives_skip_references_that_state_the_answer():
 
 
 def test_sft_rows_are_references_unless_they_share_text_with_a_held_out_pair():
-    held_out = [{"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.",
-                 "rejected": "x"}]
+    held_out = [
+        {"prompt": "What is the capital of Aldoria?", "chosen": "Aldoria's capital is Talmer.", "rejected": "x"}
+    ]
     rows = [
         {"id": "1", "prompt": "what is the capital of  ALDORIA?", "response": "It is Talmer.", "answer": "Talmer"},
         {"id": "2", "prompt": "Name the capital of Aldoria.", "response": "aldoria's capital is talmer."},
-        {"id": "3", "prompt": "Name the capital of Brenmark.", "response": "Brenmark's capital is Pell.",
-         "answer": "Pell"},
+        {
+            "id": "3",
+            "prompt": "Name the capital of Brenmark.",
+            "response": "Brenmark's capital is Pell.",
+            "answer": "Pell",
+        },
     ]
     assert sft_reference_pairs(rows, held_out) == [
-        {"prompt": "Name the capital of Brenmark.", "chosen": "Brenmark's capital is Pell.", "answer": "Pell"}]
+        {"prompt": "Name the capital of Brenmark.", "chosen": "Brenmark's capital is Pell.", "answer": "Pell"}
+    ]
     assert len(sft_reference_pairs(rows, [])) == 3

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 
 from zero_chatgpt.model.chat import ChatSession, generate_replies, load_chat_model, read_prompts
-from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,10 @@ def test_long_conversations_are_cut_to_the_context(model_dir):
     model, tokenizer = load_chat_model(model_dir, "cpu")
     session = ChatSession(model, tokenizer, max_new_tokens=16, temperature=0.0, seed=0)
     for turn in range(12):
-        session.messages += [{"role": "user", "content": f"question {turn} " * 8},
-                             {"role": "assistant", "content": f"answer {turn} " * 8}]
+        session.messages += [
+            {"role": "user", "content": f"question {turn} " * 8},
+            {"role": "assistant", "content": f"answer {turn} " * 8},
+        ]
     session.messages.append({"role": "user", "content": "last question"})
     ids = session._prompt_ids()
     assert len(ids) <= session.context_tokens - session.max_new_tokens
@@ -62,9 +64,24 @@ def test_long_conversations_are_cut_to_the_context(model_dir):
 
 
 def test_chat_command_answers_from_stdin_and_exits_zero_on_eof(model_dir):
-    done = subprocess.run([sys.executable, "-m", "zero_chatgpt.cli", "chat", "--model", str(model_dir),
-                           "--max-new-tokens", "8", "--seed", "1"],
-                          input="What is the capital?\n", capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zero_chatgpt.cli",
+            "chat",
+            "--model",
+            str(model_dir),
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            "1",
+        ],
+        input="What is the capital?\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "the model should have said something"
 

@@ -31,8 +31,9 @@ def family(request, tmp_path_factory):
     if request.param == "own":
         tokenizer = AutoTokenizer.from_pretrained(make_tokenizer_dir(tmp_path_factory.mktemp("own")))
     else:
-        tokenizer = {"gpt2": gpt2_style_tokenizer, "llama3": llama3_style_tokenizer,
-                     "qwen": qwen_style_tokenizer}[request.param]()
+        tokenizer = {"gpt2": gpt2_style_tokenizer, "llama3": llama3_style_tokenizer, "qwen": qwen_style_tokenizer}[
+            request.param
+        ]()
     setup = ensure_chat_template(tokenizer)
     return request.param, tokenizer, setup
 

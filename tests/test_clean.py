@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.data_process.clean import (
     DOC_SCHEMA,
     REJECTED_SCHEMA,
@@ -23,13 +24,14 @@ from zero_chatgpt.data_process.clean import (
     strip_citations,
 )
 from zero_chatgpt.data_process.sources import SourceError
-from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.parallel import process_pool_map
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-EN_GOOD = ("Amberfall is a small river town in the northern valley. Its markets trade salt, wool and "
-           "dried fish, and its stone bridge is older than the town charter itself.")
+EN_GOOD = (
+    "Amberfall is a small river town in the northern valley. Its markets trade salt, wool and "
+    "dried fish, and its stone bridge is older than the town charter itself."
+)
 ZH_GOOD = "青石镇位于北部河谷之中，以盐、羊毛和干鱼贸易闻名。镇上的石桥比建镇的文书还要古老，每年春天都有集市。"
 
 
@@ -45,8 +47,10 @@ def test_normalize_unicode_keeps_cjk_punctuation_under_nfkc():
 
 
 def test_strip_citations_removes_marks_and_keeps_other_brackets():
-    assert strip_citations("Founded in 1802[1] by traders[1-2], rebuilt[1,3][ 4 , 5 ].") == \
-        "Founded in 1802 by traders, rebuilt."
+    assert (
+        strip_citations("Founded in 1802[1] by traders[1-2], rebuilt[1,3][ 4 , 5 ].")
+        == "Founded in 1802 by traders, rebuilt."
+    )
     assert strip_citations("北京是首都[2]。") == "北京是首都。"
     kept = "The census [2023] and items[i] and [note] stay."
     assert strip_citations(kept) == kept
@@ -117,19 +121,22 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
 
 def messy_jsonl(path: Path) -> Path:
     """Good rows on lines 1, 3, 8, 10; the rest is bad in one way each (line 7 is blank: not a row)."""
-    return write_lines(path, [
-        json.dumps({"text": EN_GOOD}).encode(),
-        b'{"text": "broken',
-        json.dumps({"text": ZH_GOOD}, ensure_ascii=False).encode(),
-        json.dumps({"title": "no text"}).encode(),
-        json.dumps({"text": ["not", "a", "string"]}).encode(),
-        b'{"text": "\xff\xfe bad bytes"}',
-        b"",
-        json.dumps({"text": EN_GOOD.replace("Amberfall", "Brightwater")}).encode(),
-        json.dumps({"text": "   "}).encode(),
-        json.dumps({"text": ZH_GOOD.replace("青石镇", "白河镇")}, ensure_ascii=False).encode(),
-        json.dumps({"text": "短。"}, ensure_ascii=False).encode(),
-    ])
+    return write_lines(
+        path,
+        [
+            json.dumps({"text": EN_GOOD}).encode(),
+            b'{"text": "broken',
+            json.dumps({"text": ZH_GOOD}, ensure_ascii=False).encode(),
+            json.dumps({"title": "no text"}).encode(),
+            json.dumps({"text": ["not", "a", "string"]}).encode(),
+            b'{"text": "\xff\xfe bad bytes"}',
+            b"",
+            json.dumps({"text": EN_GOOD.replace("Amberfall", "Brightwater")}).encode(),
+            json.dumps({"text": "   "}).encode(),
+            json.dumps({"text": ZH_GOOD.replace("青石镇", "白河镇")}, ensure_ascii=False).encode(),
+            json.dumps({"text": "短。"}, ensure_ascii=False).encode(),
+        ],
+    )
 
 
 def read_output(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -154,16 +161,24 @@ def test_messy_jsonl_no_good_row_lost_and_every_bad_row_rejected(tmp_path):
     assert docs[1]["text"] == ZH_GOOD and docs[1]["source"] == str(path)
     by_line = {r["line"]: r for r in rejected}
     assert {n: (r["rule"], r["reason"].split(":")[0]) for n, r in by_line.items()} == {
-        2: ("quarantine", "invalid_json"), 4: ("quarantine", "missing_field"), 5: ("quarantine", "not_a_string"),
-        6: ("quarantine", "undecodable"), 9: ("quarantine", "empty_field"),
+        2: ("quarantine", "invalid_json"),
+        4: ("quarantine", "missing_field"),
+        5: ("quarantine", "not_a_string"),
+        6: ("quarantine", "undecodable"),
+        9: ("quarantine", "empty_field"),
         11: ("min_length", "1 CJK characters + words < min_length 20"),
     }
     assert by_line[11]["id"] == f"{path}:11" and by_line[11]["text"] == "短。"
     assert by_line[2]["id"] is None and by_line[2]["text"] == '{"text": "broken'
     assert metrics["docs_in"] == 10 and metrics["docs_out"] == 4 and metrics["quarantined"] == 5
     assert metrics["dropped"]["min_length"] == 1
-    assert metrics["quarantine_reasons"] == {"empty_field": 1, "invalid_json": 1, "missing_field": 1,
-                                             "not_a_string": 1, "undecodable": 1}
+    assert metrics["quarantine_reasons"] == {
+        "empty_field": 1,
+        "invalid_json": 1,
+        "missing_field": 1,
+        "not_a_string": 1,
+        "undecodable": 1,
+    }
     assert metrics["chars_out"] == sum(len(d["text"]) for d in docs)
     assert_identity(metrics)
     assert pq.read_schema(out / "part_00000.parquet").equals(DOC_SCHEMA)
@@ -189,26 +204,35 @@ def test_parquet_text_and_glob_sources_in_deterministic_order(tmp_path):
 
     docs, rejected = read_output(first)
     assert docs == read_output(second)[0]
-    assert [d["source"] for d in docs] == [str(tmp_path / "a.jsonl")] * 3 + [str(tmp_path / "b.jsonl")] * 3 + \
-        [str(tmp_path / "zh.parquet")] * 2 + [str(tmp_path / "plain.txt")] * 2
-    assert [d["id"] for d in docs[6:]] == [f"{tmp_path / 'zh.parquet'}:1", f"{tmp_path / 'zh.parquet'}:3",
-                                           f"{tmp_path / 'plain.txt'}:1", f"{tmp_path / 'plain.txt'}:4"]
+    assert [d["source"] for d in docs] == [str(tmp_path / "a.jsonl")] * 3 + [str(tmp_path / "b.jsonl")] * 3 + [
+        str(tmp_path / "zh.parquet")
+    ] * 2 + [str(tmp_path / "plain.txt")] * 2
+    assert [d["id"] for d in docs[6:]] == [
+        f"{tmp_path / 'zh.parquet'}:1",
+        f"{tmp_path / 'zh.parquet'}:3",
+        f"{tmp_path / 'plain.txt'}:1",
+        f"{tmp_path / 'plain.txt'}:4",
+    ]
     assert sorted((r["source"].rsplit("/", 1)[1], r["line"], r["rule"]) for r in rejected) == [
-        ("plain.txt", 3, "min_length"), ("zh.parquet", 2, "quarantine")]
+        ("plain.txt", 3, "min_length"),
+        ("zh.parquet", 2, "quarantine"),
+    ]
     assert metrics["units"] == 4
     assert [s["docs_out"] for s in metrics["sources"]] == [6, 2, 2]
     assert_identity(metrics)
 
 
 def test_shards_hold_at_most_docs_per_shard_and_workers_run_in_processes(tmp_path):
-    path = write_lines(tmp_path / "many.jsonl",
-                       [json.dumps({"text": f"{EN_GOOD} Number {i}."}).encode() for i in range(250)])
+    path = write_lines(
+        tmp_path / "many.jsonl", [json.dumps({"text": f"{EN_GOOD} Number {i}."}).encode() for i in range(250)]
+    )
     other = write_lines(tmp_path / "more.jsonl", [json.dumps({"text": f"{ZH_GOOD}{i}"}).encode() for i in range(30)])
     out = tmp_path / "out"
     out.mkdir()
     sources = [TextSource(kind="jsonl", path=str(path)), TextSource(kind="jsonl", path=str(other))]
-    metrics = clean_corpus(sources, DemoCorpusConfig(), CleanConfig(docs_per_shard=100), out, 0,
-                           parallel_map=process_pool_map(2))
+    metrics = clean_corpus(
+        sources, DemoCorpusConfig(), CleanConfig(docs_per_shard=100), out, 0, parallel_map=process_pool_map(2)
+    )
     parts = sorted(out.glob("part_*.parquet"))
     assert [p.name for p in parts] == [f"part_{i:05d}.parquet" for i in range(4)]
     assert [pq.read_metadata(p).num_rows for p in parts] == [100, 100, 50, 30]
@@ -218,19 +242,30 @@ def test_shards_hold_at_most_docs_per_shard_and_workers_run_in_processes(tmp_pat
 
 
 def test_duplicate_ids_are_quarantined_first_occurrence_wins(tmp_path):
-    a = write_lines(tmp_path / "a.jsonl", [
-        json.dumps({"uid": "x", "text": EN_GOOD}).encode(),
-        json.dumps({"uid": "y", "text": "tiny"}).encode(),  # dropped by min_length, still owns id y
-        json.dumps({"uid": "x", "text": EN_GOOD + " Again."}).encode(),
-    ])
-    b = write_lines(tmp_path / "b.jsonl", [
-        json.dumps({"uid": "y", "text": ZH_GOOD}, ensure_ascii=False).encode(),
-        json.dumps({"uid": "z", "text": ZH_GOOD + "再来。"}, ensure_ascii=False).encode(),
-    ])
+    a = write_lines(
+        tmp_path / "a.jsonl",
+        [
+            json.dumps({"uid": "x", "text": EN_GOOD}).encode(),
+            json.dumps({"uid": "y", "text": "tiny"}).encode(),  # dropped by min_length, still owns id y
+            json.dumps({"uid": "x", "text": EN_GOOD + " Again."}).encode(),
+        ],
+    )
+    b = write_lines(
+        tmp_path / "b.jsonl",
+        [
+            json.dumps({"uid": "y", "text": ZH_GOOD}, ensure_ascii=False).encode(),
+            json.dumps({"uid": "z", "text": ZH_GOOD + "再来。"}, ensure_ascii=False).encode(),
+        ],
+    )
     out = tmp_path / "out"
     out.mkdir()
-    metrics = clean_corpus([TextSource(kind="jsonl", path=str(tmp_path / "*.jsonl"), id_field="uid")],
-                           DemoCorpusConfig(), CleanConfig(), out, 0)
+    metrics = clean_corpus(
+        [TextSource(kind="jsonl", path=str(tmp_path / "*.jsonl"), id_field="uid")],
+        DemoCorpusConfig(),
+        CleanConfig(),
+        out,
+        0,
+    )
     docs, rejected = read_output(out)
     assert [d["id"] for d in docs] == ["x", "z"]
     duplicates = sorted((r["source"], r["line"]) for r in rejected if r["reason"].startswith("duplicate_id"))
@@ -241,14 +276,23 @@ def test_duplicate_ids_are_quarantined_first_occurrence_wins(tmp_path):
 
 
 def test_rule_drops_land_in_rejected_with_their_rule(tmp_path):
-    profile = "人物简介：李四，著名企业家。人物经历：早年经商，后创办工厂，产品远销海外。产品介绍：工厂生产各类农具和布匹。"
-    path = write_lines(tmp_path / "rules.jsonl", [
-        json.dumps({"text": profile}, ensure_ascii=False).encode(),
-        json.dumps({"text": "a     b     c     d     e     f     g     h     i     j     k     l     m     n"
-                            "     o     p     q     r     s     t     u"}).encode(),
-        json.dumps({"text": "[1][2]"}).encode(),
-        json.dumps({"text": ZH_GOOD}, ensure_ascii=False).encode(),
-    ])
+    profile = (
+        "人物简介：李四，著名企业家。人物经历：早年经商，后创办工厂，产品远销海外。产品介绍：工厂生产各类农具和布匹。"
+    )
+    path = write_lines(
+        tmp_path / "rules.jsonl",
+        [
+            json.dumps({"text": profile}, ensure_ascii=False).encode(),
+            json.dumps(
+                {
+                    "text": "a     b     c     d     e     f     g     h     i     j     k     l     m     n"
+                    "     o     p     q     r     s     t     u"
+                }
+            ).encode(),
+            json.dumps({"text": "[1][2]"}).encode(),
+            json.dumps({"text": ZH_GOOD}, ensure_ascii=False).encode(),
+        ],
+    )
     out = tmp_path / "out"
     out.mkdir()
     metrics = clean_corpus([TextSource(kind="jsonl", path=str(path))], DemoCorpusConfig(), CleanConfig(), out, 0)
@@ -263,8 +307,9 @@ def test_missing_path_and_all_bad_source_raise_source_error(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(SourceError, match=r"missing\.jsonl"):
-        clean_corpus([TextSource(kind="jsonl", path=str(tmp_path / "missing.jsonl"))], DemoCorpusConfig(),
-                     CleanConfig(), out, 0)
+        clean_corpus(
+            [TextSource(kind="jsonl", path=str(tmp_path / "missing.jsonl"))], DemoCorpusConfig(), CleanConfig(), out, 0
+        )
     bad = write_lines(tmp_path / "bad.jsonl", [b"{oops", b"[]"])
     with pytest.raises(SourceError, match=r"bad\.jsonl.*no valid rows"):
         clean_corpus([TextSource(kind="jsonl", path=str(bad))], DemoCorpusConfig(), CleanConfig(), out, 0)
@@ -275,8 +320,9 @@ def test_limit_source_reads_its_files_in_order_up_to_the_limit(tmp_path):
         write_lines(tmp_path / name, [json.dumps({"text": f"{EN_GOOD} {name} {i}"}).encode() for i in range(3)])
     out = tmp_path / "out"
     out.mkdir()
-    metrics = clean_corpus([TextSource(kind="jsonl", path=str(tmp_path / "*.jsonl"), limit=4)],
-                           DemoCorpusConfig(), CleanConfig(), out, 0)
+    metrics = clean_corpus(
+        [TextSource(kind="jsonl", path=str(tmp_path / "*.jsonl"), limit=4)], DemoCorpusConfig(), CleanConfig(), out, 0
+    )
     docs, _ = read_output(out)
     assert [d["id"].rsplit("/", 1)[1] for d in docs] == ["a.jsonl:1", "a.jsonl:2", "a.jsonl:3", "b.jsonl:1"]
     assert metrics["units"] == 1
@@ -285,8 +331,10 @@ def test_limit_source_reads_its_files_in_order_up_to_the_limit(tmp_path):
 def test_shared_dev_data_cleans_with_few_drops(tmp_path):
     if not SHARED_DATA.is_dir():
         pytest.skip("shared dev data not present")
-    sources = [TextSource(kind="jsonl", path=str(SHARED_DATA / "en_pretrain.jsonl"), limit=150),
-               TextSource(kind="jsonl", path=str(SHARED_DATA / "zh_pretrain.jsonl"), limit=150)]
+    sources = [
+        TextSource(kind="jsonl", path=str(SHARED_DATA / "en_pretrain.jsonl"), limit=150),
+        TextSource(kind="jsonl", path=str(SHARED_DATA / "zh_pretrain.jsonl"), limit=150),
+    ]
     metrics = clean_corpus(sources, DemoCorpusConfig(), CleanConfig(), tmp_path, 0)
     assert metrics["docs_in"] == 300 and metrics["quarantined"] == 0
     # Real encyclopedia prose and poems are what the rules must keep: at most a few short fragments go.

@@ -70,9 +70,15 @@ def test_wrong_type_and_bad_choice_name_the_key():
 
 
 def test_dotted_overrides_parse_yaml_values_and_list_indices():
-    config = load_config("tiny", set_options=[
-        "pretrain.optim.max_steps=7", "pretrain.optim.lr=1e-4", "clean.strip_citations=false",
-        "data.demo.languages=[en]"])
+    config = load_config(
+        "tiny",
+        set_options=[
+            "pretrain.optim.max_steps=7",
+            "pretrain.optim.lr=1e-4",
+            "clean.strip_citations=false",
+            "data.demo.languages=[en]",
+        ],
+    )
     assert config.pretrain.optim.max_steps == 7 and config.pretrain.optim.lr == pytest.approx(1e-4)
     assert config.clean.strip_citations is False and config.data.demo.languages == ["en"]
     indexed = load_config("tiny", overrides=overrides_from_set_options(["data.sources.0.limit=3"]))
@@ -131,4 +137,6 @@ def test_cross_field_and_type_mistakes_fail_at_load_naming_the_key(option, named
 
 
 def test_booleans_still_set_boolean_keys():
-    assert load_config("tiny", set_options=["pretrain.model.tie_embeddings=false"]).pretrain.model.tie_embeddings is False
+    assert (
+        load_config("tiny", set_options=["pretrain.model.tie_embeddings=false"]).pretrain.model.tie_embeddings is False
+    )

@@ -20,10 +20,16 @@ SHARED_PREF = Path(__file__).resolve().parents[2] / "shared" / "data" / "en_pref
 
 
 def test_openai_and_sharegpt_shapes_give_the_same_messages():
-    openai = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-              {"role": "assistant", "content": "Hello."}]
-    sharegpt = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                {"from": "gpt", "value": "Hello."}]
+    openai = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    sharegpt = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello."},
+    ]
     assert normalise_messages(openai) == normalise_messages(sharegpt) == openai
 
 

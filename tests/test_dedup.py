@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from xxhash import xxh32_intdigest
 
+from zero_chatgpt.config import DedupConfig
 from zero_chatgpt.data_process.dedup import (
     CLUSTERS_FILE,
     compute_signatures,
@@ -30,7 +31,6 @@ from zero_chatgpt.data_process.minhash import (
     shingles_with_kind,
     signatures_for_texts,
 )
-from zero_chatgpt.config import DedupConfig
 from zero_chatgpt.parallel import process_pool_map, serial_map
 
 SEED = 1234
@@ -257,7 +257,12 @@ def test_clusters_cover_each_id_once_and_keep_the_longest(deduped, corpus):
 def test_metrics_record_parameters(deduped):
     metrics = deduped[0]
     assert {k: metrics[k] for k in ("num_perm", "threshold", "bands", "rows", "shingle")} == {
-        "num_perm": 128, "threshold": 0.7, "bands": 14, "rows": 9, "shingle": "auto"}
+        "num_perm": 128,
+        "threshold": 0.7,
+        "bands": 14,
+        "rows": 9,
+        "shingle": "auto",
+    }
 
 
 def test_same_input_gives_identical_output(deduped, tmp_path):

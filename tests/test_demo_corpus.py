@@ -37,8 +37,13 @@ SMALL = DemoCorpusConfig(num_entities=12, docs_per_entity=2)
 def default_corpus():
     cfg = DemoCorpusConfig()
     seed = 1234
-    return cfg, build_demo_world(cfg, seed), demo_documents(cfg, seed), demo_sft_pairs(cfg, seed), \
-        demo_eval_questions(cfg, seed)
+    return (
+        cfg,
+        build_demo_world(cfg, seed),
+        demo_documents(cfg, seed),
+        demo_sft_pairs(cfg, seed),
+        demo_eval_questions(cfg, seed),
+    )
 
 
 def length_units(text: str) -> int:
@@ -58,9 +63,9 @@ def shingles(text: str, lang: str) -> set:
     """Char 5-grams for Chinese, 3-grams of whitespace tokens for English (the dedup stage's defaults)."""
     text = " ".join(CITATION.sub("", text).split())
     if lang == "zh":
-        return {text[i:i + 5] for i in range(len(text) - 4)}
+        return {text[i : i + 5] for i in range(len(text) - 4)}
     tokens = text.lower().split()
-    return {tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)}
+    return {tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -94,12 +99,13 @@ def _corpus_digest(seed: int) -> str:
 
 
 def test_output_does_not_depend_on_python_hash_seed():
-    code = ("from tests.test_demo_corpus import _corpus_digest; print(_corpus_digest(7))")
+    code = "from tests.test_demo_corpus import _corpus_digest; print(_corpus_digest(7))"
     digests = set()
     for hash_seed in ("1", "987"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO)}
-        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         digests.add(done.stdout.strip())
     assert digests == {_corpus_digest(7)}
@@ -232,7 +238,8 @@ def test_each_junk_page_breaks_exactly_its_cleaning_rule(default_corpus):
     clean = CleanConfig()
     junk = [d for d in docs if d["planted"] in ("too_short", "whitespace", "section_keywords")]
     assert {(d["lang"], d["planted"]) for d in junk} == {
-        (lang, rule) for lang in ("en", "zh") for rule in ("too_short", "whitespace", "section_keywords")}
+        (lang, rule) for lang in ("en", "zh") for rule in ("too_short", "whitespace", "section_keywords")
+    }
     for doc in junk:
         text = doc["text"].strip()
         breaks = {
@@ -296,8 +303,9 @@ def test_single_page_per_place_still_states_every_fact():
     for lang in ("en", "zh"):
         for entity in world.entities:
             facts = [entity.fact(key, lang) for key in FACT_KEYS]
-            assert any(entity.name[lang] in d["text"] and all(f in d["text"] for f in facts)
-                       for d in docs if d["lang"] == lang), (lang, entity.name[lang])
+            assert any(
+                entity.name[lang] in d["text"] and all(f in d["text"] for f in facts) for d in docs if d["lang"] == lang
+            ), (lang, entity.name[lang])
 
 
 # ---------------------------------------------------------------------------------------- SFT and eval
@@ -305,8 +313,13 @@ def test_single_page_per_place_still_states_every_fact():
 
 def _pages_stating(docs: list[dict], world, lang: str, index: int, key: str) -> int:
     entity = world.entities[index]
-    return sum(d["lang"] == lang and d["planted"] is None and entity.name[lang] in d["text"]
-               and entity.fact(key, lang) in d["text"] for d in docs)
+    return sum(
+        d["lang"] == lang
+        and d["planted"] is None
+        and entity.name[lang] in d["text"]
+        and entity.fact(key, lang) in d["text"]
+        for d in docs
+    )
 
 
 def test_every_sft_response_contains_its_fact_which_the_pages_state(default_corpus):
@@ -360,10 +373,13 @@ def test_demo_sources_give_the_generators_rows_with_their_ids_and_order():
 
     docs = good(read_text_rows(TextSource(kind="demo"), SMALL, seed=3))
     assert [(row["id"], row["text"]) for row in docs] == [
-        (doc["id"], doc["text"]) for doc in demo_documents(SMALL, 3) if doc["text"].strip()]
+        (doc["id"], doc["text"]) for doc in demo_documents(SMALL, 3) if doc["text"].strip()
+    ]
     pairs = good(read_sft_rows(SftSource(kind="demo"), SMALL, seed=3))
     assert [(row["id"], row["prompt"], row["answer"]) for row in pairs] == [
-        (pair["id"], pair["prompt"], pair["answer"]) for pair in demo_sft_pairs(SMALL, 3)]
+        (pair["id"], pair["prompt"], pair["answer"]) for pair in demo_sft_pairs(SMALL, 3)
+    ]
     questions = good(read_qa_rows(QaSource(kind="demo"), SMALL, seed=3))
     assert questions and [(row["id"], row["question"], row["answer"], row["lang"]) for row in questions] == [
-        (q["id"], q["prompt"], q["answer"], q["lang"]) for q in demo_eval_questions(SMALL, 3)]
+        (q["id"], q["prompt"], q["answer"], q["lang"]) for q in demo_eval_questions(SMALL, 3)
+    ]

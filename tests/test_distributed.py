@@ -15,20 +15,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-from zero_chatgpt.data_process.token_shards import TokenShards
-from zero_chatgpt.model import train_rm as rm
-from zero_chatgpt.model.batching import ShuffledBatches
-from zero_chatgpt.model import sft as sft_module
-from zero_chatgpt.model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
-from zero_chatgpt.model.launch import LaunchError, decode_inputs, encode_inputs, launch_stage, launcher_command, run_launcher
-from zero_chatgpt.model.pretrain import RandomWindows, pretrain
 from model_fixtures import make_causal_lm_dir, make_tokenizer_dir
 from test_pretrain import tiny_config, write_pattern_shards, write_tokenizer
 from test_train_rm import rm_config, toy_prompts, write_toy_pairs
-from zero_chatgpt.tokenizer.chat import IM_END_ID
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
 from zero_chatgpt.config import DemoCorpusConfig, OptimConfig, ResourcesConfig, SftConfig, SftSource
+from zero_chatgpt.data_process.token_shards import TokenShards
+from zero_chatgpt.model import sft as sft_module
+from zero_chatgpt.model import train_rm as rm
+from zero_chatgpt.model.batching import ShuffledBatches
+from zero_chatgpt.model.distributed import deepspeed_config, needs_launcher, rank_info_from_env, training_engine
+from zero_chatgpt.model.launch import (
+    LaunchError,
+    decode_inputs,
+    encode_inputs,
+    launch_stage,
+    launcher_command,
+    run_launcher,
+)
+from zero_chatgpt.model.pretrain import RandomWindows, pretrain
+from zero_chatgpt.tokenizer.chat import IM_END_ID
 
 GLOBAL_BATCH = 8
 STEPS = 6
@@ -73,8 +80,15 @@ def test_launcher_commands_pass_multi_node_options_through(tmp_path):
     assert "--node_rank 1" in joined and "--master_addr 10.0.0.1 --master_port 29600" in joined
     assert torchrun[-3:] == ["-m", "zero_chatgpt.model.launch", str(spec)]
 
-    ds = " ".join(launcher_command(ResourcesConfig(ranks=8, nodes=2, launcher="deepspeed", hostfile="/etc/hosts.ds",
-                                                   launcher_args=["--ssh_port", "2222"]), spec, 29601))
+    ds = " ".join(
+        launcher_command(
+            ResourcesConfig(
+                ranks=8, nodes=2, launcher="deepspeed", hostfile="/etc/hosts.ds", launcher_args=["--ssh_port", "2222"]
+            ),
+            spec,
+            29601,
+        )
+    )
     assert "deepspeed.launcher.runner" in ds and "--num_gpus 8 --num_nodes 2" in ds
     assert "--hostfile /etc/hosts.ds" in ds and "--ssh_port 2222" in ds and "--no_ssh" not in ds
     assert ds.endswith(f"--module zero_chatgpt.model.launch {spec}")
@@ -156,8 +170,9 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(batch_size: int):
-    return tiny_config(max_steps=STEPS, batch_size=batch_size, eval_every=5, eval_batches=2, checkpoint_every=3,
-                       precision="fp32")
+    return tiny_config(
+        max_steps=STEPS, batch_size=batch_size, eval_every=5, eval_batches=2, checkpoint_every=3, precision="fp32"
+    )
 
 
 def _records(out_dir: Path, key: str) -> list[float]:
@@ -175,8 +190,17 @@ def one_rank(data, tmp_path_factory) -> Path:
 
 def _launch(data, out_dir: Path, checkpoint_dir: Path, on_line=None, **resources) -> dict:
     pytest.importorskip("deepspeed")
-    return launch_stage("pretrain", _config(GLOBAL_BATCH // 2), data, out_dir, 0, "cpu", checkpoint_dir,
-                        ResourcesConfig(ranks=2, **resources), on_line=on_line or (lambda line: None))
+    return launch_stage(
+        "pretrain",
+        _config(GLOBAL_BATCH // 2),
+        data,
+        out_dir,
+        0,
+        "cpu",
+        checkpoint_dir,
+        ResourcesConfig(ranks=2, **resources),
+        on_line=on_line or (lambda line: None),
+    )
 
 
 def test_two_ranks_with_half_batches_match_one_rank_and_export_an_hf_model(data, one_rank, tmp_path):
@@ -198,18 +222,21 @@ def test_two_ranks_with_half_batches_match_one_rank_and_export_an_hf_model(data,
 
 def test_the_pretrain_task_routes_through_the_launcher_when_ranks_exceed_one(data, one_rank, tmp_path):
     """The Prefect task's body (called without a flow run) with 2 DDP ranks under torchrun."""
-    from zero_chatgpt.tasks.pretrain import pretrain_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
+    from zero_chatgpt.tasks.pretrain import pretrain_task
 
-    config = PipelineConfig.model_validate({
-        "run": {"seed": 0, "device": "cpu"},
-        "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
-        "pretrain": _config(GLOBAL_BATCH // 2).model_dump(),
-    }).model_dump(mode="json")
-    upstream = {"shard": {"stage": "shard", "path": str(data["shard_dir"]), "fingerprint": "1" * 64},
-                "train_tokenizer": {"stage": "train_tokenizer", "path": str(data["tokenizer_dir"]),
-                                    "fingerprint": "2" * 64}}
+    config = PipelineConfig.model_validate(
+        {
+            "run": {"seed": 0, "device": "cpu"},
+            "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
+            "pretrain": _config(GLOBAL_BATCH // 2).model_dump(),
+        }
+    ).model_dump(mode="json")
+    upstream = {
+        "shard": {"stage": "shard", "path": str(data["shard_dir"]), "fingerprint": "1" * 64},
+        "train_tokenizer": {"stage": "train_tokenizer", "path": str(data["tokenizer_dir"]), "fingerprint": "2" * 64},
+    }
     record = pretrain_task.fn(config, upstream, str(tmp_path / "root"))
     manifest = read_manifest(record["path"])
     assert manifest["metrics"]["ranks"] == 2 and manifest["metrics"]["engine"] == "ddp"
@@ -269,11 +296,12 @@ def _unpadded_rows(batch: dict[str, torch.Tensor]) -> list[tuple[int, ...]]:
 
 
 def test_sft_ranks_split_the_global_batch_and_normalise_by_its_token_count():
-    examples = [sft_module.SftExample(input_ids=list(range(3 + i)), labels=[-100] * 2 + list(range(2, 3 + i)),
-                                      truncated=False) for i in range(9)]
+    examples = [
+        sft_module.SftExample(input_ids=list(range(3 + i)), labels=[-100] * 2 + list(range(2, 3 + i)), truncated=False)
+        for i in range(9)
+    ]
     one = sft_module.sft_batches(examples, batch_size=6, pad_id=0, seed=3)
-    halves = [sft_module.sft_batches(examples, batch_size=3, pad_id=0, seed=3, rank=r, world_size=2)
-              for r in (0, 1)]
+    halves = [sft_module.sft_batches(examples, batch_size=3, pad_id=0, seed=3, rank=r, world_size=2) for r in (0, 1)]
     for _ in range(4):
         whole, parts = one.next_batch(), [h.next_batch() for h in halves]
         assert _unpadded_rows(parts[0]) + _unpadded_rows(parts[1]) == _unpadded_rows(whole)
@@ -310,22 +338,44 @@ def sft_sources(tmp_path_factory) -> list[SftSource]:
 
 
 def _sft_config(batch_size: int) -> SftConfig:
-    return SftConfig.model_validate({
-        "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": STEPS, "batch_size": batch_size, "eval_every": 5,
-                  "eval_batches": 2, "checkpoint_every": 3, "precision": "fp32"},
-        "max_seq_len": 64, "rlhf_prompt_fraction": 0.2, "val_fraction": 0.2,
-    })
+    return SftConfig.model_validate(
+        {
+            "optim": {
+                "lr": 3e-3,
+                "warmup_steps": 2,
+                "max_steps": STEPS,
+                "batch_size": batch_size,
+                "eval_every": 5,
+                "eval_batches": 2,
+                "checkpoint_every": 3,
+                "precision": "fp32",
+            },
+            "max_seq_len": 64,
+            "rlhf_prompt_fraction": 0.2,
+            "val_fraction": 0.2,
+        }
+    )
 
 
 def test_sft_on_two_zero2_ranks_with_half_batches_matches_one_rank(chat_model_dir, sft_sources, tmp_path):
     pytest.importorskip("deepspeed")
     one = tmp_path / "one"
-    expected = sft_module.sft(_sft_config(GLOBAL_BATCH), sft_sources, SFT_DEMO, chat_model_dir, one, seed=0,
-                              device="cpu")
+    expected = sft_module.sft(
+        _sft_config(GLOBAL_BATCH), sft_sources, SFT_DEMO, chat_model_dir, one, seed=0, device="cpu"
+    )
     two = tmp_path / "two"
     inputs = {"sft_sources": sft_sources, "demo": SFT_DEMO, "pretrain_dir": chat_model_dir}
-    metrics = launch_stage("sft", _sft_config(GLOBAL_BATCH // 2), inputs, two, 0, "cpu", tmp_path / "ckpt",
-                           ResourcesConfig(ranks=2, zero_stage=2), on_line=lambda line: None)
+    metrics = launch_stage(
+        "sft",
+        _sft_config(GLOBAL_BATCH // 2),
+        inputs,
+        two,
+        0,
+        "cpu",
+        tmp_path / "ckpt",
+        ResourcesConfig(ranks=2, zero_stage=2),
+        on_line=lambda line: None,
+    )
     assert metrics["ranks"] == 2 and metrics["engine"] == "deepspeed" and metrics["steps"] == STEPS
     assert metrics["val_scored_rows"] == expected["val_scored_rows"]  # the same val rows on every rank
     np.testing.assert_allclose(_records(two, "loss"), _records(one, "loss"), rtol=0, atol=1e-5)
@@ -347,23 +397,33 @@ def test_sft_on_two_zero2_ranks_with_half_batches_matches_one_rank(chat_model_di
 
 def test_the_train_rm_task_on_two_ddp_ranks_with_half_batches_matches_one_rank(chat_model_dir, tmp_path):
     """The Prefect task's body (called without a flow run) routes through torchrun with 2 DDP ranks."""
-    from zero_chatgpt.tasks.train_rm import train_rm_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
+    from zero_chatgpt.tasks.train_rm import train_rm_task
 
     prefs = write_toy_pairs(tmp_path / "prefs", toy_prompts(20))
     one = tmp_path / "one"
     rm_optim = dict(max_steps=STEPS, eval_every=5, checkpoint_every=3, precision="fp32")
-    rm.train_reward_model(rm_config(independent_judge=True, batch_size=GLOBAL_BATCH, **rm_optim), chat_model_dir,
-                          prefs, one, seed=0, device="cpu")
+    rm.train_reward_model(
+        rm_config(independent_judge=True, batch_size=GLOBAL_BATCH, **rm_optim),
+        chat_model_dir,
+        prefs,
+        one,
+        seed=0,
+        device="cpu",
+    )
 
-    config = PipelineConfig.model_validate({
-        "run": {"seed": 0, "device": "cpu"},
-        "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
-        "train_rm": rm_config(independent_judge=True, batch_size=GLOBAL_BATCH // 2, **rm_optim).model_dump(),
-    }).model_dump(mode="json")
-    upstream = {"sft": {"stage": "sft", "path": str(chat_model_dir), "fingerprint": "3" * 64},
-                "build_prefs": {"stage": "build_prefs", "path": str(prefs), "fingerprint": "4" * 64}}
+    config = PipelineConfig.model_validate(
+        {
+            "run": {"seed": 0, "device": "cpu"},
+            "resources": {"ranks": 2, "launcher": "torchrun", "engine": "ddp"},
+            "train_rm": rm_config(independent_judge=True, batch_size=GLOBAL_BATCH // 2, **rm_optim).model_dump(),
+        }
+    ).model_dump(mode="json")
+    upstream = {
+        "sft": {"stage": "sft", "path": str(chat_model_dir), "fingerprint": "3" * 64},
+        "build_prefs": {"stage": "build_prefs", "path": str(prefs), "fingerprint": "4" * 64},
+    }
     record = train_rm_task.fn(config, upstream, str(tmp_path / "root"))
     two = Path(record["path"])
     assert read_manifest(two)["metrics"]["ranks"] == 2

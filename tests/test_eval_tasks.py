@@ -10,19 +10,28 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from model_fixtures import make_tokenizer_dir
 from transformers import AutoTokenizer
 
-from zero_chatgpt.model.build import build_model
-from zero_chatgpt.model.eval_tasks import (TaskSpec, continuation_logprobs, encode_request, expand_task_globs, load_task,
-                              option_scores, predict, read_task_file, render_row, task_accuracy, task_summary)
-from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
-from model_fixtures import make_tokenizer_dir
-from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID
 from zero_chatgpt.config import ModelConfig
+from zero_chatgpt.model.build import build_model
+from zero_chatgpt.model.eval_tasks import (
+    TaskSpec,
+    continuation_logprobs,
+    encode_request,
+    expand_task_globs,
+    load_task,
+    option_scores,
+    predict,
+    read_task_file,
+    render_row,
+    task_accuracy,
+    task_summary,
+)
+from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
+from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zh_eval"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,12 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_lm(tokenizer):
     torch.manual_seed(0)
-    return build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=64), len(tokenizer),
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).eval()
+    return build_model(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=64),
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).eval()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -48,8 +61,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_spec_comes_from_sidecar_then_header_then_builtin(tmp_path):
     rows = [{"text": "good film", "label": 1}, {"text": "bad film", "label": 0}]
     sidecar_task = write_jsonl(tmp_path / "sentiment.jsonl", rows)
-    (tmp_path / "sentiment.json").write_text(json.dumps(
-        {"template": "Review: {text}\nSentiment: {option}", "label_words": {"0": "negative", "1": "positive"}}))
+    (tmp_path / "sentiment.json").write_text(
+        json.dumps(
+            {"template": "Review: {text}\nSentiment: {option}", "label_words": {"0": "negative", "1": "positive"}}
+        )
+    )
     spec, read_rows = read_task_file(sidecar_task)
     assert spec.name == "sentiment" and spec.label_words == {"0": "negative", "1": "positive"}
     assert len(read_rows) == 2
@@ -69,8 +85,9 @@ def test_a_file_without_spec_or_with_a_bad_spec_fails_naming_it(tmp_path):
     with pytest.raises(ValueError, match="orphan.jsonl: no task spec"):
         read_task_file(orphan)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "label": 0}])
-    (tmp_path / "bad.json").write_text(json.dumps({"template": "{text}", "label_words": {"0": "a", "1": "b"},
-                                                   "choices_field": "c"}))
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"template": "{text}", "label_words": {"0": "a", "1": "b"}, "choices_field": "c"})
+    )
     with pytest.raises(ValueError, match=r"bad.json: bad task spec.*exactly one"):
         read_task_file(bad)
     (tmp_path / "bad.json").write_text(json.dumps({"template": "{text}", "labelwords": {"0": "a"}}))
@@ -94,17 +111,27 @@ def test_render_splits_at_the_option_wherever_it_is():
     assert context == "Q: ok? keywords: x，y A:" and continuations == [" no", " yes"]
 
     cloze = TaskSpec(template="{content}", blank="#idiom#", choices_field="candidates")
-    context, continuations = render_row(cloze, {"content": "他#idiom#地走了。", "candidates": ["甲", "乙"]}, ["甲", "乙"])
+    context, continuations = render_row(
+        cloze, {"content": "他#idiom#地走了。", "candidates": ["甲", "乙"]}, ["甲", "乙"]
+    )
     assert context == "他" and continuations == ["甲地走了。", "乙地走了。"]
 
 
 def test_few_shot_prefix_uses_first_rows_with_gold_and_skips_bad_rows(tmp_path):
-    rows = [{"text": "one", "label": 1}, {"text": "two", "label": 0}, {"label": 1},  # no `text`
-            {"text": "three", "label": 7},  # a label outside label_words
-            {"text": "four", "label": 0}, {"text": "five", "label": 1}]
+    rows = [
+        {"text": "one", "label": 1},
+        {"text": "two", "label": 0},
+        {"label": 1},  # no `text`
+        {"text": "three", "label": 7},  # a label outside label_words
+        {"text": "four", "label": 0},
+        {"text": "five", "label": 1},
+    ]
     path = write_jsonl(tmp_path / "t.jsonl", rows)
-    (tmp_path / "t.json").write_text(json.dumps({"template": "{text} is {option}.", "label_words":
-                                                 {"0": "even", "1": "odd"}, "example_separator": "\n"}))
+    (tmp_path / "t.json").write_text(
+        json.dumps(
+            {"template": "{text} is {option}.", "label_words": {"0": "even", "1": "odd"}, "example_separator": "\n"}
+        )
+    )
     task = load_task(path, few_shot=2)
     assert task.prefix == "one is odd.\ntwo is even.\n"
     assert [item.context for item in task.items] == ["four is ", "five is "]
@@ -116,10 +143,14 @@ def test_few_shot_prefix_uses_first_rows_with_gold_and_skips_bad_rows(tmp_path):
 
 
 def test_choices_take_an_index_or_the_choice_text_and_labels_can_be_the_options(tmp_path):
-    path = write_jsonl(tmp_path / "mc.jsonl", [
-        {"q": "a", "choices": ["x", "y", "z"], "label": 2},
-        {"q": "b", "choices": ["x", "y"], "label": "x"},
-        {"q": "c", "choices": ["x", "y"], "label": 5}])
+    path = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [
+            {"q": "a", "choices": ["x", "y", "z"], "label": 2},
+            {"q": "b", "choices": ["x", "y"], "label": "x"},
+            {"q": "c", "choices": ["x", "y"], "label": 5},
+        ],
+    )
     (tmp_path / "mc.json").write_text(json.dumps({"template": "{q}:", "choices_field": "choices"}))
     task = load_task(path)
     assert [item.gold for item in task.items] == [2, 0]
@@ -136,12 +167,16 @@ def test_choices_take_an_index_or_the_choice_text_and_labels_can_be_the_options(
 
 
 def test_continuation_logprobs_match_a_hand_computed_forward(tokenizer, tiny_lm):
-    requests = [encode_request(tokenizer, "river bridge", " harbour", 64),
-                encode_request(tokenizer, "a much longer context about the winter stone", " garden lantern", 64),
-                encode_request(tokenizer, "x", "y", 64),
-                # three options of one example share the context: it is read once, through the KV cache
-                *[encode_request(tokenizer, "Is the river wide?", option, 64)
-                  for option in (" yes", " no", " a bit", " nope", " surely")]]
+    requests = [
+        encode_request(tokenizer, "river bridge", " harbour", 64),
+        encode_request(tokenizer, "a much longer context about the winter stone", " garden lantern", 64),
+        encode_request(tokenizer, "x", "y", 64),
+        # three options of one example share the context: it is read once, through the KV cache
+        *[
+            encode_request(tokenizer, "Is the river wide?", option, 64)
+            for option in (" yes", " no", " a bit", " nope", " surely")
+        ],
+    ]
     assert requests[0][0][0] == ENDOFTEXT_ID and requests[3][0] == requests[7][0]
     batched = continuation_logprobs(tiny_lm, requests, batch_size=2)
     for (context, continuation), (total, count) in zip(requests, batched):
@@ -186,8 +221,9 @@ class PreferringLM(torch.nn.Module):
 def test_a_model_that_prefers_one_label_gets_it_right_and_the_other_wrong(tmp_path, tokenizer):
     favoured = tokenizer("yes", add_special_tokens=False)["input_ids"]
     model = PreferringLM(len(tokenizer), favoured)
-    (tmp_path / "yes.json").write_text(json.dumps({"template": "{q} Answer: {option}",
-                                                   "label_words": {"1": "yes", "0": "nope"}}))
+    (tmp_path / "yes.json").write_text(
+        json.dumps({"template": "{q} Answer: {option}", "label_words": {"1": "yes", "0": "nope"}})
+    )
     (tmp_path / "no.json").write_text((tmp_path / "yes.json").read_text())
     gold_yes = load_task(write_jsonl(tmp_path / "yes.jsonl", [{"q": f"q{i}", "label": 1} for i in range(5)]))
     gold_no = load_task(write_jsonl(tmp_path / "no.jsonl", [{"q": f"q{i}", "label": 0} for i in range(5)]))

@@ -10,21 +10,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import make_tokenizer_dir
+from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zero_chatgpt.model.eval_text import (contains_answer, distinct_n, exact_match_rate, is_refusal, pairwise_outcomes,
-                             refusal_rate, repeated_ngram_rate, text_statistics, win_rate)
-from zero_chatgpt.model.evaluate import (MODELS, evaluate, find_judge, generate, kl_to_reference, plain_prompt_ids,
-                                         samples_markdown, seeded_subset)
+from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
+from zero_chatgpt.model.eval_text import (
+    contains_answer,
+    distinct_n,
+    exact_match_rate,
+    is_refusal,
+    pairwise_outcomes,
+    refusal_rate,
+    repeated_ngram_rate,
+    text_statistics,
+    win_rate,
+)
+from zero_chatgpt.model.evaluate import (
+    MODELS,
+    evaluate,
+    find_judge,
+    generate,
+    kl_to_reference,
+    plain_prompt_ids,
+    samples_markdown,
+    seeded_subset,
+)
 from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.stage_files import independent_judge_dir
-from model_fixtures import make_tokenizer_dir
-from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
-from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
-
-
 
 # ---------------------------------------------------------------------------------- metric functions
 
@@ -112,14 +127,19 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     sft = make_sft_dir(root, tokenizer_dir, prompts, seed=0)
     with open(sft / "sft_val.jsonl", "w", encoding="utf-8") as handle:
         for number in range(10):
-            handle.write(json.dumps({"id": f"v{number}", "prompt": f"Describe river {number}.",
-                                     "response": "A river.", "source": "toy"}) + "\n")
+            handle.write(
+                json.dumps(
+                    {"id": f"v{number}", "prompt": f"Describe river {number}.", "response": "A river.", "source": "toy"}
+                )
+                + "\n"
+            )
     pretrain = make_sft_dir(root / "pretrain_root", tokenizer_dir, prompts, seed=1)
     ppo = make_sft_dir(root / "ppo_root", tokenizer_dir, prompts, seed=2)
     prefs = write_toy_pairs(root / "prefs", prompts)
     rm = root / "rm"
-    train_reward_model(rm_config(independent_judge=True, max_steps=4, eval_every=4), sft, prefs, rm, seed=0,
-                       device="cpu")
+    train_reward_model(
+        rm_config(independent_judge=True, max_steps=4, eval_every=4), sft, prefs, rm, seed=0, device="cpu"
+    )
     return {"pretrain": pretrain, "sft": sft, "ppo": ppo, "rm": rm}
 
 
@@ -146,28 +166,59 @@ def _no_training(*args, **kwargs):
 def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkeypatch):
     task_dir = tmp_path / "tasks"
     task_dir.mkdir()
-    (task_dir / "toy.jsonl").write_text("".join(
-        json.dumps({"text": f"place {i}", "label": i % 2}) + "\n" for i in range(6)))
-    (task_dir / "toy.json").write_text(json.dumps({"template": "{text} is {option}",
-                                                   "label_words": {"0": "river", "1": "stone"}}))
-    cfg = EvaluateConfig.model_validate({
-        "max_prompts": 6, "max_questions": 8, "max_new_tokens": 6, "batch_size": 4, "num_samples": 2,
-        "sample_prompts": ["Hello | there"], "task_files": [str(task_dir / "*.jsonl")], "few_shot": 1,
-        "task_models": ["ppo", "pretrain"], "qa_sources": [{"kind": "demo", "lang_field": "lang"}]})
+    (task_dir / "toy.jsonl").write_text(
+        "".join(json.dumps({"text": f"place {i}", "label": i % 2}) + "\n" for i in range(6))
+    )
+    (task_dir / "toy.json").write_text(
+        json.dumps({"template": "{text} is {option}", "label_words": {"0": "river", "1": "stone"}})
+    )
+    cfg = EvaluateConfig.model_validate(
+        {
+            "max_prompts": 6,
+            "max_questions": 8,
+            "max_new_tokens": 6,
+            "batch_size": 4,
+            "num_samples": 2,
+            "sample_prompts": ["Hello | there"],
+            "task_files": [str(task_dir / "*.jsonl")],
+            "few_shot": 1,
+            "task_models": ["ppo", "pretrain"],
+            "qa_sources": [{"kind": "demo", "lang_field": "lang"}],
+        }
+    )
     out = tmp_path / "eval"
     judge_files = {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")}
     # evaluate trains nothing: any optimizer built during the run fails it.
     monkeypatch.setattr(torch.optim.AdamW, "__init__", _no_training)
-    metrics = evaluate(cfg, DemoCorpusConfig(num_entities=8, docs_per_entity=1), dirs["pretrain"], dirs["sft"],
-                       dirs["rm"], dirs["ppo"], out, seed=0, device="cpu")
+    metrics = evaluate(
+        cfg,
+        DemoCorpusConfig(num_entities=8, docs_per_entity=1),
+        dirs["pretrain"],
+        dirs["sft"],
+        dirs["rm"],
+        dirs["ppo"],
+        out,
+        seed=0,
+        device="cpu",
+    )
     monkeypatch.undo()
     assert {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")} == judge_files
     assert metrics["independent_judge"] == str(independent_judge_dir(dirs["rm"]))
 
     for key in ("win_rate_vs_sft", "win_rate_vs_sft_independent"):
         assert 0.0 <= metrics[key] <= 1.0
-    per_model = ("reward", "reward_independent", "kl_to_sft", "response_tokens", "response_chars", "distinct_1",
-                 "distinct_2", "repeated_3gram_rate", "refusal_rate", "exact_match")
+    per_model = (
+        "reward",
+        "reward_independent",
+        "kl_to_sft",
+        "response_tokens",
+        "response_chars",
+        "distinct_1",
+        "distinct_2",
+        "repeated_3gram_rate",
+        "refusal_rate",
+        "exact_match",
+    )
     for key in per_model:
         assert set(metrics[key]) == set(MODELS), key
         assert all(isinstance(value, float) for value in metrics[key].values()), key
@@ -197,8 +248,9 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkey
 
 
 def test_samples_markdown_escapes_cells():
-    table = samples_markdown([{"kind": "fixed", "prompt": "a|b\nc", "reference": None,
-                               "answers": {"pretrain": "", "sft": "x", "ppo": "y"}}])
+    table = samples_markdown(
+        [{"kind": "fixed", "prompt": "a|b\nc", "reference": None, "answers": {"pretrain": "", "sft": "x", "ppo": "y"}}]
+    )
     assert "| fixed | a\\|b<br>c | (empty) | (empty) | x | y |" in table
 
 

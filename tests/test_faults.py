@@ -51,8 +51,9 @@ def split_rows(rows):
 def invalid_utf8_parquet(path: Path, values: list[bytes | None]) -> Path:
     """A parquet file whose UTF-8 string column holds bytes that are not UTF-8 (pyarrow does not check them)."""
     raw = pa.array(values, pa.binary())
-    pq.write_table(pa.table({"text": pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(),
-                                                           null_count=raw.null_count)}), path)
+    pq.write_table(
+        pa.table({"text": pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), null_count=raw.null_count)}), path
+    )
     return path
 
 
@@ -60,53 +61,74 @@ def invalid_utf8_parquet(path: Path, values: list[bytes | None]) -> Path:
 
 
 def test_a_lone_surrogate_row_is_quarantined_and_clean_writes_the_rest(tmp_path):
-    corpus = write_lines(tmp_path / "c.jsonl", [
-        json.dumps({"text": GOOD}).encode(),
-        b'{"text": "' + GOOD.encode() + b' \\ud83d"}',  # valid JSON, but no UTF-8 can hold U+D83D alone
-        b'{"text": "pair \\ud83d\\ude00 is fine ' + GOOD.encode() + b'"}',
-    ])
+    corpus = write_lines(
+        tmp_path / "c.jsonl",
+        [
+            json.dumps({"text": GOOD}).encode(),
+            b'{"text": "' + GOOD.encode() + b' \\ud83d"}',  # valid JSON, but no UTF-8 can hold U+D83D alone
+            b'{"text": "pair \\ud83d\\ude00 is fine ' + GOOD.encode() + b'"}',
+        ],
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(corpus))))
-    assert [r["line"] for r in good] == [1, 3] and good[1]["text"].startswith("pair \U0001F600")
+    assert [r["line"] for r in good] == [1, 3] and good[1]["text"].startswith("pair \U0001f600")
     (row,) = bad
     assert row["line"] == 2 and reason_kind(row["reason"]) == "unencodable" and "U+D83D" in row["reason"]
     row["raw"].encode("utf-8")  # the quarantined raw text is storable
-    metrics = clean_corpus([TextSource(kind="jsonl", path=str(corpus))], DemoCorpusConfig(), CleanConfig(min_length=1),
-                           tmp_path / "out", seed=0)
+    metrics = clean_corpus(
+        [TextSource(kind="jsonl", path=str(corpus))],
+        DemoCorpusConfig(),
+        CleanConfig(min_length=1),
+        tmp_path / "out",
+        seed=0,
+    )
     assert metrics["docs_out"] == 2 and metrics["quarantine_reasons"] == {"unencodable": 1}
     rejected = pq.read_table(tmp_path / "out" / REJECTED_FILE).to_pylist()
     assert [(r["line"], r["rule"]) for r in rejected] == [(2, "quarantine")]
 
 
 def test_nul_and_control_characters_are_quarantined_not_kept(tmp_path):
-    corpus = write_lines(tmp_path / "c.jsonl", [
-        json.dumps({"text": GOOD + "\u0000"}).encode(),
-        json.dumps({"text": "\x01\x02\x03\x04 " + "\x1b" * 10 + " abc"}).encode(),
-        json.dumps({"text": GOOD + "\x0c next page \x1b[1m bold"}).encode(),  # a few controls are text
-    ])
+    corpus = write_lines(
+        tmp_path / "c.jsonl",
+        [
+            json.dumps({"text": GOOD + "\u0000"}).encode(),
+            json.dumps({"text": "\x01\x02\x03\x04 " + "\x1b" * 10 + " abc"}).encode(),
+            json.dumps({"text": GOOD + "\x0c next page \x1b[1m bold"}).encode(),  # a few controls are text
+        ],
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(corpus))))
     assert [r["line"] for r in good] == [3]
     assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(1, "binary"), (2, "control_chars")]
     text = write_lines(tmp_path / "c.txt", [GOOD.encode(), b"abc\x00\x00def " + GOOD.encode(), GOOD.encode()])
     good, bad = split_rows(read_text_rows(TextSource(kind="text", path=str(text))))
     assert [r["line"] for r in good] == [1, 3] and [(r["line"], reason_kind(r["reason"])) for r in bad] == [
-        (2, "binary")]
+        (2, "binary")
+    ]
 
 
 def test_parquet_strings_that_are_not_utf8_cost_only_their_rows(tmp_path):
-    path = invalid_utf8_parquet(tmp_path / "c.parquet", [GOOD.encode(), b"\xff\xfe bad", None, b"\xed\xa0\xbd x",
-                                                          GOOD.encode()])
+    path = invalid_utf8_parquet(
+        tmp_path / "c.parquet", [GOOD.encode(), b"\xff\xfe bad", None, b"\xed\xa0\xbd x", GOOD.encode()]
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="parquet", path=str(path))))
     assert [r["line"] for r in good] == [1, 5]
-    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(2, "undecodable"), (3, "missing_field"),
-                                                                     (4, "undecodable")]
+    assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [
+        (2, "undecodable"),
+        (3, "missing_field"),
+        (4, "undecodable"),
+    ]
     assert all(isinstance(r["raw"], str) for r in bad)
 
 
 def test_an_over_long_line_is_quarantined_and_the_next_line_keeps_its_number(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "MAX_LINE_BYTES", 200)
-    corpus = write_lines(tmp_path / "c.jsonl", [
-        json.dumps({"text": GOOD}).encode(), json.dumps({"text": "x" * 5000}).encode(),
-        json.dumps({"text": GOOD + " again"}).encode()])
+    corpus = write_lines(
+        tmp_path / "c.jsonl",
+        [
+            json.dumps({"text": GOOD}).encode(),
+            json.dumps({"text": "x" * 5000}).encode(),
+            json.dumps({"text": GOOD + " again"}).encode(),
+        ],
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(corpus))))
     assert [r["line"] for r in good] == [1, 3]
     (row,) = bad
@@ -155,10 +177,12 @@ def test_a_directory_path_reads_its_files_and_an_empty_one_is_named_as_a_directo
 
 
 def test_a_wrong_field_name_fails_preflight_naming_source_file_line_and_the_fields_rows_have(tmp_path):
-    sft = write_lines(tmp_path / "sft.jsonl", [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}).encode()
-                                               for i in range(200)])
-    config = load_config("tiny", {"data": {"sft_sources": [{"kind": "jsonl", "path": str(sft),
-                                                            "prompt_field": "question"}]}})
+    sft = write_lines(
+        tmp_path / "sft.jsonl", [json.dumps({"instruction": f"q{i}", "output": f"a{i}"}).encode() for i in range(200)]
+    )
+    config = load_config(
+        "tiny", {"data": {"sft_sources": [{"kind": "jsonl", "path": str(sft), "prompt_field": "question"}]}}
+    )
     started = time.perf_counter()
     with pytest.raises(SourceError) as error:
         check_configured_sources(config)
@@ -171,16 +195,22 @@ def test_a_wrong_field_name_fails_preflight_naming_source_file_line_and_the_fiel
 
 def test_an_all_gbk_file_fails_preflight_with_the_reason_and_an_encoding_hint(tmp_path):
     corpus = write_lines(tmp_path / "gbk.txt", ["青石镇位于河谷之中，以盐和羊毛贸易闻名。".encode("gbk")] * 30)
-    with pytest.raises(SourceError, match=r"gbk\.txt is valid; line 1: undecodable: not UTF-8 .*GB18030.*"
-                                          r"undecodable x30"):
+    with pytest.raises(
+        SourceError,
+        match=r"gbk\.txt is valid; line 1: undecodable: not UTF-8 .*GB18030.*"
+        r"undecodable x30",
+    ):
         check_sources([TextSource(kind="text", path=str(corpus))])
 
 
 def test_no_valid_rows_always_lists_the_quarantine_reasons_with_counts(tmp_path):
     corpus = write_lines(tmp_path / "c.jsonl", [b'{"body": "x"}'] * 3 + [b"{oops"])
     source = TextSource(kind="jsonl", path=str(corpus))
-    with pytest.raises(SourceError, match=r"no valid rows: all 4 rows were quarantined \(missing_field x3, "
-                                          r"invalid_json x1\); first: .*c\.jsonl line 1: missing_field"):
+    with pytest.raises(
+        SourceError,
+        match=r"no valid rows: all 4 rows were quarantined \(missing_field x3, "
+        r"invalid_json x1\); first: .*c\.jsonl line 1: missing_field",
+    ):
         list(read_text_rows(source))
     with pytest.raises(SourceError, match=r"no valid rows: all 4 rows .*missing_field x3"):
         clean_corpus([source], DemoCorpusConfig(), CleanConfig(min_length=1), tmp_path / "out", seed=0)
@@ -219,8 +249,15 @@ def test_appending_to_one_source_changes_only_the_stages_that_read_it(tmp_path):
 
     text = write_lines(tmp_path / "text.jsonl", [json.dumps({"text": GOOD}).encode()])
     sft = write_lines(tmp_path / "sft.jsonl", [json.dumps({"prompt": "q", "response": "a"}).encode()])
-    config = load_config("tiny", {"data": {"sources": [{"kind": "jsonl", "path": str(text)}],
-                                           "sft_sources": [{"kind": "jsonl", "path": str(sft)}]}})
+    config = load_config(
+        "tiny",
+        {
+            "data": {
+                "sources": [{"kind": "jsonl", "path": str(text)}],
+                "sft_sources": [{"kind": "jsonl", "path": str(sft)}],
+            }
+        },
+    )
     config = config.model_dump(mode="json")
     upstream = {"pretrain": {"fingerprint": "0" * 64}, "sft": {"fingerprint": "1" * 64}}
     specs = (CLEAN, SFT, BUILD_PREFS, EVALUATE)
@@ -243,11 +280,20 @@ def test_appending_to_one_source_changes_only_the_stages_that_read_it(tmp_path):
 # ---------------------------------------------------------------------------------- property test
 
 # Characters biased towards what breaks readers: lone surrogates, NUL, other controls, line ends, CJK.
-_NASTY = st.one_of(st.characters(exclude_categories=()),
-                   st.sampled_from(["\ud83d", "\udc00", "\x00", "\x01", "\x1b", "\r", " ", "\t", "a", "中", "\ufeff"]))
+_NASTY = st.one_of(
+    st.characters(exclude_categories=()),
+    st.sampled_from(["\ud83d", "\udc00", "\x00", "\x01", "\x1b", "\r", " ", "\t", "a", "中", "\ufeff"]),
+)
 _TEXT = st.lists(_NASTY, max_size=40).map("".join)  # st.text would filter the surrogates out
-_VALUE = st.one_of(_TEXT, _TEXT.map(lambda t: GOOD + t), st.integers(), st.none(), st.lists(st.integers(), max_size=2),
-                   st.booleans(), st.floats(allow_nan=False))
+_VALUE = st.one_of(
+    _TEXT,
+    _TEXT.map(lambda t: GOOD + t),
+    st.integers(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+    st.booleans(),
+    st.floats(allow_nan=False),
+)
 
 
 @st.composite
@@ -274,8 +320,10 @@ def jsonl_lines(draw) -> list[bytes]:
 def text_lines(draw) -> list[bytes]:
     """Lines of any characters (surrogates written as their invalid bytes); a visible first character keeps each
     line a row (blank lines are separators, not rows)."""
-    return [b"x" + draw(_TEXT).encode("utf-8", "surrogatepass").replace(b"\n", b" ")
-            for _ in range(draw(st.integers(1, 12)))]
+    return [
+        b"x" + draw(_TEXT).encode("utf-8", "surrogatepass").replace(b"\n", b" ")
+        for _ in range(draw(st.integers(1, 12)))
+    ]
 
 
 @st.composite
@@ -285,8 +333,14 @@ def parquet_column(draw) -> pa.Array:
     count = draw(st.integers(1, 12))
     if kind == "int":
         return pa.array(draw(st.lists(st.integers(-9, 9), min_size=count, max_size=count)))
-    values = [draw(st.one_of(st.none(), _TEXT.map(lambda t: (GOOD + t).encode("utf-8", "surrogatepass")),
-                             st.binary(max_size=20))) for _ in range(count)]
+    values = [
+        draw(
+            st.one_of(
+                st.none(), _TEXT.map(lambda t: (GOOD + t).encode("utf-8", "surrogatepass")), st.binary(max_size=20)
+            )
+        )
+        for _ in range(count)
+    ]
     raw = pa.array(values, pa.binary())
     if kind == "binary":
         return raw
@@ -317,8 +371,9 @@ def _check_accounting(source: TextSource, path: Path, rows_in: int, out_dir: Pat
     assert pq.read_table(out_dir / REJECTED_FILE).num_rows == rows_in - metrics["docs_out"]
 
 
-_PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                            HealthCheck.too_slow])
+_PROPERTY = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @_PROPERTY

@@ -6,8 +6,14 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from zero_chatgpt.model.generation import (chat_prompt_ids, left_pad, next_token_distribution_filter, positions_from_mask,
-                              response_texts, sample)
+from zero_chatgpt.model.generation import (
+    chat_prompt_ids,
+    left_pad,
+    next_token_distribution_filter,
+    positions_from_mask,
+    response_texts,
+    sample,
+)
 
 VOCAB, PAD_ID, EOS_ID = 64, 2, 1
 PROMPTS = [[5, 9, 11, 20, 7, 33], [40, 41], [12, 30, 17, 8]]
@@ -16,9 +22,18 @@ PROMPTS = [[5, 9, 11, 20, 7, 33], [40, 41], [12, 30, 17, 8]]
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         eos_token_id=EOS_ID, pad_token_id=PAD_ID, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        bos_token_id=None,
+    )
     net = LlamaForCausalLM(config)
     # Sharpen the random model's output so greedy choices are not near-ties that float noise could flip.
     with torch.no_grad():
@@ -41,9 +56,17 @@ def test_greedy_matches_hf_generate(model):
     never = VOCAB - 1
     rollout = sample(model, PROMPTS, max_new_tokens, eos_id=never, pad_id=PAD_ID, temperature=0.0)
     ids, mask = left_pad(PROMPTS, PAD_ID)
-    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, eos_token_id=never,
-        pad_token_id=PAD_ID))
+    expected = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            eos_token_id=never,
+            pad_token_id=PAD_ID,
+        ),
+    )
     assert rollout.sequences.shape == (3, 6 + max_new_tokens)
     assert torch.equal(rollout.sequences, expected)
     assert rollout.prompt_length == 6
@@ -66,11 +89,11 @@ def test_stops_at_eos_and_masks_after_it(model):
     stop = int((row == eos).nonzero()[0])
     assert stop <= 1
     assert rollout.response_mask[0, : stop + 1].all()
-    assert not rollout.response_mask[0, stop + 1:].any()
-    assert (row[stop + 1:] == PAD_ID).all()
-    assert not rollout.attention_mask[0, rollout.prompt_length + stop + 1:].any()
+    assert not rollout.response_mask[0, stop + 1 :].any()
+    assert (row[stop + 1 :] == PAD_ID).all()
+    assert not rollout.attention_mask[0, rollout.prompt_length + stop + 1 :].any()
     # The attention mask over generated columns is the response mask.
-    assert torch.equal(rollout.attention_mask[:, rollout.prompt_length:].bool(), rollout.response_mask)
+    assert torch.equal(rollout.attention_mask[:, rollout.prompt_length :].bool(), rollout.response_mask)
 
 
 def test_ends_early_when_all_rows_finish(model):
@@ -84,8 +107,9 @@ def test_ends_early_when_all_rows_finish(model):
 def test_seeded_generator_reproduces_samples(model):
     def draw(seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return sample(model, PROMPTS, 10, eos_id=VOCAB - 1, pad_id=PAD_ID, temperature=1.5,
-                      generator=generator).sequences
+        return sample(
+            model, PROMPTS, 10, eos_id=VOCAB - 1, pad_id=PAD_ID, temperature=1.5, generator=generator
+        ).sequences
 
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3), draw(4))
@@ -94,8 +118,9 @@ def test_seeded_generator_reproduces_samples(model):
 def test_tiny_top_p_is_greedy(model):
     greedy = sample(model, PROMPTS, 10, eos_id=VOCAB - 1, pad_id=PAD_ID, temperature=0.0)
     generator = torch.Generator().manual_seed(0)
-    nucleus = sample(model, PROMPTS, 10, eos_id=VOCAB - 1, pad_id=PAD_ID, temperature=2.0, top_p=1e-6,
-                     generator=generator)
+    nucleus = sample(
+        model, PROMPTS, 10, eos_id=VOCAB - 1, pad_id=PAD_ID, temperature=2.0, top_p=1e-6, generator=generator
+    )
     assert torch.equal(greedy.sequences, nucleus.sequences)
 
 
@@ -147,6 +172,7 @@ def test_response_texts_drop_eos_and_padding(model):
 
 def test_chat_prompt_ids_end_with_generation_prompt():
     ids = chat_prompt_ids(_CharTokenizer(), ["hi"])
-    expected = _CharTokenizer()(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"],
-                                add_special_tokens=False)["input_ids"][0]
+    expected = _CharTokenizer()(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"], add_special_tokens=False)[
+        "input_ids"
+    ][0]
     assert ids == [expected]

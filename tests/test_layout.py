@@ -59,6 +59,7 @@ def test_the_check_catches_a_top_level_import_in_a_stage_task():
     tampered = "from zero_chatgpt.data_process.demo_corpus import DEMO_CORPUS_VERSION\n" + stage
     assert demo_references(ast.parse(stage)) == []
     assert [what for _, what, _ in demo_references(ast.parse(tampered))] == [
-        "from zero_chatgpt.data_process.demo_corpus import ..."]
+        "from zero_chatgpt.data_process.demo_corpus import ..."
+    ]
     package_import = "from zero_chatgpt.data_process import demo_corpus\n"
     assert len(demo_references(ast.parse(package_import))) == 1

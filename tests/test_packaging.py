@@ -24,23 +24,38 @@ def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
     # Built from a copy: setuptools writes build/ and egg-info next to the sources it builds.
     source = tmp / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info",
-                                                                 "__pycache__", ".pytest_cache", ".ruff_cache"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"
+        ),
+    )
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(source)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = tmp.glob("zero_chatgpt-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     before = set(os.listdir(site))
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     added = set(os.listdir(site)) - before
@@ -57,8 +72,9 @@ def _shadowing_dir(path: Path) -> Path:
 
 def _run(installed, cwd: Path, code: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(installed["python"]), "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(installed["python"]), "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_the_wheel_installs_one_top_level_package(installed):
@@ -69,9 +85,13 @@ def test_the_wheel_installs_one_top_level_package(installed):
 
 
 def test_generic_names_are_not_importable_and_ours_come_from_the_install(installed, tmp_path):
-    done = _run(installed, tmp_path, "import importlib.util as u, zero_chatgpt.model.launch as l, json; print(json.dumps("
-                "{'generic': [n for n in ('model', 'tasks', 'flows', 'tokenizer', 'data_process', 'configs') "
-                "if u.find_spec(n)], 'file': l.__file__}))")
+    done = _run(
+        installed,
+        tmp_path,
+        "import importlib.util as u, zero_chatgpt.model.launch as l, json; print(json.dumps("
+        "{'generic': [n for n in ('model', 'tasks', 'flows', 'tokenizer', 'data_process', 'configs') "
+        "if u.find_spec(n)], 'file': l.__file__}))",
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found["generic"] == []
@@ -81,8 +101,11 @@ def test_generic_names_are_not_importable_and_ours_come_from_the_install(install
 
 def test_presets_load_from_a_folder_that_shadows_generic_names(installed, tmp_path):
     cwd = _shadowing_dir(tmp_path / "work")
-    done = _run(installed, cwd, "from zero_chatgpt.config import load_config; "
-                                "print(load_config('tiny').model_dump()['run']['seed'])")
+    done = _run(
+        installed,
+        cwd,
+        "from zero_chatgpt.config import load_config; print(load_config('tiny').model_dump()['run']['seed'])",
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().isdigit()
 
@@ -93,9 +116,24 @@ def test_two_rank_pretrain_runs_from_a_shadowing_folder(installed, tmp_path):
     cwd = _shadowing_dir(tmp_path / "work")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), OMP_NUM_THREADS="1")
-    command = [str(installed["bin"] / "zero-chatgpt"), "run", "--preset", "tiny", "--root", str(tmp_path / "runs"),
-               "--until", "pretrain", "--set", "resources.ranks=2", "--set", "pretrain.optim.max_steps=4",
-               "--set", "pretrain.optim.eval_every=2", "--set", "pretrain.optim.checkpoint_every=2"]
+    command = [
+        str(installed["bin"] / "zero-chatgpt"),
+        "run",
+        "--preset",
+        "tiny",
+        "--root",
+        str(tmp_path / "runs"),
+        "--until",
+        "pretrain",
+        "--set",
+        "resources.ranks=2",
+        "--set",
+        "pretrain.optim.max_steps=4",
+        "--set",
+        "pretrain.optim.eval_every=2",
+        "--set",
+        "pretrain.optim.checkpoint_every=2",
+    ]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=840)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     latest = json.loads((tmp_path / "runs" / "latest.json").read_text(encoding="utf-8"))

@@ -11,8 +11,8 @@ import cloudpickle
 import pytest
 from prefect import flow
 
-from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.config import ResourcesConfig
+from zero_chatgpt.tasks.parallel import prefect_map
 
 # The worker processes cannot import this test module by name: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

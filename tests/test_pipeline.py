@@ -11,19 +11,32 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
+from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 # Training stages are shortened here: these tests are about caching, not about model quality.
 FAST = [
-    "pretrain.optim.max_steps=12", "pretrain.optim.eval_every=6", "pretrain.optim.checkpoint_every=6",
-    "sft.optim.max_steps=6", "sft.optim.eval_every=3", "build_prefs.max_prompts=24", "build_prefs.max_new_tokens=12",
-    "train_rm.optim.max_steps=4", "train_rm.optim.eval_every=2", "ppo.optim.max_steps=2", "ppo.rollout_batch_size=8",
-    "ppo.max_new_tokens=8", "ppo.num_eval_prompts=8", "evaluate.max_prompts=8", "evaluate.max_questions=8",
-    "evaluate.max_new_tokens=8", "train_rm.judge_optim.max_steps=4", "evaluate.num_samples=1",
+    "pretrain.optim.max_steps=12",
+    "pretrain.optim.eval_every=6",
+    "pretrain.optim.checkpoint_every=6",
+    "sft.optim.max_steps=6",
+    "sft.optim.eval_every=3",
+    "build_prefs.max_prompts=24",
+    "build_prefs.max_new_tokens=12",
+    "train_rm.optim.max_steps=4",
+    "train_rm.optim.eval_every=2",
+    "ppo.optim.max_steps=2",
+    "ppo.rollout_batch_size=8",
+    "ppo.max_new_tokens=8",
+    "ppo.num_eval_prompts=8",
+    "evaluate.max_prompts=8",
+    "evaluate.max_questions=8",
+    "evaluate.max_new_tokens=8",
+    "train_rm.judge_optim.max_steps=4",
+    "evaluate.num_samples=1",
 ]
 
 
@@ -35,7 +48,9 @@ def run_cli(root: Path, *extra: str) -> tuple[dict, float]:
 
 
 def clean_docs_out(latest: dict) -> int:
-    return json.loads((Path(latest["clean"]["path"]) / "manifest.json").read_text(encoding="utf-8"))["metrics"]["docs_out"]
+    return json.loads((Path(latest["clean"]["path"]) / "manifest.json").read_text(encoding="utf-8"))["metrics"][
+        "docs_out"
+    ]
 
 
 def statuses(latest: dict) -> dict[str, str]:
@@ -105,7 +120,7 @@ def test_a_config_change_that_leaves_the_output_alike_reruns_only_until_the_outp
     assert clean_docs_out(latest) == clean_docs_out(tiny_root[1])
     stages = statuses(latest)
     assert stages["clean"] == "ran"
-    assert all(stages[s] == "cached" for s in PIPELINE_STAGES[PIPELINE_STAGES.index("train_tokenizer"):-1]), stages
+    assert all(stages[s] == "cached" for s in PIPELINE_STAGES[PIPELINE_STAGES.index("train_tokenizer") : -1]), stages
 
 
 def test_changing_dedup_keeps_clean_cached(tiny_root, tmp_path):
@@ -141,17 +156,24 @@ def test_unknown_stage_and_bad_key_fail_before_any_work(tmp_path, capsys):
 
 def test_broken_jsonl_rows_are_quarantined_and_no_good_row_is_lost(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    good = [f"Document number {i} talks about the river towns of the northern valley in some detail, and about "
-            f"the markets, bridges and winter festivals that the people of those towns still keep." for i in range(12)]
+    good = [
+        f"Document number {i} talks about the river towns of the northern valley in some detail, and about "
+        f"the markets, bridges and winter festivals that the people of those towns still keep."
+        for i in range(12)
+    ]
     lines = [json.dumps({"id": f"g{i}", "text": text}).encode() for i, text in enumerate(good[:6])]
-    lines += [b'{"id": "broken", "text": "unterminated', b'{"id": "nofield"}', b'\xff\xfe\xfa not utf-8',
-              json.dumps({"id": "empty", "text": "   "}).encode(), json.dumps({"id": "num", "text": 42}).encode()]
+    lines += [
+        b'{"id": "broken", "text": "unterminated',
+        b'{"id": "nofield"}',
+        b"\xff\xfe\xfa not utf-8",
+        json.dumps({"id": "empty", "text": "   "}).encode(),
+        json.dumps({"id": "num", "text": 42}).encode(),
+    ]
     lines += [json.dumps({"id": f"g{i}", "text": text}).encode() for i, text in enumerate(good[6:], start=6)]
     corpus.write_bytes(b"\n".join(lines) + b"\n")
     root = tmp_path / "root"
     source = {"kind": "jsonl", "path": str(corpus), "text_field": "text", "id_field": "id"}
-    assert main(["run", "--root", str(root), "--until", "clean",
-                 "--set", f"data.sources=[{json.dumps(source)}]"]) == 0
+    assert main(["run", "--root", str(root), "--until", "clean", "--set", f"data.sources=[{json.dumps(source)}]"]) == 0
     latest = json.loads((root / "latest.json").read_text())
     clean_dir = Path(latest["clean"]["path"])
     metrics = read_manifest(clean_dir)["metrics"]
@@ -199,12 +221,12 @@ def test_training_stages_publish_progress_artifacts(tiny_root):
 def test_a_new_demo_generator_version_changes_the_fingerprint_of_every_stage_reading_a_demo_source(monkeypatch):
     """Cached artifacts built from the old demo text must rebuild when the generator's output changes."""
     import zero_chatgpt.data_process.demo_corpus as demo_corpus
+    from zero_chatgpt.config import load_config
     from zero_chatgpt.tasks.build_prefs import BUILD_PREFS
     from zero_chatgpt.tasks.clean import CLEAN
     from zero_chatgpt.tasks.dedup import DEDUP
     from zero_chatgpt.tasks.evaluate import EVALUATE
     from zero_chatgpt.tasks.sft import SFT
-    from zero_chatgpt.config import load_config
 
     config = load_config("tiny").model_dump(mode="json")
     upstream = {"sft": {"fingerprint": "0" * 64}, "clean": {"fingerprint": "1" * 64}}
@@ -222,8 +244,28 @@ def test_a_new_demo_generator_version_changes_the_fingerprint_of_every_stage_rea
 
 def _varied_documents(count: int, start: int = 0) -> list[bytes]:
     """JSONL lines of documents with different words (dedup keeps most of them)."""
-    words = ["river", "salt", "wool", "bridge", "market", "winter", "harbour", "copper", "valley", "orchard",
-             "lantern", "ferry", "granary", "quarry", "festival", "tower", "meadow", "mill", "canal", "forest"]
+    words = [
+        "river",
+        "salt",
+        "wool",
+        "bridge",
+        "market",
+        "winter",
+        "harbour",
+        "copper",
+        "valley",
+        "orchard",
+        "lantern",
+        "ferry",
+        "granary",
+        "quarry",
+        "festival",
+        "tower",
+        "meadow",
+        "mill",
+        "canal",
+        "forest",
+    ]
     lines = []
     for i in range(start, start + count):
         picked = [words[(i * 7 + j * (i % 5 + 1)) % len(words)] + str((i * 31 + j) % 97) for j in range(30)]
@@ -238,8 +280,16 @@ def test_appending_rows_to_a_jsonl_source_reruns_clean_and_every_stage_after(tmp
     corpus.write_bytes(b"\n".join(_varied_documents(40)) + b"\n")
     root = tmp_path / "root"
     source = {"kind": "jsonl", "path": str(corpus), "id_field": "id"}
-    args = ["--until", "train_tokenizer", "--set", f"data.sources=[{json.dumps(source)}]",
-            "--set", "clean.min_length=5", "--set", "train_tokenizer.vocab_size=400"]
+    args = [
+        "--until",
+        "train_tokenizer",
+        "--set",
+        f"data.sources=[{json.dumps(source)}]",
+        "--set",
+        "clean.min_length=5",
+        "--set",
+        "train_tokenizer.vocab_size=400",
+    ]
     first, _ = run_cli(root, *args)
     assert statuses(first) == {"clean": "ran", "dedup": "ran", "train_tokenizer": "ran"}
     assert read_manifest(first["clean"]["path"])["metrics"]["docs_out"] == 40

@@ -8,24 +8,35 @@ import logging
 
 import pytest
 import torch
+from model_fixtures import make_tokenizer_dir
+from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import zero_chatgpt.model.ppo.stage as ppo_stage
+from zero_chatgpt.config import OptimConfig, PpoConfig
+from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
 from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
-from zero_chatgpt.model.training import IteratorSource, make_backend
 from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.train_rm import train_reward_model
-from zero_chatgpt.model.generation import chat_prompt_ids
-from model_fixtures import make_tokenizer_dir
-from test_train_rm import make_sft_dir, rm_config, toy_prompts, write_toy_pairs
+from zero_chatgpt.model.training import IteratorSource, make_backend
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
-from zero_chatgpt.config import OptimConfig, PpoConfig
 
-PPO_METRIC_KEYS = {"reward_before", "reward_after", "kl", "kl_bound", "steps", "mean_reward", "mean_kl",
-                   "mean_entropy", "mean_response_length", "mean_clip_fraction", "mean_value_loss",
-                   "mean_policy_loss"}
+PPO_METRIC_KEYS = {
+    "reward_before",
+    "reward_after",
+    "kl",
+    "kl_bound",
+    "steps",
+    "mean_reward",
+    "mean_kl",
+    "mean_entropy",
+    "mean_response_length",
+    "mean_clip_fraction",
+    "mean_value_loss",
+    "mean_policy_loss",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +52,14 @@ def dirs(tmp_path_factory) -> dict:
 
 
 def ppo_config(**values) -> PpoConfig:
-    settings = dict(rollout_batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=8, num_eval_prompts=8,
-                    optim=dict(lr=3e-3, warmup_steps=0, max_steps=4, min_lr_ratio=1.0, weight_decay=0.0,
-                               checkpoint_every=2))
+    settings = dict(
+        rollout_batch_size=8,
+        mini_batch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=8,
+        num_eval_prompts=8,
+        optim=dict(lr=3e-3, warmup_steps=0, max_steps=4, min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=2),
+    )
     settings.update(values)
     return PpoConfig.model_validate(settings)
 
@@ -54,7 +70,7 @@ def test_ppo_steps_raise_a_reward_we_control(dirs):
     favoured = torch.arange(100, 140)
 
     def reward_fn(sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        responses, mask = sequences[:, prompt_length[0]:], attention_mask[:, prompt_length[0]:].float()
+        responses, mask = sequences[:, prompt_length[0] :], attention_mask[:, prompt_length[0] :].float()
         return (torch.isin(responses, favoured).float() * mask).sum(1) / mask.sum(1)
 
     tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
@@ -68,10 +84,19 @@ def test_ppo_steps_raise_a_reward_we_control(dirs):
     device = torch.device("cpu")
     update = UpdateSettings(ppo_epochs=2, mini_batch_size=8, clip_range=0.2, value_clip_range=0.2, temperature=1.0)
     steps_per_ppo_step = update.optimizer_steps(len(prompts))
-    actor_backend, critic_backend = (make_backend(model, optim, device, optimizer_steps_per_step=steps_per_ppo_step)
-                                     for model in (actor, critic))
-    rollout = RolloutSettings(max_new_tokens=6, temperature=1.0, top_p=1.0, eos_id=IM_END_ID, pad_id=PAD_ID,
-                              gamma=1.0, gae_lambda=0.95, reward_clip=5.0)
+    actor_backend, critic_backend = (
+        make_backend(model, optim, device, optimizer_steps_per_step=steps_per_ppo_step) for model in (actor, critic)
+    )
+    rollout = RolloutSettings(
+        max_new_tokens=6,
+        temperature=1.0,
+        top_p=1.0,
+        eos_id=IM_END_ID,
+        pad_id=PAD_ID,
+        gamma=1.0,
+        gae_lambda=0.95,
+        reward_clip=5.0,
+    )
     generator = torch.Generator().manual_seed(0)
     rewards, stats = [], {}
     for _ in range(12):
@@ -92,14 +117,24 @@ def test_ppo_ptx_adds_the_language_modelling_loss_to_the_actor_step(dirs):
     actor = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
     reference = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval().requires_grad_(False)
     critic = ValueModel.from_reward_model(load_reward_model(dirs["rm"])).eval()
-    rollout = RolloutSettings(max_new_tokens=4, temperature=1.0, top_p=1.0, eos_id=IM_END_ID, pad_id=PAD_ID,
-                              gamma=1.0, gae_lambda=0.95, reward_clip=5.0)
+    rollout = RolloutSettings(
+        max_new_tokens=4,
+        temperature=1.0,
+        top_p=1.0,
+        eos_id=IM_END_ID,
+        pad_id=PAD_ID,
+        gamma=1.0,
+        gae_lambda=0.95,
+        reward_clip=5.0,
+    )
     no_reward = lambda sequences, attention_mask: torch.zeros(sequences.size(0))  # noqa: E731
-    experience, _ = collect_experience(prompts, actor, reference, critic, no_reward, rollout, 0.0,
-                                       torch.Generator().manual_seed(0))
+    experience, _ = collect_experience(
+        prompts, actor, reference, critic, no_reward, rollout, 0.0, torch.Generator().manual_seed(0)
+    )
     windows = torch.randint(100, 200, (2, 9))  # (batch, seq_len + 1)
-    update = UpdateSettings(ppo_epochs=1, mini_batch_size=4, clip_range=0.2, value_clip_range=0.2, temperature=1.0,
-                            ptx_coef=1.0)
+    update = UpdateSettings(
+        ppo_epochs=1, mini_batch_size=4, clip_range=0.2, value_clip_range=0.2, temperature=1.0, ptx_coef=1.0
+    )
     optim = OptimConfig(lr=1e-2, warmup_steps=0, max_steps=2, min_lr_ratio=1.0, weight_decay=0.0)
     backends = [make_backend(model, optim, torch.device("cpu")) for model in (actor, critic)]
     first = ppo_update(experience, *backends, update, torch.device("cpu"), IteratorSource(lambda: windows))["ptx_loss"]
@@ -115,7 +150,9 @@ def test_ppo_stage_exports_a_loadable_actor(dirs, tmp_path):
     assert metrics["kl"] >= -1.0  # an MC estimate of a KL: near 0 or positive
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    assert {"reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss"} <= records[0].keys()
+    assert {"reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss"} <= records[
+        0
+    ].keys()
     assert not (out / "checkpoints").exists()
 
     actor = AutoModelForCausalLM.from_pretrained(out)
@@ -149,8 +186,9 @@ def test_ppo_resumes_after_a_crash_to_the_same_run(dirs, tmp_path, monkeypatch, 
     monkeypatch.setattr(ppo_stage, "ppo_update", real_update)
 
     with caplog.at_level(logging.INFO, logger="zero_chatgpt.model.ppo.stage"):
-        metrics = ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "resumed", seed=0, device="cpu",
-                      checkpoint_dir=checkpoints)
+        metrics = ppo(
+            cfg, dirs["sft"], dirs["rm"], tmp_path / "resumed", seed=0, device="cpu", checkpoint_dir=checkpoints
+        )
     assert "resuming from step 2" in caplog.text
     assert metrics["resumed_from"] == 2
     resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
@@ -195,6 +233,7 @@ def _exact_two_token_kl(actor, reference, prompt: list[int]) -> float:
 
     Sequence KL = KL of the first token + E over first tokens (not EOS) of the KL of the second one.
     """
+
     def next_token_log_probs(model, rows: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(model(input_ids=rows).logits[:, -1].float(), dim=-1)
 
@@ -222,8 +261,9 @@ def test_held_out_kl_estimates_the_per_sequence_kl(dirs):
     exact = sum(_exact_two_token_kl(actor, reference, prompt) for prompt in prompts) / len(prompts)
     cfg = ppo_config(max_new_tokens=2, rollout_batch_size=256, temperature=1.0, top_p=1.0)
     no_reward = lambda sequences, attention_mask: torch.zeros(sequences.size(0))  # noqa: E731
-    estimate = ppo_stage.evaluate_policy(actor, reference, no_reward, prompts * 128, cfg, torch.device("cpu"),
-                                         None, seed=0)
+    estimate = ppo_stage.evaluate_policy(
+        actor, reference, no_reward, prompts * 128, cfg, torch.device("cpu"), None, seed=0
+    )
     assert exact > 0.1  # the check below would be vacuous for two near-identical policies
     assert estimate["kl"] == pytest.approx(exact, rel=0.15)
     same = ppo_stage.evaluate_policy(reference, reference, no_reward, prompts[:2], cfg, torch.device("cpu"), None, 0)

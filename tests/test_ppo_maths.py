@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from zero_chatgpt.model.ppo.maths import (adaptive_kl_coef, gae_advantages, kl_shaped_rewards, masked_mean, policy_loss,
-                             token_entropy, value_loss, whiten)
+from zero_chatgpt.model.ppo.maths import (
+    adaptive_kl_coef,
+    gae_advantages,
+    kl_shaped_rewards,
+    masked_mean,
+    policy_loss,
+    token_entropy,
+    value_loss,
+    whiten,
+)
 
 
 def t(rows) -> torch.Tensor:
@@ -107,9 +115,13 @@ def test_value_loss_by_hand():
 
 def test_adaptive_kl_coef_by_hand():
     # error clipped to +0.2: 0.1 * (1 + 0.2 * 32 / 10000) = 0.100064
-    assert adaptive_kl_coef(0.1, observed_kl=9.0, target_kl=6.0, num_rollouts=32, horizon=10000) == pytest.approx(0.100064)
+    assert adaptive_kl_coef(0.1, observed_kl=9.0, target_kl=6.0, num_rollouts=32, horizon=10000) == pytest.approx(
+        0.100064
+    )
     # error -0.5 clipped to -0.2: 0.1 * (1 - 0.00064)
-    assert adaptive_kl_coef(0.1, observed_kl=3.0, target_kl=6.0, num_rollouts=32, horizon=10000) == pytest.approx(0.099936)
+    assert adaptive_kl_coef(0.1, observed_kl=3.0, target_kl=6.0, num_rollouts=32, horizon=10000) == pytest.approx(
+        0.099936
+    )
     # on target: unchanged
     assert adaptive_kl_coef(0.1, observed_kl=6.0, target_kl=6.0, num_rollouts=32, horizon=10000) == pytest.approx(0.1)
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_ppo import dirs, ppo_config  # noqa: F401 - `dirs` is a fixture: a tiny sft dir and a trained rm
 from transformers import AutoModelForCausalLM
 
+from zero_chatgpt.config import ResourcesConfig
 from zero_chatgpt.model.distributed import DeepSpeedParallel, RankInfo, mean_over_ranks
 from zero_chatgpt.model.launch import decode_inputs, launch_stage
 from zero_chatgpt.model.ppo.rollout import Experience, gather_experience
 from zero_chatgpt.model.ppo.stage import ppo, rank_prompt_batches, rank_seed
 from zero_chatgpt.model.ppo.update import UpdateSettings
-from test_ppo import dirs, ppo_config  # noqa: F401 - `dirs` is a fixture: a tiny sft dir and a trained rm
-from zero_chatgpt.config import ResourcesConfig
 
 TWO_DDP_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="ddp")
 TWO_ZERO2_RANKS = ResourcesConfig(ranks=2, launcher="torchrun", engine="deepspeed", zero_stage=2)
@@ -77,8 +77,7 @@ def test_zero_3_is_refused_at_once_naming_the_key(tmp_path):
 
 
 def test_ppo_inputs_round_trip_the_launch_spec(tmp_path):
-    decoded = decode_inputs(ppo, {"sft_dir": str(tmp_path / "sft"), "rm_dir": str(tmp_path / "rm"),
-                                  "shard_dir": None})
+    decoded = decode_inputs(ppo, {"sft_dir": str(tmp_path / "sft"), "rm_dir": str(tmp_path / "rm"), "shard_dir": None})
     assert decoded == {"sft_dir": tmp_path / "sft", "rm_dir": tmp_path / "rm", "shard_dir": None}
     assert decode_inputs(ppo, {"shard_dir": str(tmp_path)})["shard_dir"] == tmp_path
 
@@ -93,11 +92,19 @@ def _rank_experience(rank: int) -> Experience:
     """Rank 0: 1 rollout, prompt width 2, 1 response token; rank 1: 2 rollouts, prompt width 1, 2 tokens."""
     prompt_length, response_length, rows = (2, 1, 1) if rank == 0 else (1, 2, 2)
     per_token = torch.full((rows, response_length), float(rank + 1))
-    return Experience(sequences=torch.full((rows, prompt_length + response_length), 10 + rank),
-                      attention_mask=torch.ones(rows, prompt_length + response_length, dtype=torch.long),
-                      response_mask=torch.ones(rows, response_length), prompt_length=prompt_length,
-                      logprobs=per_token, ref_logprobs=per_token, values=per_token, scores=torch.full((rows,), rank),
-                      kl=per_token, advantages=per_token, returns=per_token)
+    return Experience(
+        sequences=torch.full((rows, prompt_length + response_length), 10 + rank),
+        attention_mask=torch.ones(rows, prompt_length + response_length, dtype=torch.long),
+        response_mask=torch.ones(rows, response_length),
+        prompt_length=prompt_length,
+        logprobs=per_token,
+        ref_logprobs=per_token,
+        values=per_token,
+        scores=torch.full((rows,), rank),
+        kl=per_token,
+        advantages=per_token,
+        returns=per_token,
+    )
 
 
 def _gathering_rank(rank: int, port: int, out_dir: Path) -> None:
@@ -105,8 +112,18 @@ def _gathering_rank(rank: int, port: int, out_dir: Path) -> None:
     try:
         means = mean_over_ranks({"reward": float(rank), "kl": 2.0 * rank}, 2, torch.device("cpu"), weight=rank + 1)
         gathered = gather_experience(_rank_experience(rank), pad_id=0, world_size=2)
-        (out_dir / f"rank{rank}.json").write_text(json.dumps([means, gathered.prompt_length, {
-            name: getattr(gathered, name).tolist() for name in ("sequences", "attention_mask", "values", "scores")}]))
+        (out_dir / f"rank{rank}.json").write_text(
+            json.dumps(
+                [
+                    means,
+                    gathered.prompt_length,
+                    {
+                        name: getattr(gathered, name).tolist()
+                        for name in ("sequences", "attention_mask", "values", "scores")
+                    },
+                ]
+            )
+        )
     finally:
         dist.destroy_process_group()
 
@@ -138,8 +155,12 @@ def _matching_config(checkpoint_every: int = 100):
     """Rollouts that do not depend on the sampling stream: each rank draws from its own generator, so only
     a top_p that keeps just the likeliest token makes 2 ranks' rollouts those of 1 rank (the rest of the
     step, whitening and mini-batches included, matches by construction). 3 steps."""
-    return ppo_config(top_p=1e-6, optim=dict(lr=3e-3, warmup_steps=0, max_steps=3, min_lr_ratio=1.0,
-                                             weight_decay=0.0, checkpoint_every=checkpoint_every))
+    return ppo_config(
+        top_p=1e-6,
+        optim=dict(
+            lr=3e-3, warmup_steps=0, max_steps=3, min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=checkpoint_every
+        ),
+    )
 
 
 def _assert_matches_one_rank(out: Path, one_rank_out: Path) -> None:
@@ -170,8 +191,17 @@ def test_two_rank_ppo_matches_one_rank(dirs, one_rank_run, tmp_path, monkeypatch
     monkeypatch.chdir(_shadowing_cwd(tmp_path / "cwd"))
     out = tmp_path / "out"
     lines: list[str] = []
-    metrics = launch_stage("ppo", _matching_config(), {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}, out, 0,
-                           "cpu", tmp_path / "ckpt", resources, on_line=lines.append)
+    metrics = launch_stage(
+        "ppo",
+        _matching_config(),
+        {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]},
+        out,
+        0,
+        "cpu",
+        tmp_path / "ckpt",
+        resources,
+        on_line=lines.append,
+    )
     assert metrics["ranks"] == 2 and metrics["engine"] == resources.engine
     backend = "DeepSpeedBackend" if resources.engine == "deepspeed" else "LocalBackend"  # DDP: LocalBackend
     assert any(f"actor and critic train through {backend} on 2 rank(s)" in line for line in lines)
@@ -190,8 +220,12 @@ def _saved_ppo_state(checkpoint_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("resources", [TWO_DDP_RANKS, TWO_ZERO2_RANKS], ids=["ddp", "deepspeed-zero2"])
-def test_two_rank_ppo_resumes_after_a_cancelled_launch_to_the_uninterrupted_result(dirs, one_rank_run,  # noqa: F811
-                                                                                    tmp_path, resources):
+def test_two_rank_ppo_resumes_after_a_cancelled_launch_to_the_uninterrupted_result(
+    dirs,  # noqa: F811
+    one_rank_run,
+    tmp_path,
+    resources,
+):
     """torchrun, 2 ranks on the CPU: the first launch is cancelled once the step-2 checkpoint is written
     (by the backends: torch files for DDP, ZeRO partitions for DeepSpeed, with every rank's sampling state),
     the second resumes there and ends where an uninterrupted (1-rank) run ends."""
@@ -226,8 +260,17 @@ def test_lora_ppo_on_zero2_ranks_exports_a_merged_plain_model(dirs, tmp_path):  
     pytest.importorskip("peft")
     cfg = ppo_config(lora_rank=4, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=1))
     out = tmp_path / "out"
-    metrics = launch_stage("ppo", cfg, {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]}, out, 0, "cpu",
-                           tmp_path / "ckpt", TWO_ZERO2_RANKS, on_line=lambda line: None)
+    metrics = launch_stage(
+        "ppo",
+        cfg,
+        {"sft_dir": dirs["sft"], "rm_dir": dirs["rm"]},
+        out,
+        0,
+        "cpu",
+        tmp_path / "ckpt",
+        TWO_ZERO2_RANKS,
+        on_line=lambda line: None,
+    )
     assert metrics["steps"] == 2 and [r["step"] for r in _records(out)] == [1, 2]
     assert not any("lora" in key for key in AutoModelForCausalLM.from_pretrained(out).state_dict())
     assert _differs_from_sft(out, dirs["sft"])
@@ -235,19 +278,23 @@ def test_lora_ppo_on_zero2_ranks_exports_a_merged_plain_model(dirs, tmp_path):  
 
 def test_the_ppo_task_routes_through_the_launcher_when_ranks_exceed_one(dirs, tmp_path):  # noqa: F811
     """The Prefect task's body (called without a flow run) with 2 DDP ranks under torchrun."""
-    from zero_chatgpt.tasks.ppo import ppo_task
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.config import PipelineConfig
+    from zero_chatgpt.tasks.ppo import ppo_task
 
-    config = PipelineConfig.model_validate({
-        "run": {"seed": 0, "device": "cpu"},
-        "resources": TWO_DDP_RANKS.model_dump(),
-        "ppo": ppo_config(optim=dict(lr=3e-3, warmup_steps=0, max_steps=2, checkpoint_every=10)).model_dump(),
-    }).model_dump(mode="json")
+    config = PipelineConfig.model_validate(
+        {
+            "run": {"seed": 0, "device": "cpu"},
+            "resources": TWO_DDP_RANKS.model_dump(),
+            "ppo": ppo_config(optim=dict(lr=3e-3, warmup_steps=0, max_steps=2, checkpoint_every=10)).model_dump(),
+        }
+    ).model_dump(mode="json")
     (tmp_path / "shards").mkdir()  # PPO-ptx is off: the shard dir is passed through, not read
-    upstream = {"sft": {"stage": "sft", "path": str(dirs["sft"]), "fingerprint": "1" * 64},
-                "train_rm": {"stage": "train_rm", "path": str(dirs["rm"]), "fingerprint": "2" * 64},
-                "shard": {"stage": "shard", "path": str(tmp_path / "shards"), "fingerprint": "3" * 64}}
+    upstream = {
+        "sft": {"stage": "sft", "path": str(dirs["sft"]), "fingerprint": "1" * 64},
+        "train_rm": {"stage": "train_rm", "path": str(dirs["rm"]), "fingerprint": "2" * 64},
+        "shard": {"stage": "shard", "path": str(tmp_path / "shards"), "fingerprint": "3" * 64},
+    }
     record = ppo_task.fn(config, upstream, str(tmp_path / "root"))
     metrics = read_manifest(record["path"])["metrics"]
     assert metrics["ranks"] == 2 and metrics["engine"] == "ddp" and metrics["steps"] == 2

@@ -18,15 +18,23 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from zero_chatgpt.config import PretrainConfig
 from zero_chatgpt.data_process.token_shards import ShardWriter, TokenShards, write_meta
 from zero_chatgpt.model.pretrain import consecutive_val_windows, pretrain, unigram_entropy
-from zero_chatgpt.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<unk>", "<s>", "</s>"]
 EOS_ID = 2
-METRIC_KEYS = {"val_loss", "unigram_val_loss", "train_loss", "tokens_seen", "tokens_per_s", "params", "steps",
-               "resumed_from"}
+METRIC_KEYS = {
+    "val_loss",
+    "unigram_val_loss",
+    "train_loss",
+    "tokens_seen",
+    "tokens_per_s",
+    "params",
+    "steps",
+    "resumed_from",
+}
 
 
 def write_tokenizer(out_dir: Path, num_words: int) -> None:
@@ -38,16 +46,16 @@ def write_tokenizer(out_dir: Path, num_words: int) -> None:
     fast.save_pretrained(out_dir)
 
 
-def write_pattern_shards(out_dir: Path, docs: dict[str, int], num_words: int = 40, seed: int = 0,
-                         tokens_per_shard: int = 3000) -> None:
+def write_pattern_shards(
+    out_dir: Path, docs: dict[str, int], num_words: int = 40, seed: int = 0, tokens_per_shard: int = 3000
+) -> None:
     """Documents that repeat one of five 6-word cycles from a random phase, each ending in EOS.
 
     Context-free, every word is about equally likely (high unigram entropy); given the previous word, the
     next one is nearly certain, so a model that learns anything beats the unigram loss by far.
     """
     rng = np.random.default_rng(seed)
-    cycles = [rng.choice(np.arange(len(SPECIALS), len(SPECIALS) + num_words), size=6, replace=False)
-              for _ in range(5)]
+    cycles = [rng.choice(np.arange(len(SPECIALS), len(SPECIALS) + num_words), size=6, replace=False) for _ in range(5)]
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for split, count in docs.items():
@@ -60,13 +68,16 @@ def write_pattern_shards(out_dir: Path, docs: dict[str, int], num_words: int = 4
 
 
 def tiny_config(**optim) -> PretrainConfig:
-    optim_values = dict(lr=1e-2, warmup_steps=5, max_steps=60, batch_size=8, eval_every=20, eval_batches=4,
-                        checkpoint_every=20)
+    optim_values = dict(
+        lr=1e-2, warmup_steps=5, max_steps=60, batch_size=8, eval_every=20, eval_batches=4, checkpoint_every=20
+    )
     optim_values.update(optim)
-    return PretrainConfig.model_validate({
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "max_seq_len": 32},
-        "optim": optim_values,
-    })
+    return PretrainConfig.model_validate(
+        {
+            "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "max_seq_len": 32},
+            "optim": optim_values,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +162,14 @@ CHILD = textwrap.dedent("""
 
 
 def run_child(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_pretrain_resumes_after_sigkill(data, tmp_path):
@@ -181,6 +198,9 @@ def test_pretrain_resumes_after_sigkill(data, tmp_path):
     # Same data order and RNG after resume: the runs agree (up to float noise of a fresh process).
     assert resumed["tokens_seen"] == straight["tokens_seen"]
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], rel=1e-3)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == list(range(1, 41))

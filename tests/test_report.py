@@ -23,11 +23,19 @@ def make_stage(root, stage, metrics, curve, upstream=None):
 
 
 def test_report_has_metrics_lineage_and_plots(tmp_path):
-    pretrain = make_stage(tmp_path, "pretrain", {"val_loss": 2.5, "unigram_val_loss": 5.0, "table": {"x": 1}},
-                          [{"step": s, "loss": 6 - s} for s in range(1, 5)] + [{"step": 4, "val_loss": 2.5}])
-    ppo = make_stage(tmp_path, "ppo", {"reward_before": 0.1, "reward_after": 0.4, "kl": 1.2},
-                     [{"step": s, "reward": 0.1 * s, "kl": 0.2 * s} for s in range(1, 4)],
-                     upstream={"pretrain": pretrain.record()})
+    pretrain = make_stage(
+        tmp_path,
+        "pretrain",
+        {"val_loss": 2.5, "unigram_val_loss": 5.0, "table": {"x": 1}},
+        [{"step": s, "loss": 6 - s} for s in range(1, 5)] + [{"step": 4, "val_loss": 2.5}],
+    )
+    ppo = make_stage(
+        tmp_path,
+        "ppo",
+        {"reward_before": 0.1, "reward_after": 0.4, "kl": 1.2},
+        [{"step": s, "reward": 0.1 * s, "kl": 0.2 * s} for s in range(1, 4)],
+        upstream={"pretrain": pretrain.record()},
+    )
     out = tmp_path / "report"
     metrics = build_report({"pretrain": Path(pretrain.path), "ppo": Path(ppo.path)}, out)
     assert metrics == {"stages": 2, "plots": 2}
@@ -47,5 +55,3 @@ def test_missing_manifest_is_named(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="half.*not a finished sft artifact"):
         build_report({"sft": tmp_path / "half"}, tmp_path / "out")
-
-

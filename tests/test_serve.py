@@ -45,15 +45,24 @@ def stop(process: subprocess.Popen) -> None:
 
 def test_deployment_run_completes_through_a_real_server(tmp_path):
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
-    server = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=server_log.open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=server_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     serve = None
     try:
+
         def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
@@ -63,20 +72,44 @@ def test_deployment_run_completes_through_a_real_server(tmp_path):
 
         wait_until(healthy, 180, "prefect server", server, server_log)
         root = tmp_path / "runs"
-        serve = subprocess.Popen([sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(root)],
-                                 env=env, stdout=serve_log.open("w"), stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=tmp_path)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(root)],
+            env=env,
+            stdout=serve_log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
 
         def deployed() -> bool:
-            inspect = subprocess.run([*PREFECT, "deployment", "inspect", "zero-chatgpt/full"], env=env,
-                                     capture_output=True, text=True, timeout=60)
+            inspect = subprocess.run(
+                [*PREFECT, "deployment", "inspect", "zero-chatgpt/full"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             return inspect.returncode == 0
 
         wait_until(deployed, 180, "zero-chatgpt serve", serve, serve_log)
         # `until` keeps this run to the data stages: the test is about the deployment path, not training.
-        run = subprocess.run([*PREFECT, "deployment", "run", "zero-chatgpt/full", "--param", "preset=tiny",
-                              "--param", "until=dedup", "--watch"],
-                             env=env, capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            [
+                *PREFECT,
+                "deployment",
+                "run",
+                "zero-chatgpt/full",
+                "--param",
+                "preset=tiny",
+                "--param",
+                "until=dedup",
+                "--watch",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         output = run.stdout + run.stderr
         assert run.returncode == 0, output + serve_log.read_text()[-3000:]
         assert "completed" in output.lower(), output

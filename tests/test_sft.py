@@ -46,8 +46,12 @@ def pretrain_dir(tmp_path_factory) -> Path:
     train_tokenizer(TrainTokenizerConfig(vocab_size=600, heldout_docs=0), root / "corpus", out, seed=SEED)
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(SEED)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128), len(tokenizer),
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128),
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(out)
     return out
 
@@ -70,13 +74,16 @@ def test_loss_only_on_response_and_im_end(tokenizer):
     (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
     assert example.input_ids[: len(prompt_ids)] == prompt_ids
     assert example.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    assert example.labels[len(prompt_ids):] == example.input_ids[len(prompt_ids):]
+    assert example.labels[len(prompt_ids) :] == example.input_ids[len(prompt_ids) :]
     assert example.labels[-1] == IM_END_ID
     assert tokenizer.decode(supervised_ids(example)) == response + IM_END
     # Where the template boundary does not merge, this is exactly the chat template's assistant mask.
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
     template_supervised = [t for t, m in zip(rendered["input_ids"], rendered["assistant_masks"]) if m]
     assert supervised_ids(example) == template_supervised
 
@@ -108,7 +115,7 @@ def test_truncation_keeps_prompt_end_and_response_start():
     prompt, response = list(range(100, 160)), list(range(200, 260))
     kept_prompt, kept_response = truncate_pair(prompt, response, max_seq_len=40)
     assert len(kept_prompt) + len(kept_response) == 40
-    assert kept_prompt == prompt[-len(kept_prompt):]
+    assert kept_prompt == prompt[-len(kept_prompt) :]
     assert kept_response == response[: len(kept_response)]
     assert len(kept_response) == 20  # half the window when both sides are long
     # Zero-Chatgpt's bug cut the answer by the prompt's length; here a long prompt leaves a short answer whole.
@@ -129,7 +136,7 @@ def test_long_rows_are_truncated_with_supervised_tokens(tokenizer):
     assert len(supervised) >= 32
     assert tokenizer.decode(supervised).startswith("It is long")
     (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
-    assert example.input_ids[: 64 - len(supervised)] == prompt_ids[-(64 - len(supervised)):]
+    assert example.input_ids[: 64 - len(supervised)] == prompt_ids[-(64 - len(supervised)) :]
 
 
 def test_rows_without_room_for_a_response_token_are_dropped_and_counted(tokenizer):
@@ -171,8 +178,10 @@ def test_split_never_leaves_val_empty():
 
 
 def test_collate_pads_right_with_pad_id_and_ignored_labels(tokenizer):
-    examples = [encode_sft_example(tokenizer, "hi", "hello there", 256),
-                encode_sft_example(tokenizer, "a much longer question here", "ok", 256)]
+    examples = [
+        encode_sft_example(tokenizer, "hi", "hello there", 256),
+        encode_sft_example(tokenizer, "a much longer question here", "ok", 256),
+    ]
     batch = collate(examples, pad_id=tokenizer.pad_token_id)
     width = max(len(e.input_ids) for e in examples)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, width)
@@ -209,8 +218,9 @@ def test_one_sampler_slices_the_same_global_batch_for_every_rank():
     thirds = [ShuffledBatches(list(range(10)), batch_size=2, seed=4, rank=r, world_size=3) for r in range(3)]
     for _ in range(7):
         assert sum((part.next_batch() for part in thirds), []) == one.next_batch()
-    assert thirds[0].state_dict() == thirds[2].state_dict() == one.state_dict() == {"seed": 4, "epoch": 4,
-                                                                                      "position": 2}
+    assert (
+        thirds[0].state_dict() == thirds[2].state_dict() == one.state_dict() == {"seed": 4, "epoch": 4, "position": 2}
+    )
     with pytest.raises(ValueError, match="no items"):
         ShuffledBatches([], batch_size=1, seed=0)
 
@@ -223,15 +233,30 @@ def sft_run(pretrain_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft_run")
     extra = root / "extra.jsonl"
     extra.write_text(
-        json.dumps({"prompt": "What colour is the sky?", "response": "Blue."}) + "\n"
+        json.dumps({"prompt": "What colour is the sky?", "response": "Blue."})
+        + "\n"
         + '{"prompt": "broken json"\n'
-        + json.dumps({"prompt": "Say hi.", "response": "Hi!"}) + "\n",
-        encoding="utf-8")
-    cfg = SftConfig.model_validate({
-        "optim": {"lr": 3e-3, "warmup_steps": 5, "max_steps": 40, "batch_size": 8, "eval_every": 20,
-                  "eval_batches": 4, "checkpoint_every": 1000, "precision": "fp32"},
-        "max_seq_len": 96, "rlhf_prompt_fraction": 0.4, "val_fraction": 0.15,
-    })
+        + json.dumps({"prompt": "Say hi.", "response": "Hi!"})
+        + "\n",
+        encoding="utf-8",
+    )
+    cfg = SftConfig.model_validate(
+        {
+            "optim": {
+                "lr": 3e-3,
+                "warmup_steps": 5,
+                "max_steps": 40,
+                "batch_size": 8,
+                "eval_every": 20,
+                "eval_batches": 4,
+                "checkpoint_every": 1000,
+                "precision": "fp32",
+            },
+            "max_seq_len": 96,
+            "rlhf_prompt_fraction": 0.4,
+            "val_fraction": 0.15,
+        }
+    )
     out = root / "out"
     sources = [SftSource(kind="demo"), SftSource(kind="jsonl", path=str(extra))]
     metrics = sft(cfg, sources, DEMO, pretrain_dir, out, seed=SEED, device="cpu")
@@ -240,8 +265,17 @@ def sft_run(pretrain_dir, tmp_path_factory):
 
 def test_stage_metrics_and_files(sft_run):
     out, metrics, _, _ = sft_run
-    for key in ("val_loss", "base_val_loss", "train_rows", "val_rows", "rlhf_prompts", "quarantined",
-                "dropped_too_long", "steps", "tokens_per_s"):
+    for key in (
+        "val_loss",
+        "base_val_loss",
+        "train_rows",
+        "val_rows",
+        "rlhf_prompts",
+        "quarantined",
+        "dropped_too_long",
+        "steps",
+        "tokens_per_s",
+    ):
         assert key in metrics, key
     assert json.loads(json.dumps(metrics)) == metrics
     assert metrics["val_loss"] < metrics["base_val_loss"] - 0.5
@@ -291,8 +325,7 @@ def test_output_loads_and_generates(sft_run):
     assert len(texts) == 2 and all(isinstance(text, str) for text in texts)
     assert rollout.response_mask.sum() > 0
     ids = torch.tensor([prompts[0]])
-    generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                               max_new_tokens=12)
+    generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
     assert generated.shape[1] > ids.shape[1]
 
 

@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
+from zero_chatgpt.config import ShardConfig, TrainTokenizerConfig
 from zero_chatgpt.data_process import shard as shard_module
 from zero_chatgpt.data_process.shard import assign_validation, batch_bounds, shard_corpus
 from zero_chatgpt.data_process.token_shards import ShardWriter, TokenShards, dtype_for_vocab, write_meta
-from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
-from zero_chatgpt.tokenizer.train import train_tokenizer
-from zero_chatgpt.config import ShardConfig, TrainTokenizerConfig
 from zero_chatgpt.parallel import process_pool_map
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from zero_chatgpt.tokenizer.train import train_tokenizer
 
 NUM_DOCS = 120
 
@@ -97,8 +97,9 @@ def test_stage_writes_uint32_for_a_large_vocab(corpus, tokenizer_dir, tmp_path, 
 
 
 def test_every_shard_file_is_read_and_documents_do_not_span_files(corpus, tokenizer_dir, tmp_path):
-    metrics = shard_corpus(ShardConfig(tokens_per_shard=1000, docs_per_batch=7), corpus, tokenizer_dir, tmp_path,
-                           seed=0)
+    metrics = shard_corpus(
+        ShardConfig(tokens_per_shard=1000, docs_per_batch=7), corpus, tokenizer_dir, tmp_path, seed=0
+    )
     assert metrics["train_files"] > 2
     shards = TokenShards(tmp_path, "train")
     assert len(shards.arrays) == metrics["train_files"]
@@ -111,8 +112,7 @@ def test_every_shard_file_is_read_and_documents_do_not_span_files(corpus, tokeni
 
 
 def test_documents_are_eos_separated_and_split_by_document(corpus, tokenizer_dir, tmp_path):
-    metrics = shard_corpus(ShardConfig(val_fraction=0.2, docs_per_batch=16), corpus, tokenizer_dir, tmp_path,
-                           seed=5)
+    metrics = shard_corpus(ShardConfig(val_fraction=0.2, docs_per_batch=16), corpus, tokenizer_dir, tmp_path, seed=5)
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / SP_MODEL_FILE))
     decoded = {split: [sp.decode(d.tolist()) for d in _split_docs(tmp_path, split)] for split in ("train", "val")}
     docs = toy_documents(NUM_DOCS, seed=3)
@@ -140,8 +140,7 @@ def test_serial_and_process_pool_output_are_byte_identical(corpus, tokenizer_dir
 
 def test_at_least_one_validation_document_and_empty_documents_counted(tokenizer_dir, tmp_path):
     write_corpus_parts(["only two documents", "这是第二个", ""], tmp_path / "dedup")
-    metrics = shard_corpus(ShardConfig(val_fraction=0.001), tmp_path / "dedup", tokenizer_dir, tmp_path / "out",
-                           seed=0)
+    metrics = shard_corpus(ShardConfig(val_fraction=0.001), tmp_path / "dedup", tokenizer_dir, tmp_path / "out", seed=0)
     assert metrics["val_docs"] >= 1 and metrics["train_docs"] >= 1
     assert metrics["val_docs"] + metrics["train_docs"] == 2
     assert metrics["empty_docs"] == 1
@@ -154,14 +153,20 @@ def test_at_least_one_validation_document_and_empty_documents_counted(tokenizer_
 
 def test_null_text_is_an_error_naming_the_file(tokenizer_dir, tmp_path):
     (tmp_path / "dedup").mkdir()
-    pq.write_table(pa.table({"id": ["a", "b"], "text": ["fine", None], "source": ["x", "x"]}),
-                   tmp_path / "dedup" / "part_00000.parquet")
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "text": ["fine", None], "source": ["x", "x"]}),
+        tmp_path / "dedup" / "part_00000.parquet",
+    )
     with pytest.raises(ValueError, match=r"part_00000\.parquet.*null `text`.*row 1"):
         shard_corpus(ShardConfig(), tmp_path / "dedup", tokenizer_dir, tmp_path / "out", seed=0)
 
 
 def test_batches_close_on_documents_or_characters():
     assert batch_bounds([10] * 5, docs_per_batch=2, chars_per_batch=1000) == [(0, 2), (2, 4), (4, 5)]
-    assert batch_bounds([400, 400, 400, 5000, 1], docs_per_batch=10, chars_per_batch=1000) == \
-        [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert batch_bounds([400, 400, 400, 5000, 1], docs_per_batch=10, chars_per_batch=1000) == [
+        (0, 2),
+        (2, 3),
+        (3, 4),
+        (4, 5),
+    ]
     assert batch_bounds([], docs_per_batch=3, chars_per_batch=1000) == []

@@ -36,19 +36,22 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
 def messy_jsonl(path: Path) -> Path:
     """Line -> content: 1 good en, 2 broken JSON, 3 missing text, 4 int text, 5 bad bytes, 6 empty,
     7 blank (not a row), 8 good zh, 9 whitespace text, 10 a JSON list, 11 null text."""
-    return write_lines(path, [
-        json.dumps({"text": "The river town trades salt and wool."}).encode(),
-        b'{"text": "unterminated',
-        json.dumps({"body": "no text field here"}).encode(),
-        json.dumps({"text": 42}).encode(),
-        b'{"text": "\xff\xfe broken bytes"}',
-        json.dumps({"text": ""}).encode(),
-        b"",
-        json.dumps({"text": "青石镇位于河谷之中，以盐和羊毛贸易闻名。"}, ensure_ascii=False).encode(),
-        json.dumps({"text": "  \n\t "}).encode(),
-        b"[1, 2, 3]",
-        json.dumps({"text": None}).encode(),
-    ])
+    return write_lines(
+        path,
+        [
+            json.dumps({"text": "The river town trades salt and wool."}).encode(),
+            b'{"text": "unterminated',
+            json.dumps({"body": "no text field here"}).encode(),
+            json.dumps({"text": 42}).encode(),
+            b'{"text": "\xff\xfe broken bytes"}',
+            json.dumps({"text": ""}).encode(),
+            b"",
+            json.dumps({"text": "青石镇位于河谷之中，以盐和羊毛贸易闻名。"}, ensure_ascii=False).encode(),
+            json.dumps({"text": "  \n\t "}).encode(),
+            b"[1, 2, 3]",
+            json.dumps({"text": None}).encode(),
+        ],
+    )
 
 
 def split_rows(rows):
@@ -64,19 +67,30 @@ def test_jsonl_good_and_quarantined_rows_with_lines_and_reasons(tmp_path):
     assert good[1]["text"] == "青石镇位于河谷之中，以盐和羊毛贸易闻名。"
     assert all(r["source"] == str(path) for r in good + bad)
     kinds = {r["line"]: reason_kind(r["reason"]) for r in bad}
-    assert kinds == {2: "invalid_json", 3: "missing_field", 4: "not_a_string", 5: "undecodable",
-                     6: "empty_field", 9: "empty_field", 10: "not_an_object", 11: "missing_field"}
+    assert kinds == {
+        2: "invalid_json",
+        3: "missing_field",
+        4: "not_a_string",
+        5: "undecodable",
+        6: "empty_field",
+        9: "empty_field",
+        10: "not_an_object",
+        11: "missing_field",
+    }
     assert "broken bytes" in next(r["raw"] for r in bad if r["line"] == 5)
     assert "'text'" in next(r["reason"] for r in bad if r["line"] == 3)
 
 
 def test_id_field_used_and_bad_ids_quarantined(tmp_path):
-    path = write_lines(tmp_path / "ids.jsonl", [
-        json.dumps({"doc": "a-1", "text": "first"}).encode(),
-        json.dumps({"doc": 7, "text": "second"}).encode(),
-        json.dumps({"text": "no id"}).encode(),
-        json.dumps({"doc": True, "text": "boolean id"}).encode(),
-    ])
+    path = write_lines(
+        tmp_path / "ids.jsonl",
+        [
+            json.dumps({"doc": "a-1", "text": "first"}).encode(),
+            json.dumps({"doc": 7, "text": "second"}).encode(),
+            json.dumps({"text": "no id"}).encode(),
+            json.dumps({"doc": True, "text": "boolean id"}).encode(),
+        ],
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(path), id_field="doc")))
     assert [r["id"] for r in good] == ["a-1", "7"]
     assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(3, "bad_id"), (4, "bad_id")]
@@ -86,8 +100,10 @@ def test_parquet_rows_numbered_from_one_and_nulls_quarantined(tmp_path):
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"content": ["alpha text", None, "gamma 文本"], "n": [1, 2, 3]}), path)
     good, bad = split_rows(read_text_rows(TextSource(kind="parquet", path=str(path), text_field="content")))
-    assert [(r["id"], r["line"], r["text"]) for r in good] == [(f"{path}:1", 1, "alpha text"),
-                                                                (f"{path}:3", 3, "gamma 文本")]
+    assert [(r["id"], r["line"], r["text"]) for r in good] == [
+        (f"{path}:1", 1, "alpha text"),
+        (f"{path}:3", 3, "gamma 文本"),
+    ]
     assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(2, "missing_field")]
 
 
@@ -136,37 +152,47 @@ def test_source_without_any_good_row_raises(tmp_path):
 
 
 def test_limit_caps_good_rows_only(tmp_path):
-    path = write_lines(tmp_path / "many.jsonl", [b"{bad"] + [json.dumps({"text": f"doc {i}"}).encode()
-                                                             for i in range(10)])
+    path = write_lines(
+        tmp_path / "many.jsonl", [b"{bad"] + [json.dumps({"text": f"doc {i}"}).encode() for i in range(10)]
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="jsonl", path=str(path), limit=3)))
     assert [r["text"] for r in good] == ["doc 0", "doc 1", "doc 2"]
     assert len(bad) == 1
 
 
 def test_sft_and_pref_rows_use_canonical_names(tmp_path):
-    sft = write_lines(tmp_path / "sft.jsonl", [
-        json.dumps({"q": "What is 2+2?", "a": "4"}).encode(),
-        json.dumps({"q": "No answer"}).encode(),
-    ])
-    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(sft), prompt_field="q",
-                                                   response_field="a")))
+    sft = write_lines(
+        tmp_path / "sft.jsonl",
+        [
+            json.dumps({"q": "What is 2+2?", "a": "4"}).encode(),
+            json.dumps({"q": "No answer"}).encode(),
+        ],
+    )
+    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(sft), prompt_field="q", response_field="a")))
     assert good == [{"id": f"{sft}:1", "source": str(sft), "line": 1, "prompt": "What is 2+2?", "response": "4"}]
     assert "'a'" in bad[0]["reason"]
 
     # With `answer_field` the short answer is read too, and a row without it is quarantined naming the field.
-    qa = write_lines(tmp_path / "qa.jsonl", [
-        json.dumps({"q": "Capital of Eldonia?", "a": "Its capital is Talmer.", "short": "Talmer"}).encode(),
-        json.dumps({"q": "Capital of Orvane?", "a": "Its capital is Pell."}).encode(),
-    ])
-    good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(qa), prompt_field="q",
-                                                   response_field="a", answer_field="short")))
+    qa = write_lines(
+        tmp_path / "qa.jsonl",
+        [
+            json.dumps({"q": "Capital of Eldonia?", "a": "Its capital is Talmer.", "short": "Talmer"}).encode(),
+            json.dumps({"q": "Capital of Orvane?", "a": "Its capital is Pell."}).encode(),
+        ],
+    )
+    good, bad = split_rows(
+        read_sft_rows(SftSource(kind="jsonl", path=str(qa), prompt_field="q", response_field="a", answer_field="short"))
+    )
     assert [(r["prompt"], r["answer"]) for r in good] == [("Capital of Eldonia?", "Talmer")]
     assert bad[0]["line"] == 2 and "'short'" in bad[0]["reason"]
 
-    pref = write_lines(tmp_path / "pref.jsonl", [
-        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}).encode(),
-        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": ["list"]}).encode(),
-    ])
+    pref = write_lines(
+        tmp_path / "pref.jsonl",
+        [
+            json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}).encode(),
+            json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": ["list"]}).encode(),
+        ],
+    )
     good, bad = split_rows(read_pref_rows(PrefSource(kind="jsonl", path=str(pref))))
     assert [(r["prompt"], r["chosen"], r["rejected"]) for r in good] == [("Hi", "Hello!", "Go away.")]
     assert reason_kind(bad[0]["reason"]) == "not_a_string"
@@ -177,12 +203,21 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
 
     def demo_documents(cfg, seed):
         seen["docs"] = (cfg.num_entities, seed)
-        return [{"id": "demo-0", "text": "Amberfall is a river town.", "lang": "en", "planted": False},
-                {"id": "demo-1", "text": "", "lang": "en", "planted": False}]
+        return [
+            {"id": "demo-0", "text": "Amberfall is a river town.", "lang": "en", "planted": False},
+            {"id": "demo-1", "text": "", "lang": "en", "planted": False},
+        ]
 
     def demo_sft_pairs(cfg, seed):
-        return [{"id": "sft-0", "prompt": "Where is Amberfall?", "response": "By the river.", "answer": "river",
-                 "lang": "en"}]
+        return [
+            {
+                "id": "sft-0",
+                "prompt": "Where is Amberfall?",
+                "response": "By the river.",
+                "answer": "river",
+                "lang": "en",
+            }
+        ]
 
     def demo_eval_questions(cfg, seed):
         return [{"id": "eval-0", "prompt": "What is the river of Amberfall?", "answer": "Sel", "lang": "en"}]
@@ -202,18 +237,24 @@ def test_demo_source_reads_the_demo_corpus(monkeypatch):
         read_pref_rows(PrefSource(kind="demo"))
     (question,) = read_qa_rows(QaSource(kind="demo"), DemoCorpusConfig(), seed=5)
     assert {key: question[key] for key in ("id", "question", "answer", "lang")} == {
-        "id": "eval-0", "question": "What is the river of Amberfall?", "answer": "Sel", "lang": "en"}
+        "id": "eval-0",
+        "question": "What is the river of Amberfall?",
+        "answer": "Sel",
+        "lang": "en",
+    }
     # The demo's version is its generator's, for every row type (files: see test_file_source_version_...).
-    assert source_version(TextSource(kind="demo")) == source_version(QaSource(kind="demo")) == {
-        "generator_version": 77}
+    assert source_version(TextSource(kind="demo")) == source_version(QaSource(kind="demo")) == {"generator_version": 77}
 
 
 def test_qa_source_reads_questions_and_answers_from_any_file(tmp_path):
-    qa = write_lines(tmp_path / "qa.jsonl", [
-        json.dumps({"question": "Capital of Borfen?", "answer": "Adel"}).encode(),
-        json.dumps({"question": "Longest river?"}).encode(),
-        json.dumps({"q": "Highest peak?", "a": "Tarn", "language": "en"}).encode(),
-    ])
+    qa = write_lines(
+        tmp_path / "qa.jsonl",
+        [
+            json.dumps({"question": "Capital of Borfen?", "answer": "Adel"}).encode(),
+            json.dumps({"question": "Longest river?"}).encode(),
+            json.dumps({"q": "Highest peak?", "a": "Tarn", "language": "en"}).encode(),
+        ],
+    )
     good, bad = split_rows(read_qa_rows(QaSource(kind="jsonl", path=str(qa))))
     assert [(r["question"], r["answer"]) for r in good] == [("Capital of Borfen?", "Adel")]
     assert [(r["line"], reason_kind(r["reason"])) for r in bad] == [(2, "missing_field"), (3, "missing_field")]
@@ -225,10 +266,16 @@ def test_qa_source_reads_questions_and_answers_from_any_file(tmp_path):
 
 
 def test_read_all_rows_keeps_source_order_and_quarantines_repeated_ids(tmp_path):
-    first = write_lines(tmp_path / "a.jsonl", [json.dumps({"id": "q1", "question": "A?", "answer": "a"}).encode(),
-                                               json.dumps({"id": "q2", "question": "B?", "answer": "b"}).encode()])
-    second = write_lines(tmp_path / "b.jsonl", [json.dumps({"id": "q2", "question": "C?", "answer": "c"}).encode(),
-                                                b"not json"])
+    first = write_lines(
+        tmp_path / "a.jsonl",
+        [
+            json.dumps({"id": "q1", "question": "A?", "answer": "a"}).encode(),
+            json.dumps({"id": "q2", "question": "B?", "answer": "b"}).encode(),
+        ],
+    )
+    second = write_lines(
+        tmp_path / "b.jsonl", [json.dumps({"id": "q2", "question": "C?", "answer": "c"}).encode(), b"not json"]
+    )
     sources = [QaSource(kind="jsonl", path=str(path), id_field="id") for path in (first, second)]
     good, bad = read_all_rows(sources)
     assert [row["question"] for row in good] == ["A?", "B?"]
@@ -259,8 +306,9 @@ def test_hf_source_rows_from_a_stubbed_stream(monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     stream = [{"text": "streamed document"}, {"text": 3}]
-    monkeypatch.setitem(sys.modules, "datasets",
-                        types.SimpleNamespace(load_dataset=lambda *args, **kwargs: iter(stream)))
+    monkeypatch.setitem(
+        sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *args, **kwargs: iter(stream))
+    )
     good, bad = split_rows(read_text_rows(TextSource(kind="hf", name="org/set")))
     assert [(r["id"], r["source"], r["line"]) for r in good] == [("hf:org/set:1", "hf:org/set", 1)]
     assert bad[0]["line"] == 2

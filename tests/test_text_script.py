@@ -19,8 +19,28 @@ def test_shares_count_han_and_kana_but_not_hangul_or_punctuation():
 
 
 def test_regex_and_code_point_table_agree_on_every_boundary():
-    probes = [0x303F, 0x3040, 0x30FF, 0x3100, 0x33FF, 0x3400, 0x4DBF, 0x4DC0, 0x4E00, 0x9FFF, 0xA000, 0xF8FF,
-              0xF900, 0xFAFF, 0xFB00, 0x1FFFF, 0x20000, 0x3134F, 0x31350, 0xAC00]
+    probes = [
+        0x303F,
+        0x3040,
+        0x30FF,
+        0x3100,
+        0x33FF,
+        0x3400,
+        0x4DBF,
+        0x4DC0,
+        0x4E00,
+        0x9FFF,
+        0xA000,
+        0xF8FF,
+        0xF900,
+        0xFAFF,
+        0xFB00,
+        0x1FFFF,
+        0x20000,
+        0x3134F,
+        0x31350,
+        0xAC00,
+    ]
     for code_point in probes:
         by_regex = bool(CJK_CHAR_RE.fullmatch(chr(code_point)))
         by_table = cjk_share_of_code_points(np.array([code_point], dtype=np.uint32)) == 1.0

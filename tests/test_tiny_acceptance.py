@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
+from zero_chatgpt.flows.pipeline import PIPELINE_STAGES
 
 # The first test pays for the whole tiny run (about 11 minutes on 2 cores).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.usefixtures("prefect_api")]
@@ -31,8 +31,10 @@ def tiny_run(tmp_path_factory):
     seconds = time.perf_counter() - started
     latest = json.loads((root / "latest.json").read_text(encoding="utf-8"))
     metrics = {stage: read_manifest(entry["path"])["metrics"] for stage, entry in latest.items()}
-    print(f"tiny pipeline: {seconds:.0f} s; per stage: "
-          + ", ".join(f"{stage} {entry['seconds']:.0f}s" for stage, entry in latest.items()))
+    print(
+        f"tiny pipeline: {seconds:.0f} s; per stage: "
+        + ", ".join(f"{stage} {entry['seconds']:.0f}s" for stage, entry in latest.items())
+    )
     return root, latest, metrics, seconds
 
 
@@ -84,9 +86,22 @@ def test_every_model_loads_with_plain_transformers_and_generates(tiny_run):
 
 
 def test_chat_with_the_ppo_model_answers_and_exits_zero(tiny_run):
-    done = subprocess.run([sys.executable, "-m", "zero_chatgpt.cli", "chat", "--model", tiny_run[1]["ppo"]["path"],
-                           "--max-new-tokens", "24"], input="What is the capital of Eldonia?\n",
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zero_chatgpt.cli",
+            "chat",
+            "--model",
+            tiny_run[1]["ppo"]["path"],
+            "--max-new-tokens",
+            "24",
+        ],
+        input="What is the capital of Eldonia?\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
 
@@ -101,8 +116,8 @@ def test_pretrained_model_recalls_the_demo_worlds_capitals(tiny_run):
     """Knowledge comes from pretraining: completing "The capital of X is" names X's capital for most places."""
     import torch
 
-    from zero_chatgpt.data_process.demo_corpus import build_demo_world
     from zero_chatgpt.config import load_config
+    from zero_chatgpt.data_process.demo_corpus import build_demo_world
 
     cfg = load_config("tiny")
     world = build_demo_world(cfg.data.demo, cfg.run.seed)
@@ -113,7 +128,7 @@ def test_pretrained_model_recalls_the_demo_worlds_capitals(tiny_run):
         ids = tokenizer(f"The capital of {entity.name['en']} is", return_tensors="pt")["input_ids"]
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=6, do_sample=False)
-        recalled += entity.fact("capital", "en") in tokenizer.decode(out[0, ids.shape[1]:])
+        recalled += entity.fact("capital", "en") in tokenizer.decode(out[0, ids.shape[1] :])
     # Measured: 23 of 24 (the model saw each capital stated ~150 times); chance is about 1 in 24.
     assert recalled >= len(world.entities) // 2, (recalled, len(world.entities))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from model_fixtures import make_tokenizer_dir
 from transformers import AutoTokenizer
 
 from zero_chatgpt.model.sft import check_tokenizer_coverage
-from model_fixtures import make_tokenizer_dir
 from zero_chatgpt.tokenizer.coverage import byte_fallback_report, byte_piece_ids
 
 # Characters the toy corpus (tokenizer/toy_corpus.py) never uses: they can only be spelled as bytes.

@@ -28,13 +28,16 @@ BAD_WORDS = "winter stone merchant festival mountain".split()
 RM_METRIC_KEYS = {"val_accuracy", "length_baseline_accuracy", "val_loss", "train_pairs", "val_pairs", "reward_margin"}
 
 
-
 def make_sft_dir(root: Path, tokenizer_dir: Path, prompts: list[str], seed: int = 0) -> Path:
     """A random-init tiny causal LM + tokenizer + `rlhf_prompts.jsonl`: the shape of an sft artifact dir."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128), len(tokenizer),
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(
+        ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=128),
+        len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     out = root / "sft"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -51,9 +54,16 @@ def toy_prompts(count: int) -> list[str]:
 def toy_pairs(prompts: list[str], seed: int = 0) -> list[dict[str, str]]:
     """Two pairs per prompt: chosen = 3 good words; rejected = 5 bad words (longer, so "longer wins" fails)."""
     rng = random.Random(seed)
-    return [{"prompt": prompt, "chosen": " ".join(rng.choices(GOOD_WORDS, k=3)),
-             "rejected": " ".join(rng.choices(BAD_WORDS, k=5)), "source": "toy"}
-            for prompt in prompts for _ in range(2)]
+    return [
+        {
+            "prompt": prompt,
+            "chosen": " ".join(rng.choices(GOOD_WORDS, k=3)),
+            "rejected": " ".join(rng.choices(BAD_WORDS, k=5)),
+            "source": "toy",
+        }
+        for prompt in prompts
+        for _ in range(2)
+    ]
 
 
 def write_toy_pairs(prefs_dir: Path, prompts: list[str], seed: int = 0) -> Path:
@@ -69,8 +79,9 @@ def rm_config(independent_judge: bool = False, **optim) -> TrainRmConfig:
     """A fast config; the judge (on by default in the real config) only where a test asks for it."""
     values = dict(lr=3e-3, warmup_steps=2, max_steps=30, batch_size=8, eval_every=30, checkpoint_every=100)
     values.update(optim)
-    return TrainRmConfig.model_validate({"optim": values, "max_seq_len": 64, "independent_judge": independent_judge,
-                                         "judge_optim": values})
+    return TrainRmConfig.model_validate(
+        {"optim": values, "max_seq_len": 64, "independent_judge": independent_judge, "judge_optim": values}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -171,8 +182,14 @@ def test_reward_model_training_lowers_the_loss_and_changes_the_parameters(traine
 def test_judge_halves_share_no_pair_prompt_or_reference():
     pairs = toy_pairs(toy_prompts(30))
     # A mined pair rides with the real pairs of its prompt (same prompt, same reference).
-    pairs.append({"prompt": pairs[0]["prompt"], "chosen": pairs[0]["chosen"], "rejected": pairs[5]["chosen"],
-                  "source": "mismatched_reference"})
+    pairs.append(
+        {
+            "prompt": pairs[0]["prompt"],
+            "chosen": pairs[0]["chosen"],
+            "rejected": pairs[5]["chosen"],
+            "source": "mismatched_reference",
+        }
+    )
     rm_pairs, judge_pairs = judge_halves(pairs, 0.5, seed=0)
     assert len(rm_pairs) + len(judge_pairs) == len(pairs) and rm_pairs and judge_pairs
     assert not _shared_texts(rm_pairs, judge_pairs, "prompt") and not _shared_texts(rm_pairs, judge_pairs, "chosen")

@@ -11,12 +11,22 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from zero_chatgpt.tokenizer.chat import (ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_END_ID, IM_START, IM_START_ID, PAD, PAD_ID,
-                            SPECIAL_TOKENS, render_chat)
-from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
-from zero_chatgpt.tokenizer.train import draw_sample, train_tokenizer, training_lines
 from zero_chatgpt.config import TrainTokenizerConfig
+from zero_chatgpt.tokenizer.chat import (
+    ENDOFTEXT,
+    ENDOFTEXT_ID,
+    IM_END,
+    IM_END_ID,
+    IM_START,
+    IM_START_ID,
+    PAD,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    render_chat,
+)
+from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
+from zero_chatgpt.tokenizer.train import draw_sample, train_tokenizer, training_lines
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -215,6 +225,11 @@ def test_one_huge_document_cannot_fill_the_sample(tmp_path):
     drawn = draw_sample(tmp_path / "corpus", seed=0, max_sample_chars=200_000, heldout_docs=0, max_doc_chars=5000)
     assert drawn.capped_docs == 1 and max(map(len, drawn.sample)) <= 5000
     assert len(drawn.sample) == 200  # every other document still got in
-    metrics = train_tokenizer(TrainTokenizerConfig(vocab_size=400, max_doc_chars=5000, heldout_docs=0),
-                              tmp_path / "corpus", tmp_path / "tok", seed=0, num_threads=1)
+    metrics = train_tokenizer(
+        TrainTokenizerConfig(vocab_size=400, max_doc_chars=5000, heldout_docs=0),
+        tmp_path / "corpus",
+        tmp_path / "tok",
+        seed=0,
+        num_threads=1,
+    )
     assert metrics["sample_docs_capped"] == 1

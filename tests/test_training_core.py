@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from zero_chatgpt.config import ModelConfig, OptimConfig
 from zero_chatgpt.model.build import build_model, derived_intermediate_size, llama_config
 from zero_chatgpt.model.losses import IGNORE_INDEX, causal_lm_window_loss, token_cross_entropy
 from zero_chatgpt.model.training import lr_multiplier, make_optimizer, make_scheduler, parameter_groups, train
-from zero_chatgpt.config import ModelConfig, OptimConfig
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, max_seq_len=16)
 VOCAB = 24
@@ -69,8 +69,17 @@ def test_llama_config_defaults_and_checks():
 
 def test_schedule_warmup_cosine_and_floor_against_hand_values():
     # warmup 10, decay over steps 10..110, floor 0.1
-    expected = {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 35: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)),
-                60: 0.55, 85: 0.1 + 0.9 * 0.5 * (1 + math.cos(3 * math.pi / 4)), 110: 0.1, 500: 0.1}
+    expected = {
+        0: 0.1,
+        4: 0.5,
+        9: 1.0,
+        10: 1.0,
+        35: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)),
+        60: 0.55,
+        85: 0.1 + 0.9 * 0.5 * (1 + math.cos(3 * math.pi / 4)),
+        110: 0.1,
+        500: 0.1,
+    }
     for step, value in expected.items():
         assert lr_multiplier(step, 10, 110, 0.1) == pytest.approx(value), step
     assert lr_multiplier(0, 0, 10, 0.0) == pytest.approx(1.0)  # no warmup: start at the peak
@@ -146,10 +155,20 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path):
     data = next(pattern_batches(batch_size=8))
     optim = optim_config(max_steps=1, warmup_steps=0)
     big, accumulated = tiny_model(), tiny_model()
-    train(big, iter([data]), causal_lm_window_loss, optim.model_copy(update={"batch_size": 8}),
-          metrics_path=tmp_path / "big.jsonl")
-    train(accumulated, iter([data[:4], data[4:]]), causal_lm_window_loss, optim.model_copy(update={"grad_accum": 2}),
-          metrics_path=tmp_path / "acc.jsonl")
+    train(
+        big,
+        iter([data]),
+        causal_lm_window_loss,
+        optim.model_copy(update={"batch_size": 8}),
+        metrics_path=tmp_path / "big.jsonl",
+    )
+    train(
+        accumulated,
+        iter([data[:4], data[4:]]),
+        causal_lm_window_loss,
+        optim.model_copy(update={"grad_accum": 2}),
+        metrics_path=tmp_path / "acc.jsonl",
+    )
     big_record = json.loads((tmp_path / "big.jsonl").read_text().splitlines()[0])
     acc_record = json.loads((tmp_path / "acc.jsonl").read_text().splitlines()[0])
     # Adam is blind to a gradient's scale, so check the pre-clipping gradient norm and the loss directly.
@@ -168,8 +187,9 @@ def test_eval_runs_periodically_in_eval_mode_without_grad():
         return {"score": torch.tensor(1.5)}
 
     model = tiny_model()
-    result = train(model, pattern_batches(), causal_lm_window_loss, optim_config(max_steps=25, eval_every=10),
-                   eval_fn=eval_fn)
+    result = train(
+        model, pattern_batches(), causal_lm_window_loss, optim_config(max_steps=25, eval_every=10), eval_fn=eval_fn
+    )
     assert calls == [(False, False)] * 3  # steps 10, 20 and the last one
     assert result.last_eval == {"score": 1.5} and model.training
 
@@ -185,15 +205,27 @@ def test_non_finite_loss_stops_with_the_step():
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path, caplog):
     optim = optim_config(max_steps=12, checkpoint_every=5)
     straight = tiny_model()
-    train(straight, pattern_batches(), causal_lm_window_loss, optim, checkpoint_dir=tmp_path / "ckpt",
-          metrics_path=tmp_path / "a.jsonl")
+    train(
+        straight,
+        pattern_batches(),
+        causal_lm_window_loss,
+        optim,
+        checkpoint_dir=tmp_path / "ckpt",
+        metrics_path=tmp_path / "a.jsonl",
+    )
     # The dir now holds the step-10 checkpoint; a new run from a different init must pick it up, replay the
     # plain iterator to the saved data position, and land on the same weights as the uninterrupted run.
     (tmp_path / "b.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in range(1, 13)))
     resumed = tiny_model(seed=1)
     with caplog.at_level(logging.INFO, logger="zero_chatgpt.model.training"):
-        result = train(resumed, pattern_batches(), causal_lm_window_loss, optim, checkpoint_dir=tmp_path / "ckpt",
-                       metrics_path=tmp_path / "b.jsonl")
+        result = train(
+            resumed,
+            pattern_batches(),
+            causal_lm_window_loss,
+            optim,
+            checkpoint_dir=tmp_path / "ckpt",
+            metrics_path=tmp_path / "b.jsonl",
+        )
     assert "resuming from step 10" in caplog.text and result.resumed_from == 10
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)

@@ -12,7 +12,7 @@ the pretraining shards are separated by `<|endoftext|>` instead; no BOS token is
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 ENDOFTEXT = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -68,8 +68,9 @@ def end_of_turn_id(tokenizer) -> int:
     return ids[inside[-1]]
 
 
-def assistant_spans(tokenizer, messages: list[dict[str, str]], train_on: TrainOn = "all"
-                    ) -> tuple[list[tuple[int, int]], str]:
+def assistant_spans(
+    tokenizer, messages: list[dict[str, str]], train_on: TrainOn = "all"
+) -> tuple[list[tuple[int, int]], str]:
     """(character spans of the supervised assistant turns, the whole rendered conversation)."""
     full = _render(tokenizer, messages, add_generation_prompt=False)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -93,8 +94,9 @@ def assistant_spans(tokenizer, messages: list[dict[str, str]], train_on: TrainOn
     return spans, full
 
 
-def encode_conversation(tokenizer, messages: list[dict[str, str]], max_seq_len: int,
-                        train_on: TrainOn = "all") -> EncodedConversation | None:
+def encode_conversation(
+    tokenizer, messages: list[dict[str, str]], max_seq_len: int, train_on: TrainOn = "all"
+) -> EncodedConversation | None:
     """Token ids and labels of one conversation ending in an assistant turn; None when no supervised token
     survives truncation.
 
@@ -103,8 +105,10 @@ def encode_conversation(tokenizer, messages: list[dict[str, str]], max_seq_len: 
     """
     spans, text = assistant_spans(tokenizer, messages, train_on)
     ids, offsets = _ids_and_offsets(tokenizer, text)
-    labels = [token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
-              for token, (begin, _) in zip(ids, offsets)]
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(ids, offsets)
+    ]
     reply_start = next(i for i, (begin, _) in enumerate(offsets) if begin >= spans[-1][0])
     truncated = len(ids) > max_seq_len
     if truncated:

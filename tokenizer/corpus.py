@@ -7,8 +7,8 @@ whatever the number or order of input shards, and a document keeps its split whe
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from zero_chatgpt.data_process.text_script import cjk_share
 
 REQUIRED_COLUMNS = ("id", "text")
-
 
 
 def corpus_parts(corpus_dir: str | Path) -> list[Path]:
@@ -56,8 +55,10 @@ def doc_hash_keys(seed: int, doc_ids: Iterable[object]) -> np.ndarray:
     Divided by 2**64 it is a uniform number in [0, 1) per document, used to draw the validation split.
     """
     prefix = f"{seed}\x00".encode()
-    keys = [int.from_bytes(hashlib.blake2b(prefix + str(i).encode("utf-8"), digest_size=8).digest(), "little")
-            for i in doc_ids]
+    keys = [
+        int.from_bytes(hashlib.blake2b(prefix + str(i).encode("utf-8"), digest_size=8).digest(), "little")
+        for i in doc_ids
+    ]
     return np.asarray(keys, dtype=np.uint64)
 
 

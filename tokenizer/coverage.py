@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # Above this share of byte pieces in the chat data the sft stage warns (a few rare symbols stay well below).

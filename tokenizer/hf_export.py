@@ -56,8 +56,10 @@ def build_fast_tokenizer(sp_model_file: str | Path) -> Tokenizer:
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     for token in SPECIAL_TOKENS:
         if tok.token_to_id(token) != sp.piece_to_id(token):
-            raise RuntimeError(f"special token {token} got id {tok.token_to_id(token)} in the fast tokenizer, "
-                               f"{sp.piece_to_id(token)} in sentencepiece")
+            raise RuntimeError(
+                f"special token {token} got id {tok.token_to_id(token)} in the fast tokenizer, "
+                f"{sp.piece_to_id(token)} in sentencepiece"
+            )
     return tok
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-_EN_WORDS = ("the river town market bridge winter harvest old lantern stone quiet merchant road north "
-             "festival bell garden scholar mountain ferry tea silk rain harbour library").split()
+_EN_WORDS = (
+    "the river town market bridge winter harvest old lantern stone quiet merchant road north "
+    "festival bell garden scholar mountain ferry tea silk rain harbour library"
+).split()
 _ZH_CHARS = (
     "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种"
     "面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本"
@@ -39,19 +41,22 @@ def toy_documents(num_docs: int, seed: int = 0) -> list[str]:
     return docs
 
 
-def write_corpus_parts(docs: list[str], out_dir: str | Path, docs_per_part: int = 1000,
-                       ids: list[str] | None = None, source: str = "toy") -> list[Path]:
+def write_corpus_parts(
+    docs: list[str], out_dir: str | Path, docs_per_part: int = 1000, ids: list[str] | None = None, source: str = "toy"
+) -> list[Path]:
     """Write `docs` as `part_XXXXX.parquet` files with columns `id`, `text`, `source`; returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = ids if ids is not None else [f"{source}:{i}" for i in range(len(docs))]
     paths = []
     for start in range(0, len(docs), docs_per_part):
-        table = pa.table({
-            "id": ids[start: start + docs_per_part],
-            "text": docs[start: start + docs_per_part],
-            "source": [source] * len(docs[start: start + docs_per_part]),
-        })
+        table = pa.table(
+            {
+                "id": ids[start : start + docs_per_part],
+                "text": docs[start : start + docs_per_part],
+                "source": [source] * len(docs[start : start + docs_per_part]),
+            }
+        )
         path = out_dir / f"part_{start // docs_per_part:05d}.parquet"
         pq.write_table(table, path)
         paths.append(path)

@@ -17,9 +17,9 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,11 +28,11 @@ import pyarrow.parquet as pq
 import sentencepiece as spm
 from tqdm import tqdm
 
+from zero_chatgpt.config import TrainTokenizerConfig
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_START, PAD, PAD_ID, UNK, UNK_ID
 from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, is_chinese, read_checked_table
 from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
 from zero_chatgpt.tokenizer.hf_export import export_hf_tokenizer
-from zero_chatgpt.config import TrainTokenizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ class CorpusSample:
     capped_docs: int = 0  # sample documents cut to `max_doc_chars`
 
 
-def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, seed: int,
-                    num_threads: int | None = None) -> dict:
+def train_tokenizer(
+    cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, seed: int, num_threads: int | None = None
+) -> dict:
     """Train on a seeded, capped sample of `corpus_dir`'s documents; write the tokenizer into `out_dir`.
 
     Returns metrics: `vocab_size`, `chars_per_token_zh` / `chars_per_token_en` (on held-out documents; None
@@ -65,8 +66,15 @@ def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, 
     lines = list(training_lines(drawn.sample, cfg.max_sentence_length))
     kept_chars, coverage = character_vocabulary(lines, cfg)
     lines = without_rare_characters(lines, kept_chars)
-    log.info("training sentencepiece BPE: vocab %d, %d docs, %d chars, %d lines, %d characters cover %.6f",
-             cfg.vocab_size, len(drawn.sample), sum(map(len, drawn.sample)), len(lines), len(kept_chars), coverage)
+    log.info(
+        "training sentencepiece BPE: vocab %d, %d docs, %d chars, %d lines, %d characters cover %.6f",
+        cfg.vocab_size,
+        len(drawn.sample),
+        sum(map(len, drawn.sample)),
+        len(lines),
+        len(kept_chars),
+        coverage,
+    )
     model_bytes = train_sentencepiece(lines, cfg, num_threads or min(os.cpu_count() or 1, 16))
     sp_path = out_dir / SP_MODEL_FILE
     sp_path.write_bytes(model_bytes)
@@ -87,8 +95,9 @@ def train_tokenizer(cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, 
     return metrics
 
 
-def draw_sample(corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs: int,
-                max_doc_chars: int | None = None) -> CorpusSample:
+def draw_sample(
+    corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs: int, max_doc_chars: int | None = None
+) -> CorpusSample:
     """Order all documents by a seeded hash of their id; the first ones are held out, the next fill the sample.
 
     The held-out set is `min(heldout_docs, 10% of the corpus)` documents. The sample takes documents, each cut
@@ -157,7 +166,7 @@ def training_lines(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
             if size > max_bytes:
                 # 4 bytes per character at most, so each slice fits.
                 step = max_bytes // 4
-                yield from (line[i: i + step] for i in range(0, len(line), step))
+                yield from (line[i : i + step] for i in range(0, len(line), step))
                 continue
             packed.append(line)
             packed_bytes += size
@@ -178,18 +187,27 @@ def character_vocabulary(lines: list[str], cfg: TrainTokenizerConfig) -> tuple[s
         counts.update(line)
     budget = int((cfg.vocab_size - RESERVED_PIECES) * cfg.max_char_share)
     if budget < 1:
-        raise ValueError(f"train_tokenizer.vocab_size={cfg.vocab_size} leaves no room for characters after "
-                         f"{RESERVED_PIECES} reserved pieces")
+        raise ValueError(
+            f"train_tokenizer.vocab_size={cfg.vocab_size} leaves no room for characters after "
+            f"{RESERVED_PIECES} reserved pieces"
+        )
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     total = sum(counts.values())
     covered = np.cumsum([count for _, count in ranked]) / total
     needed = int(np.searchsorted(covered, cfg.character_coverage, side="left")) + 1
     keep = min(needed, budget, len(ranked))
     if needed > budget:
-        log.warning("character_coverage %.6f needs %d single-character pieces, more than max_char_share %.2f of "
-                    "vocab %d allows (%d); the %d most frequent characters cover %.6f, the rest fall back to bytes",
-                    cfg.character_coverage, needed, cfg.max_char_share, cfg.vocab_size, budget, keep,
-                    covered[keep - 1])
+        log.warning(
+            "character_coverage %.6f needs %d single-character pieces, more than max_char_share %.2f of "
+            "vocab %d allows (%d); the %d most frequent characters cover %.6f, the rest fall back to bytes",
+            cfg.character_coverage,
+            needed,
+            cfg.max_char_share,
+            cfg.vocab_size,
+            budget,
+            keep,
+            covered[keep - 1],
+        )
     return {char for char, _ in ranked[:keep]}, float(covered[keep - 1])
 
 
@@ -229,17 +247,21 @@ def train_sentencepiece(lines: list[str], cfg: TrainTokenizerConfig, num_threads
             split_digits=True,
             byte_fallback=True,
             # Fixed special ids (see tokenizer.chat). Control pieces are never produced from text.
-            unk_id=UNK_ID, unk_piece=UNK,
+            unk_id=UNK_ID,
+            unk_piece=UNK,
             bos_id=-1,
-            eos_id=ENDOFTEXT_ID, eos_piece=ENDOFTEXT,
-            pad_id=PAD_ID, pad_piece=PAD,
+            eos_id=ENDOFTEXT_ID,
+            eos_piece=ENDOFTEXT,
+            pad_id=PAD_ID,
+            pad_piece=PAD,
             control_symbols=[IM_START, IM_END],
             num_threads=num_threads,
             minloglevel=2,
         )
     except RuntimeError as err:
-        raise RuntimeError(f"sentencepiece training failed (train_tokenizer.vocab_size={cfg.vocab_size}, "
-                           f"{len(lines)} lines): {err}") from None
+        raise RuntimeError(
+            f"sentencepiece training failed (train_tokenizer.vocab_size={cfg.vocab_size}, {len(lines)} lines): {err}"
+        ) from None
     return model.getvalue()
 
 

@@ -18,10 +18,11 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from filelock import FileLock
 
@@ -33,8 +34,18 @@ Verify = Literal["sizes", "deep"]
 logger = logging.getLogger(__name__)
 
 # Packages whose versions go into every manifest (lineage: what produced this artifact).
-_TRACKED_PACKAGES = ("zero-chatgpt", "torch", "transformers", "prefect", "datasketch", "sentencepiece",
-                     "tokenizers", "pyarrow", "numpy", "deepspeed")
+_TRACKED_PACKAGES = (
+    "zero-chatgpt",
+    "torch",
+    "transformers",
+    "prefect",
+    "datasketch",
+    "sentencepiece",
+    "tokenizers",
+    "pyarrow",
+    "numpy",
+    "deepspeed",
+)
 
 
 def canonical_json(value: Any) -> str:
@@ -45,8 +56,7 @@ def canonical_json(value: Any) -> str:
 def fingerprint(stage: str, version: str, config: dict[str, Any], upstream: dict[str, str], seed: int) -> str:
     """sha256 over stage name, stage version, resolved config section, upstream fingerprints and seed."""
     payload = canonical_json(
-        {"stage": stage, "version": version, "config": config, "upstream": dict(sorted(upstream.items())),
-         "seed": seed}
+        {"stage": stage, "version": version, "config": config, "upstream": dict(sorted(upstream.items())), "seed": seed}
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -75,7 +85,9 @@ def is_complete(path: str | Path, fp: str | None = None, verify: Verify = "sizes
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest without its own digest: an edited figure or file entry no longer matches."""
-    return hashlib.sha256(canonical_json({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}).encode()).hexdigest()
+    return hashlib.sha256(
+        canonical_json({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}).encode()
+    ).hexdigest()
 
 
 def list_files(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -183,14 +195,23 @@ def build_artifact(
         if manifest is not None and manifest.get("fingerprint") == fp and not force:
             problems = artifact_problems(final, manifest, verify)
             if not problems:
-                return StageResult(stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}),
-                                   content_digest(manifest))
+                return StageResult(
+                    stage, str(final), fp, "cached", 0.0, manifest.get("metrics", {}), content_digest(manifest)
+                )
             logger.warning("%s: rebuilding %s: %s", stage, final, "; ".join(problems[:5]))
         return _build(stage, version, config, upstream, seed, fp, final, body)
 
 
-def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str, dict[str, str]], seed: int,
-           fp: str, final: Path, body: Callable[[Path], dict[str, Any]]) -> StageResult:
+def _build(
+    stage: str,
+    version: str,
+    config: dict[str, Any],
+    upstream: dict[str, dict[str, str]],
+    seed: int,
+    fp: str,
+    final: Path,
+    body: Callable[[Path], dict[str, Any]],
+) -> StageResult:
     _remove_stale_temporaries(final)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir()
@@ -205,8 +226,10 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
             "fingerprint": fp,
             "config": config,
             "seed": seed,
-            "upstream": {name: {"fingerprint": rec["fingerprint"], "content": rec.get("content"), "path": rec["path"]}
-                         for name, rec in upstream.items()},
+            "upstream": {
+                name: {"fingerprint": rec["fingerprint"], "content": rec.get("content"), "path": rec["path"]}
+                for name, rec in upstream.items()
+            },
             "metrics": metrics,
             "timings": {"started_at": started_at, "seconds": seconds},
             "packages": package_versions(),
@@ -219,8 +242,10 @@ def _build(stage: str, version: str, config: dict[str, Any], upstream: dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(err):
             free = shutil.disk_usage(final.parent).free
-            raise DiskFullError(f"{stage}: disk full at {final.parent} ({free} bytes free after removing the "
-                                "stage's temporary files); free space or point --root elsewhere") from err
+            raise DiskFullError(
+                f"{stage}: disk full at {final.parent} ({free} bytes free after removing the "
+                "stage's temporary files); free space or point --root elsewhere"
+            ) from err
         raise
     return StageResult(stage, str(final), fp, "ran", seconds, metrics, content_digest(manifest))
 

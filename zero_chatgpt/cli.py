@@ -6,17 +6,26 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from zero_chatgpt.config import ConfigError, config_to_yaml, load_config, overrides_from_set_options, preset_names
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="tiny",
-                        help=f"preset name ({', '.join(preset_names())}) or a YAML file (may say `base: tiny`)")
-    parser.add_argument("--set", dest="set_options", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set pretrain.optim.max_steps=200 (repeatable)")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help=f"preset name ({', '.join(preset_names())}) or a YAML file (may say `base: tiny`)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="set_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set pretrain.optim.max_steps=200 (repeatable)",
+    )
 
 
 def _preset_argument(preset: str) -> str:
@@ -28,9 +37,9 @@ def _preset_argument(preset: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     # Resolve the whole config here first: a bad key fails before Prefect or any stage starts.
     load_config(args.preset, set_options=args.set_options)
-    from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.console import print_summary
+    from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
 
     for name in [args.until, *args.force]:
         if name is not None and name not in PIPELINE_STAGES:
@@ -60,18 +69,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from zero_chatgpt.artifacts import MANIFEST, artifact_problems, read_manifest
 
     root = Path(args.root)
-    artifacts = sorted(manifest.parent for manifest in root.glob(f"*/*/{MANIFEST}") if not manifest.parent.name.startswith("."))
+    artifacts = sorted(
+        manifest.parent for manifest in root.glob(f"*/*/{MANIFEST}") if not manifest.parent.name.startswith(".")
+    )
     if not artifacts:
         raise FileNotFoundError(f"{root}: no artifacts (no <stage>/<fingerprint>/{MANIFEST})")
     damaged = 0
     for path in artifacts:
         manifest = read_manifest(path)
-        problems = ["manifest.json is not valid JSON"] if manifest is None else artifact_problems(
-            path, manifest, "deep" if args.deep else "sizes")
+        problems = (
+            ["manifest.json is not valid JSON"]
+            if manifest is None
+            else artifact_problems(path, manifest, "deep" if args.deep else "sizes")
+        )
         damaged += bool(problems)
-        print(f"{'DAMAGED' if problems else 'ok':<8}{path.relative_to(root)}" + (f": {'; '.join(problems)}" if problems else ""))
-    print(f"{len(artifacts) - damaged} of {len(artifacts)} artifacts match their manifests"
-          + ("" if args.deep else " (sizes; --deep also compares content hashes)"))
+        print(
+            f"{'DAMAGED' if problems else 'ok':<8}{path.relative_to(root)}"
+            + (f": {'; '.join(problems)}" if problems else "")
+        )
+    print(
+        f"{len(artifacts) - damaged} of {len(artifacts)} artifacts match their manifests"
+        + ("" if args.deep else " (sizes; --deep also compares content hashes)")
+    )
     return 1 if damaged else 0
 
 
@@ -93,10 +112,13 @@ def model_dir_of(reference: str) -> Path:
     try:
         latest = json.loads(latest_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{reference}: {latest_file} does not exist (no run has finished a stage there)") from None
+        raise FileNotFoundError(
+            f"{reference}: {latest_file} does not exist (no run has finished a stage there)"
+        ) from None
     if stage not in latest:
-        raise FileNotFoundError(f"{reference}: the newest run in {latest_file} has no stage {stage!r}; it has "
-                                f"{sorted(latest)}")
+        raise FileNotFoundError(
+            f"{reference}: the newest run in {latest_file} has no stage {stage!r}; it has {sorted(latest)}"
+        )
     return Path(latest[stage]["path"])
 
 
@@ -133,8 +155,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args.prompts)
     model, tokenizer = load_chat_model(model_dir_of(args.model), args.device)
-    rows = generate_replies(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_p,
-                            args.batch_size, args.seed)
+    rows = generate_replies(
+        model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_p, args.batch_size, args.seed
+    )
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if args.out:
         Path(args.out).write_text(lines, encoding="utf-8")
@@ -145,9 +168,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, temperature: float) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a model dir (e.g. runs/ppo/<fingerprint>), or ROOT/latest:STAGE for the model that "
-                        "stage wrote in the newest run under ROOT (e.g. runs/latest:ppo)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model dir (e.g. runs/ppo/<fingerprint>), or ROOT/latest:STAGE for the model that "
+        "stage wrote in the newest run under ROOT (e.g. runs/latest:ppo)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -164,8 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(run)
     run.add_argument("--root", default="runs", help="artifact root directory (default: ./runs)")
     run.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
-    run.add_argument("--force", action="append", default=[], metavar="STAGE",
-                     help="rebuild this stage even if its artifact exists (repeatable)")
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="rebuild this stage even if its artifact exists (repeatable)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     serve = commands.add_parser("serve", help="serve flow `zero-chatgpt` as deployment `full`")
@@ -218,8 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("ZERO_CHATGPT_TRACEBACK"):
             raise
         log = _write_traceback(args, err)
-        print(f"zero-chatgpt: {args.command} failed: {type(err).__name__}: {_first_line(err)}\n"
-              f"  full traceback: {log} (or set ZERO_CHATGPT_TRACEBACK=1)", file=sys.stderr)
+        print(
+            f"zero-chatgpt: {args.command} failed: {type(err).__name__}: {_first_line(err)}\n"
+            f"  full traceback: {log} (or set ZERO_CHATGPT_TRACEBACK=1)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -60,7 +60,9 @@ def _accepts_bool(annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
-    names = [getattr(arg, "__name__", str(arg)) for arg in (get_args(annotation) or (annotation,)) if arg is not type(None)]
+    names = [
+        getattr(arg, "__name__", str(arg)) for arg in (get_args(annotation) or (annotation,)) if arg is not type(None)
+    ]
     return " or ".join(names) if names else str(annotation)
 
 
@@ -79,7 +81,7 @@ class SourceBase(Section):
     limit: int | None = Field(None, ge=1, description="read at most this many rows from the source")
 
     @model_validator(mode="after")
-    def _location_given(self) -> "SourceBase":
+    def _location_given(self) -> SourceBase:
         if self.kind in ("jsonl", "parquet", "text") and not self.path:
             raise ValueError(f"a '{self.kind}' source needs `path` (a file or glob)")
         if self.kind == "hf" and not self.name:
@@ -99,9 +101,11 @@ class SftSource(SourceBase):
     prompt_field: str = "prompt"
     response_field: str = "response"
     answer_field: str | None = Field(
-        None, description="optional field with the short answer every correct response contains (a name, a "
+        None,
+        description="optional field with the short answer every correct response contains (a name, a "
         "number); build_prefs then drops a sampled answer that contains it and never mines a reference "
-        "containing it as a negative, since neither is a wrong answer. Demo rows carry it")
+        "containing it as a negative, since neither is a wrong answer. Demo rows carry it",
+    )
 
 
 class PrefSource(SourceBase):
@@ -117,8 +121,9 @@ class QaSource(SourceBase):
 
     question_field: str = "question"
     answer_field: str = Field("answer", description="field with the short answer a correct reply contains")
-    lang_field: str | None = Field(None, description="optional field with a language tag; exact match is then "
-                                   "also reported per language")
+    lang_field: str | None = Field(
+        None, description="optional field with a language tag; exact match is then also reported per language"
+    )
 
 
 class DemoCorpusConfig(Section):
@@ -197,13 +202,18 @@ class TrainTokenizerConfig(Section):
     vocab_size: int = Field(6000, ge=300, description="pieces in all, with 256 byte pieces and 5 special tokens")
     max_sample_chars: int = Field(20_000_000, ge=10_000, description="cap on the shuffled training sample")
     max_doc_chars: int = Field(
-        100_000, ge=1000, description="each document gives the sample at most this many characters, so one huge "
-        "document (a dump on one line) cannot fill it; the count cut is the `sample_docs_capped` metric")
+        100_000,
+        ge=1000,
+        description="each document gives the sample at most this many characters, so one huge "
+        "document (a dump on one line) cannot fill it; the count cut is the `sample_docs_capped` metric",
+    )
     character_coverage: float = Field(
         0.9995, gt=0.9, le=1.0, description="share of sample characters that get their own piece (upper bound)"
     )
     max_char_share: float = Field(
-        0.5, gt=0.0, lt=1.0,
+        0.5,
+        gt=0.0,
+        lt=1.0,
         description="at most this share of the learnable vocab goes to single characters; character_coverage is "
         "lowered to fit and rarer characters fall back to bytes",
     )
@@ -232,22 +242,27 @@ class ModelConfig(Section):
     num_heads: int = Field(4, ge=1, description="attention heads (head size = hidden_size / num_heads)")
     num_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; defaults to num_heads")
     intermediate_size: int | None = Field(
-        None, ge=8, description="MLP width; derived from hidden_size when unset (multiple of 32 near 8/3 * hidden)")
+        None, ge=8, description="MLP width; derived from hidden_size when unset (multiple of 32 near 8/3 * hidden)"
+    )
     max_seq_len: int = Field(128, ge=16, description="context length in tokens")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
     tie_embeddings: bool = Field(True, description="share the input embedding with the output head")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention dropout")
 
     @model_validator(mode="after")
-    def _heads_divide_the_width(self) -> "ModelConfig":
+    def _heads_divide_the_width(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of num_heads={self.num_heads}")
         if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"head size hidden_size / num_heads = {self.hidden_size // self.num_heads} must be even "
-                             "(rotary embeddings rotate pairs of dimensions)")
+            raise ValueError(
+                f"head size hidden_size / num_heads = {self.hidden_size // self.num_heads} must be even "
+                "(rotary embeddings rotate pairs of dimensions)"
+            )
         if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads} "
-                             "(grouped-query attention shares each key/value head among a whole number of heads)")
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads} "
+                "(grouped-query attention shares each key/value head among a whole number of heads)"
+            )
         return self
 
 
@@ -268,7 +283,8 @@ class OptimConfig(Section):
     eval_batches: int = Field(8, ge=1, description="batch_size-sized batches per evaluation")
     checkpoint_every: int = Field(200, ge=1, description="steps between resume checkpoints")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="autocast dtype; auto: bf16 on a GPU that supports it, else fp32")
+        "auto", description="autocast dtype; auto: bf16 on a GPU that supports it, else fp32"
+    )
 
 
 class PretrainConfig(Section):
@@ -286,7 +302,9 @@ class SftConfig(Section):
         description="optimiser and schedule; batch_size counts chat rows, eval_batches caps the scored val rows",
     )
     max_seq_len: int = Field(
-        256, ge=16, description="tokens per chat row (capped at the pretrained context); longer rows keep the "
+        256,
+        ge=16,
+        description="tokens per chat row (capped at the pretrained context); longer rows keep the "
         "prompt's end and the response's start",
     )
     rlhf_prompt_fraction: float = Field(
@@ -302,14 +320,22 @@ class MinedNegativesConfig(Section):
     """
 
     mismatched_per_prompt: int = Field(
-        0, ge=0, description="pairs per training prompt whose rejected answer is the reference of a look-alike "
-        "question (see model.preference_pairs.mismatched_pairs)")
+        0,
+        ge=0,
+        description="pairs per training prompt whose rejected answer is the reference of a look-alike "
+        "question (see model.preference_pairs.mismatched_pairs)",
+    )
     same_subject_per_prompt: int = Field(
-        0, ge=0, description="pairs per training prompt whose rejected answer is the reference of another question "
-        "about the same subject (see model.preference_pairs.same_subject_pairs)")
+        0,
+        ge=0,
+        description="pairs per training prompt whose rejected answer is the reference of another question "
+        "about the same subject (see model.preference_pairs.same_subject_pairs)",
+    )
     from_sft_rows: bool = Field(
-        False, description="also take the SFT training rows (sft_train.jsonl) as prompts and references for the mined "
-        "pairs; rows sharing a prompt or reference with a held-out pair are left out")
+        False,
+        description="also take the SFT training rows (sft_train.jsonl) as prompts and references for the mined "
+        "pairs; rows sharing a prompt or reference with a held-out pair are left out",
+    )
 
 
 class BuildPrefsConfig(Section):
@@ -322,18 +348,23 @@ class BuildPrefsConfig(Section):
     # Each sample is paired with the same reference, so many samples per prompt let the reward model learn the
     # references rather than judge answers.
     samples_per_prompt: int = Field(
-        2, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)")
+        2, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)"
+    )
     max_prompts: int | None = Field(
         None, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
     )
     # Held-out pairs share neither prompt nor reference answer with training (`split_pairs`), so train_rm's accuracy
     # measures judging answers to new questions, not recognising memorised references.
     val_fraction: float = Field(
-        0.1, gt=0.0, lt=0.5,
-        description="share of pair groups held out (pairs sharing a prompt or a reference answer form one group)")
+        0.1,
+        gt=0.0,
+        lt=0.5,
+        description="share of pair groups held out (pairs sharing a prompt or a reference answer form one group)",
+    )
     negatives: MinedNegativesConfig = Field(
         default_factory=lambda: MinedNegativesConfig(),
-        description="extra training pairs mined from references (off by default; the demo presets turn them on)")
+        description="extra training pairs mined from references (off by default; the demo presets turn them on)",
+    )
 
 
 class TrainRmConfig(Section):
@@ -343,23 +374,30 @@ class TrainRmConfig(Section):
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
     max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
     independent_judge: bool = Field(
-        True, description="also train a second reward model, evaluate's independent judge, on a part of the training "
-        "pairs the first one never sees (the first then trains on the rest)")
+        True,
+        description="also train a second reward model, evaluate's independent judge, on a part of the training "
+        "pairs the first one never sees (the first then trains on the rest)",
+    )
     judge_fraction: float = Field(
-        0.5, gt=0.0, lt=1.0, description="share of the training pair groups given to the independent judge")
+        0.5, gt=0.0, lt=1.0, description="share of the training pair groups given to the independent judge"
+    )
     judge_optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=5e-4, warmup_steps=10, max_steps=100, eval_every=100,
-                                            checkpoint_every=1000),
-        description="the independent judge's optimizer (a small budget: it only has to judge, not to be optimised)")
+        default_factory=lambda: OptimConfig(
+            lr=5e-4, warmup_steps=10, max_steps=100, eval_every=100, checkpoint_every=1000
+        ),
+        description="the independent judge's optimizer (a small budget: it only has to judge, not to be optimised)",
+    )
 
 
 class PpoConfig(Section):
     """PPO with a frozen reference, critic initialised from the reward model."""
 
     optim: OptimConfig = Field(
-        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=0, max_steps=40, min_lr_ratio=1.0,
-                                            weight_decay=0.0, checkpoint_every=10),
-        description="actor optimizer; max_steps counts PPO steps (one rollout batch each)")
+        default_factory=lambda: OptimConfig(
+            lr=1e-4, warmup_steps=0, max_steps=40, min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=10
+        ),
+        description="actor optimizer; max_steps counts PPO steps (one rollout batch each)",
+    )
     critic_lr: float | None = Field(None, gt=0, description="critic learning rate; defaults to optim.lr")
     rollout_batch_size: int = Field(32, ge=1, description="prompts sampled per PPO step")
     mini_batch_size: int = Field(8, ge=1, description="rollouts per optimizer step inside a PPO epoch")
@@ -390,44 +428,70 @@ class EvaluateConfig(Section):
     """Evaluation of the trained models (see `model/evaluate.py` for what each figure means)."""
 
     max_prompts: int = Field(
-        100, ge=1, description="held-out chat prompts (from the sft artifact's sft_val.jsonl, a seeded subset) "
-        "answered by every model for win rate, reward, KL, length, repetition and refusal figures")
+        100,
+        ge=1,
+        description="held-out chat prompts (from the sft artifact's sft_val.jsonl, a seeded subset) "
+        "answered by every model for win rate, reward, KL, length, repetition and refusal figures",
+    )
     qa_sources: list[QaSource] = Field(
-        default_factory=list, description="question/answer sources asked greedily for `exact_match` (a reply is "
-        "right when it contains the answer); empty: no exact_match metric")
+        default_factory=list,
+        description="question/answer sources asked greedily for `exact_match` (a reply is "
+        "right when it contains the answer); empty: no exact_match metric",
+    )
     max_questions: int | None = Field(
-        200, ge=1, description="questions from qa_sources asked for exact match (a seeded subset); null: all")
+        200, ge=1, description="questions from qa_sources asked for exact match (a seeded subset); null: all"
+    )
     max_new_tokens: int = Field(48, ge=1, description="longest generated answer in tokens")
     temperature: float = Field(
-        0.0, ge=0.0, description="sampling temperature of the judged answers, the same for every model; 0: greedy")
+        0.0, ge=0.0, description="sampling temperature of the judged answers, the same for every model; 0: greedy"
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass of the judged answers")
     kl_temperature: float = Field(
-        1.0, gt=0.0, description="temperature of the extra samples that estimate KL to the SFT model (greedy "
-        "answers would bias it)")
+        1.0,
+        gt=0.0,
+        description="temperature of the extra samples that estimate KL to the SFT model (greedy answers would bias it)",
+    )
     batch_size: int = Field(32, ge=1, description="prompts generated together; option sequences scored together")
     pretrain_prompt_template: str = Field(
-        "{question}\n", description="how the pretrained model (which never saw the chat template) is asked a "
-        "question: plain text after <|endoftext|>, `{question}` is replaced")
+        "{question}\n",
+        description="how the pretrained model (which never saw the chat template) is asked a "
+        "question: plain text after <|endoftext|>, `{question}` is replaced",
+    )
     judge_model: str | None = Field(
-        None, description="dir of a reward model (AutoModelForSequenceClassification) to judge with instead of "
-        "train_rm's independent judge; null: train_rm's")
+        None,
+        description="dir of a reward model (AutoModelForSequenceClassification) to judge with instead of "
+        "train_rm's independent judge; null: train_rm's",
+    )
     task_files: list[str] = Field(
-        default_factory=list, description="globs of JSONL task files scored by likelihood (docs/eval_tasks.md)")
-    few_shot: int = Field(0, ge=0, description="solved examples taken from each task file's first rows and "
-                                                "prepended to every prompt (those rows are not scored)")
+        default_factory=list, description="globs of JSONL task files scored by likelihood (docs/eval_tasks.md)"
+    )
+    few_shot: int = Field(
+        0,
+        ge=0,
+        description="solved examples taken from each task file's first rows and "
+        "prepended to every prompt (those rows are not scored)",
+    )
     task_score: Literal["sum", "mean"] = Field(
-        "sum", description="an option's score: sum or per-token mean of its continuation log-likelihood "
-        "(a task file's spec may override it)")
+        "sum",
+        description="an option's score: sum or per-token mean of its continuation log-likelihood "
+        "(a task file's spec may override it)",
+    )
     max_task_rows: int | None = Field(300, ge=1, description="scored rows per task file at most; null: all")
     task_models: list[Literal["pretrain", "sft", "ppo"]] = Field(
-        default_factory=lambda: ["pretrain"], description="models scored on the task files; `tasks.<name>."
-        "accuracy` is the first one's, `accuracy_by_model` has each")
+        default_factory=lambda: ["pretrain"],
+        description="models scored on the task files; `tasks.<name>."
+        "accuracy` is the first one's, `accuracy_by_model` has each",
+    )
     sample_prompts: list[str] = Field(
-        default_factory=lambda: ["Tell me about yourself.", "介绍一下你自己。", "What is a river?",
-                                 "请写一句关于山的话。"],
-        description="fixed prompts answered by every model in samples.md (plus held-out prompts and facts)")
-    num_samples: int = Field(
-        4, ge=0, description="held-out prompts and fact questions each added to the samples table")
+        default_factory=lambda: [
+            "Tell me about yourself.",
+            "介绍一下你自己。",
+            "What is a river?",
+            "请写一句关于山的话。",
+        ],
+        description="fixed prompts answered by every model in samples.md (plus held-out prompts and facts)",
+    )
+    num_samples: int = Field(4, ge=0, description="held-out prompts and fact questions each added to the samples table")
 
 
 class ReportConfig(Section):
@@ -445,8 +509,10 @@ class RunConfig(Section):
     seed: int = 1234
     device: Literal["auto", "cpu", "cuda"] = "auto"
     verify: Literal["sizes", "deep"] = Field(
-        "sizes", description="how a reused artifact is checked against its manifest: file sizes (instant), or "
-        "sizes and content hashes (reads every file); a mismatch rebuilds the stage")
+        "sizes",
+        description="how a reused artifact is checked against its manifest: file sizes (instant), or "
+        "sizes and content hashes (reads every file); a mismatch rebuilds the stage",
+    )
 
 
 class ResourcesConfig(Section):
@@ -456,35 +522,60 @@ class ResourcesConfig(Section):
     workers: int | None = Field(None, ge=1, description="parallel data workers; defaults to the CPU count")
     address: str | None = Field(None, description="Dask scheduler or Ray cluster address for data stages")
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for in-process torch work; unset keeps torch's default. Small models on "
-        "a busy CPU often run faster on 1 thread than on all cores")
+        None,
+        ge=1,
+        description="CPU threads for in-process torch work; unset keeps torch's default. Small models on "
+        "a busy CPU often run faster on 1 thread than on all cores",
+    )
     ranks: int = Field(
-        1, ge=1, description="training processes per node (one per GPU; CPU ranks for tests); > 1, nodes > 1 or "
-        "a hostfile run training stages through the launcher, 1 trains in the task's own process")
+        1,
+        ge=1,
+        description="training processes per node (one per GPU; CPU ranks for tests); > 1, nodes > 1 or "
+        "a hostfile run training stages through the launcher, 1 trains in the task's own process",
+    )
     nodes: int = Field(
-        1, ge=1, description="machines in the training job (torchrun --nnodes / deepspeed --num_nodes); with "
-        "torchrun start the pipeline on every node with its own node_rank and the same master_addr")
-    node_rank: int = Field(0, ge=0, description="this machine's index among `nodes` (torchrun --node_rank, "
-                                                "deepspeed --node_rank with --no_ssh)")
+        1,
+        ge=1,
+        description="machines in the training job (torchrun --nnodes / deepspeed --num_nodes); with "
+        "torchrun start the pipeline on every node with its own node_rank and the same master_addr",
+    )
+    node_rank: int = Field(
+        0,
+        ge=0,
+        description="this machine's index among `nodes` (torchrun --node_rank, deepspeed --node_rank with --no_ssh)",
+    )
     master_addr: str | None = Field(
-        None, description="address of node 0 that every rank connects to; null: 127.0.0.1 (one node only)")
+        None, description="address of node 0 that every rank connects to; null: 127.0.0.1 (one node only)"
+    )
     master_port: int | None = Field(
-        None, ge=1, le=65535, description="port on master_addr; null: a free port picked per launch (one node "
-        "only: several nodes must agree on it)")
+        None,
+        ge=1,
+        le=65535,
+        description="port on master_addr; null: a free port picked per launch (one node "
+        "only: several nodes must agree on it)",
+    )
     hostfile: str | None = Field(
-        None, description="deepspeed launcher hostfile (`host slots=N` lines): it starts the ranks on every "
-        "host over ssh/pdsh; paths (data, artifacts) must be on a filesystem shared by all hosts")
+        None,
+        description="deepspeed launcher hostfile (`host slots=N` lines): it starts the ranks on every "
+        "host over ssh/pdsh; paths (data, artifacts) must be on a filesystem shared by all hosts",
+    )
     launcher: Literal["torchrun", "deepspeed"] = Field(
-        "torchrun", description="the program that starts the ranks: torchrun, or the deepspeed launcher "
-        "(needed for hostfile runs)")
+        "torchrun",
+        description="the program that starts the ranks: torchrun, or the deepspeed launcher (needed for hostfile runs)",
+    )
     engine: Literal["auto", "ddp", "deepspeed"] = Field(
-        "auto", description="how ranks train together: torch DDP or a DeepSpeed engine; auto: DeepSpeed when "
-        "launcher is deepspeed or zero_stage > 0, else DDP")
+        "auto",
+        description="how ranks train together: torch DDP or a DeepSpeed engine; auto: DeepSpeed when "
+        "launcher is deepspeed or zero_stage > 0, else DDP",
+    )
     zero_stage: Literal[0, 1, 2, 3] = Field(
-        0, description="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also weights "
-        "(the final export consolidates them into an HF checkpoint); ppo runs 0-2")
+        0,
+        description="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also weights "
+        "(the final export consolidates them into an HF checkpoint); ppo runs 0-2",
+    )
     launcher_args: list[str] = Field(
-        default_factory=list, description="extra arguments passed to the launcher before the entry point")
+        default_factory=list, description="extra arguments passed to the launcher before the entry point"
+    )
 
     def data_workers(self) -> int:
         """Number of parallel data workers to use on this machine."""

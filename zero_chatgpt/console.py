@@ -53,6 +53,11 @@ def print_summary(latest: dict[str, dict[str, Any]], metrics: dict[str, dict[str
     for column in ("stage", "status", "seconds", "key metric", "artifact id"):
         table.add_column(column, no_wrap=True)
     for stage, entry in latest.items():
-        table.add_row(stage, entry["status"], f"{entry['seconds']:.1f}",
-                      key_metric_text(stage, metrics.get(stage, {})), Path(entry["path"]).name)
+        table.add_row(
+            stage,
+            entry["status"],
+            f"{entry['seconds']:.1f}",
+            key_metric_text(stage, metrics.get(stage, {})),
+            Path(entry["path"]).name,
+        )
     _console.print(table)

@@ -7,9 +7,9 @@ scripts) a report costs one context-variable lookup.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator
 
 ProgressListener = Callable[[float], None]
 _listener: ContextVar[ProgressListener | None] = ContextVar("zero_chatgpt_progress_listener", default=None)

@@ -22,8 +22,7 @@ METRICS_LOG = "metrics.jsonl"
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers, strings and booleans of a metrics dict (nested tables and lists left out)."""
-    return {key: value for key, value in metrics.items()
-            if isinstance(value, (int, float, str, bool)) or value is None}
+    return {key: value for key, value in metrics.items() if isinstance(value, (int, float, str, bool)) or value is None}
 
 
 def read_curve(path: Path) -> list[dict[str, Any]]:
@@ -80,15 +79,21 @@ def _format(value: Any) -> str:
 
 def render_markdown(report: dict[str, Any], statuses: dict[str, dict[str, Any]] | None = None) -> str:
     """The report card as markdown; `statuses` (from latest.json) adds this run's ran/cached and seconds."""
-    lines = ["# zero-chatgpt report card", "", "| stage | status | seconds | key metric | fingerprint |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# zero-chatgpt report card",
+        "",
+        "| stage | status | seconds | key metric | fingerprint |",
+        "|---|---|---|---|---|",
+    ]
     for stage, entry in report["stages"].items():
         run = (statuses or {}).get(stage, {})
         key = KEY_METRICS.get(stage)
         key_text = f"{key} = {_format(entry['metrics'].get(key))}" if key in entry["metrics"] else ""
         seconds = run.get("seconds", entry["seconds"])
-        lines.append(f"| {stage} | {run.get('status', 'built')} | {_format(seconds)} | {key_text} | "
-                     f"`{entry['fingerprint'][:12]}` |")
+        lines.append(
+            f"| {stage} | {run.get('status', 'built')} | {_format(seconds)} | {key_text} | "
+            f"`{entry['fingerprint'][:12]}` |"
+        )
     lines += ["", "## Metrics", ""]
     for stage, entry in report["stages"].items():
         shown = ", ".join(f"{k} = {_format(v)}" for k, v in entry["metrics"].items())

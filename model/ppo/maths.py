@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, token_count: torch.Tensor | float | None = None
-                ) -> torch.Tensor:
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, token_count: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """Mean of `values` over positions where `mask` is set; 0-d. Any shape, `mask` broadcastable to it.
 
     `token_count` replaces the divisor (the number of masked positions): a rank holding a slice of a

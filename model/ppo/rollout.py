@@ -8,8 +8,8 @@ from them by `model.ppo.maths`. Shapes: B rollouts, P prompt columns (left-padde
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable
 
 import torch
 
@@ -36,7 +36,7 @@ class ValueModel(torch.nn.Module):
         self.head = head
 
     @classmethod
-    def from_reward_model(cls, reward_model: torch.nn.Module) -> "ValueModel":
+    def from_reward_model(cls, reward_model: torch.nn.Module) -> ValueModel:
         return cls(reward_model.base_model, reward_model.score)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -53,12 +53,17 @@ def reward_model_scores(reward_model: torch.nn.Module) -> RewardFn:
     return scores
 
 
-def response_logits(model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor,
-                    prompt_length: int) -> torch.Tensor:
+def response_logits(
+    model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+) -> torch.Tensor:
     """(B, T, V) logits that predicted each response token (positions P - 1 .. P + T - 2)."""
-    logits = model(input_ids=sequences, attention_mask=attention_mask,
-                   position_ids=positions_from_mask(attention_mask), use_cache=False).logits
-    return logits[:, prompt_length - 1: -1]
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        use_cache=False,
+    ).logits
+    return logits[:, prompt_length - 1 : -1]
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -92,9 +97,9 @@ class Experience:
 
     @property
     def responses(self) -> torch.Tensor:
-        return self.sequences[:, self.prompt_length:]
+        return self.sequences[:, self.prompt_length :]
 
-    def select(self, rows: torch.Tensor) -> "Experience":
+    def select(self, rows: torch.Tensor) -> Experience:
         """The sub-batch of `rows` (a 1-D index tensor), for PPO mini-batches."""
         picked = {f.name: getattr(self, f.name) for f in fields(self)}
         return Experience(**{name: value if name == "prompt_length" else value[rows] for name, value in picked.items()})
@@ -129,12 +134,14 @@ def score_rollout(
     sequences, attention_mask, prompt_length = rollout.sequences, rollout.attention_mask, rollout.prompt_length
     mask = rollout.response_mask.float()
     responses = sequences[:, prompt_length:]
-    logprobs = token_logprobs(response_logits(actor, sequences, attention_mask, prompt_length), responses,
-                              settings.temperature)
-    ref_logprobs = token_logprobs(response_logits(reference, sequences, attention_mask, prompt_length), responses,
-                                  settings.temperature)
+    logprobs = token_logprobs(
+        response_logits(actor, sequences, attention_mask, prompt_length), responses, settings.temperature
+    )
+    ref_logprobs = token_logprobs(
+        response_logits(reference, sequences, attention_mask, prompt_length), responses, settings.temperature
+    )
     # values[:, t] is read at the position that predicts response token t: the state before choosing it.
-    values = critic(sequences, attention_mask)[:, prompt_length - 1: -1] * mask
+    values = critic(sequences, attention_mask)[:, prompt_length - 1 : -1] * mask
     scores = reward_fn(sequences, attention_mask).float()
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, settings.reward_clip)
     advantages, returns = gae_advantages(rewards, values, mask, settings.gamma, settings.gae_lambda)
@@ -162,8 +169,13 @@ def gather_experience(experience: Experience, pad_id: int, world_size: int) -> E
     if world_size == 1:
         return experience
     device = experience.sequences.device
-    parts = all_gather_objects({f.name: getattr(experience, f.name) if f.name == "prompt_length"
-                                else getattr(experience, f.name).cpu() for f in fields(experience)}, world_size)
+    parts = all_gather_objects(
+        {
+            f.name: getattr(experience, f.name) if f.name == "prompt_length" else getattr(experience, f.name).cpu()
+            for f in fields(experience)
+        },
+        world_size,
+    )
     prompt_length = max(part["prompt_length"] for part in parts)
     response_length = max(part["response_mask"].size(1) for part in parts)
 
@@ -177,8 +189,11 @@ def gather_experience(experience: Experience, pad_id: int, world_size: int) -> E
             return torch.nn.functional.pad(value, (0, response_length - value.size(1)), value=0)
         return value  # (B,) per row
 
-    gathered = {f.name: torch.cat([padded(part, f.name, pad_id if f.name == "sequences" else 0) for part in parts])
-                .to(device) for f in fields(experience) if f.name != "prompt_length"}
+    gathered = {
+        f.name: torch.cat([padded(part, f.name, pad_id if f.name == "sequences" else 0) for part in parts]).to(device)
+        for f in fields(experience)
+        if f.name != "prompt_length"
+    }
     return Experience(prompt_length=prompt_length, **gathered)
 
 
@@ -200,11 +215,20 @@ def collect_experience(
     exactly the rollouts one rank would hold.
     """
     started = time.perf_counter()
-    rollout = sample(actor, prompts, settings.max_new_tokens, settings.eos_id, settings.pad_id,
-                     temperature=settings.temperature, top_p=settings.top_p, generator=generator)
+    rollout = sample(
+        actor,
+        prompts,
+        settings.max_new_tokens,
+        settings.eos_id,
+        settings.pad_id,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        generator=generator,
+    )
     if rollout.sequences.is_cuda:
         torch.cuda.synchronize()
     generate_seconds = time.perf_counter() - started
-    experience = gather_experience(score_rollout(rollout, actor, reference, critic, reward_fn, settings, kl_coef),
-                                   settings.pad_id, world_size)
+    experience = gather_experience(
+        score_rollout(rollout, actor, reference, critic, reward_fn, settings, kl_coef), settings.pad_id, world_size
+    )
     return replace(experience, advantages=whiten(experience.advantages, experience.response_mask)), generate_seconds

@@ -25,25 +25,38 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zero_chatgpt.config import PpoConfig
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
-from zero_chatgpt.model.build import resolve_device, seed_everything
 from zero_chatgpt.model.batching import ShuffledBatches
+from zero_chatgpt.model.build import resolve_device, seed_everything
 from zero_chatgpt.model.checkpoint import restore_rng_states, rng_states
-from zero_chatgpt.model.distributed import (DdpParallel, DeepSpeedParallel, all_gather_objects, broadcast_from_main_,
-                                            mean_over_ranks, per_rank_count)
+from zero_chatgpt.model.distributed import (
+    DdpParallel,
+    DeepSpeedParallel,
+    all_gather_objects,
+    broadcast_from_main_,
+    mean_over_ranks,
+    per_rank_count,
+)
 from zero_chatgpt.model.generation import chat_prompt_ids, sample
 from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
-from zero_chatgpt.model.ppo.rollout import (RewardFn, RolloutSettings, ValueModel, collect_experience, response_logits,
-                               reward_model_scores, token_logprobs)
+from zero_chatgpt.model.ppo.rollout import (
+    RewardFn,
+    RolloutSettings,
+    ValueModel,
+    collect_experience,
+    response_logits,
+    reward_model_scores,
+    token_logprobs,
+)
 from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
 from zero_chatgpt.model.pretrain import RandomWindows
 from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
+from zero_chatgpt.progress import report_progress
 from zero_chatgpt.stage_files import RLHF_PROMPTS
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
-from zero_chatgpt.config import PpoConfig
-from zero_chatgpt.progress import report_progress
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +72,12 @@ DEEPSPEED_ZERO_STAGES = (0, 1, 2)
 def check_parallel(parallel: DdpParallel | DeepSpeedParallel | None) -> None:
     """Refuse, before any work, a ZeRO stage PPO cannot run (ZeRO 3 partitions the weights rollouts read)."""
     if isinstance(parallel, DeepSpeedParallel) and parallel.zero_stage not in DEEPSPEED_ZERO_STAGES:
-        raise ValueError(f"ppo with resources.engine deepspeed runs resources.zero_stage "
-                         f"{' / '.join(map(str, DEEPSPEED_ZERO_STAGES))}, not {parallel.zero_stage}: ZeRO 3 "
-                         "partitions the actor's weights, which rollouts sample from on every rank. Set "
-                         "resources.zero_stage to 2 (or 0 / 1)")
+        raise ValueError(
+            f"ppo with resources.engine deepspeed runs resources.zero_stage "
+            f"{' / '.join(map(str, DEEPSPEED_ZERO_STAGES))}, not {parallel.zero_stage}: ZeRO 3 "
+            "partitions the actor's weights, which rollouts sample from on every rank. Set "
+            "resources.zero_stage to 2 (or 0 / 1)"
+        )
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -85,8 +100,9 @@ def split_prompts(prompts: list[str], num_eval: int, seed: int) -> tuple[list[st
     return [prompts[i] for i in order[num_eval:]], [prompts[i] for i in order[:num_eval]]
 
 
-def rank_prompt_batches(prompts: list[list[int]], rollout_batch_size: int, seed: int, rank: int = 0,
-                        world_size: int = 1) -> ShuffledBatches:
+def rank_prompt_batches(
+    prompts: list[list[int]], rollout_batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> ShuffledBatches:
     """This rank's prompts of each PPO step: `rollout_batch_size` counts prompts over all ranks.
 
     Every rank draws the same seeded global batch and keeps its own disjoint `rollout_batch_size //
@@ -114,10 +130,13 @@ def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
-        raise ImportError("ppo.lora_rank > 0 trains LoRA adapters with the `peft` package, which is not "
-                          "installed: run `pip install peft`, or set ppo.lora_rank=0") from err
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
-                        task_type="CAUSAL_LM")
+        raise ImportError(
+            "ppo.lora_rank > 0 trains LoRA adapters with the `peft` package, which is not "
+            "installed: run `pip install peft`, or set ppo.lora_rank=0"
+        ) from err
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config)
 
 
@@ -146,20 +165,35 @@ def evaluate_policy(
     rewards, kls, lengths = [], [], []
     with autocast(device, dtype):
         for start in range(0, len(prompts), cfg.rollout_batch_size):
-            batch = prompts[start: start + cfg.rollout_batch_size]
+            batch = prompts[start : start + cfg.rollout_batch_size]
             greedy = sample(actor, batch, cfg.max_new_tokens, IM_END_ID, PAD_ID, temperature=0.0)
             rewards.append(reward_fn(greedy.sequences, greedy.attention_mask).float())
-            drawn = sample(actor, batch, cfg.max_new_tokens, IM_END_ID, PAD_ID, temperature=cfg.temperature,
-                           top_p=cfg.top_p, generator=generator)
+            drawn = sample(
+                actor,
+                batch,
+                cfg.max_new_tokens,
+                IM_END_ID,
+                PAD_ID,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                generator=generator,
+            )
             mask = drawn.response_mask.float()
-            logprobs = [token_logprobs(response_logits(model, drawn.sequences, drawn.attention_mask,
-                                                       drawn.prompt_length), drawn.responses, cfg.temperature)
-                        for model in (actor, reference)]
+            logprobs = [
+                token_logprobs(
+                    response_logits(model, drawn.sequences, drawn.attention_mask, drawn.prompt_length),
+                    drawn.responses,
+                    cfg.temperature,
+                )
+                for model in (actor, reference)
+            ]
             kls.append(((logprobs[0] - logprobs[1]) * mask).sum(dim=1))
             lengths.append(mask.sum(dim=1))
-    return {"reward": float(torch.cat(rewards).mean()), "kl": float(torch.cat(kls).mean()),
-            "response_length": float(torch.cat(lengths).mean())}
-
+    return {
+        "reward": float(torch.cat(rewards).mean()),
+        "kl": float(torch.cat(kls).mean()),
+        "response_length": float(torch.cat(lengths).mean()),
+    }
 
 
 def ppo(
@@ -229,17 +263,35 @@ def ppo(
     actor, critic = actor_backend.module, critic_backend.module  # rollouts and eval use the bare models
     if is_main_process:
         logger.info("ppo: actor and critic train through %s on %d rank(s)", type(actor_backend).__name__, world_size)
-    ema = (AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
+    ema = (
+        AveragedModel(actor, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
     prompt_batches = rank_prompt_batches(train_ids, cfg.rollout_batch_size, seed, rank, world_size)
-    ptx_batches = (RandomWindows(TokenShards(shard_dir, "train"),
-                                 per_rank_count("ppo.ptx_batch_size", cfg.ptx_batch_size, world_size),
-                                 cfg.ptx_seq_len, seed, rank, world_size)
-                   if cfg.ptx_coef > 0 else None)
+    ptx_batches = (
+        RandomWindows(
+            TokenShards(shard_dir, "train"),
+            per_rank_count("ppo.ptx_batch_size", cfg.ptx_batch_size, world_size),
+            cfg.ptx_seq_len,
+            seed,
+            rank,
+            world_size,
+        )
+        if cfg.ptx_coef > 0
+        else None
+    )
     generator = torch.Generator(device=torch_device).manual_seed(rank_seed(seed, rank))
-    rollout_settings = RolloutSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, eos_id=IM_END_ID, pad_id=PAD_ID, gamma=cfg.gamma,
-                                       gae_lambda=cfg.gae_lambda, reward_clip=cfg.reward_clip)
+    rollout_settings = RolloutSettings(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        eos_id=IM_END_ID,
+        pad_id=PAD_ID,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        reward_clip=cfg.reward_clip,
+    )
     log = MetricsLog(out_dir / METRICS_LOG, enabled=is_main_process)
     if log.path is not None and log.path.exists():
         log.path.unlink()
@@ -250,8 +302,9 @@ def ppo(
 
     def evaluate(policy: torch.nn.Module) -> dict[str, float]:
         if eval_share:
-            figures = evaluate_policy(policy, reference, reward_fn, eval_share, cfg, torch_device, dtype,
-                                      rank_seed(seed + 1, rank))
+            figures = evaluate_policy(
+                policy, reference, reward_fn, eval_share, cfg, torch_device, dtype, rank_seed(seed + 1, rank)
+            )
         else:  # more ranks than held-out prompts: this rank only joins the all-reduce
             figures = {"reward": 0.0, "kl": 0.0, "response_length": 0.0}
         return mean_over_ranks(figures, world_size, torch_device, weight=len(eval_share))
@@ -269,9 +322,12 @@ def ppo(
             generator.set_state(rank_states[rank]["generator"].cpu())
             restore_rng_states(rank_states[rank]["rng"])
         elif is_main_process:
-            logger.warning("the PPO checkpoint was written by %d rank(s), this run has %d: model, optimizer and "
-                           "data position resume, sampling restarts from fresh seeded generators",
-                           len(rank_states), world_size)
+            logger.warning(
+                "the PPO checkpoint was written by %d rank(s), this run has %d: model, optimizer and "
+                "data position resume, sampling restarts from fresh seeded generators",
+                len(rank_states),
+                world_size,
+            )
         kl_coef, start_step, history = state["kl_coef"], state["step"], state["history"]
         before = state["before"]
         for record in history:  # the log may live in a dir that did not survive the crash
@@ -279,37 +335,64 @@ def ppo(
         logger.info("resuming from step %d in %s", start_step, checkpoint_dir)
     else:
         before = evaluate(actor)
-        logger.info("ppo: %d train / %d held-out prompts; SFT policy reward %.4f", len(train_ids), len(eval_ids),
-                    before["reward"])
+        logger.info(
+            "ppo: %d train / %d held-out prompts; SFT policy reward %.4f",
+            len(train_ids),
+            len(eval_ids),
+            before["reward"],
+        )
 
-    progress = tqdm(total=cfg.optim.max_steps, initial=start_step, desc="ppo", unit="step", mininterval=2.0,
-                    leave=False, disable=not is_main_process)
+    progress = tqdm(
+        total=cfg.optim.max_steps,
+        initial=start_step,
+        desc="ppo",
+        unit="step",
+        mininterval=2.0,
+        leave=False,
+        disable=not is_main_process,
+    )
     for step in range(start_step, cfg.optim.max_steps):
         started = time.perf_counter()
         with autocast(torch_device, dtype):
-            experience, generate_seconds = collect_experience(prompt_batches.next_batch(), actor, reference, critic,
-                                                              reward_fn, rollout_settings, kl_coef, generator,
-                                                              world_size)
-        update_stats = ppo_update(experience, actor_backend, critic_backend, update_settings, torch_device,
-                                  ptx_batches)
+            experience, generate_seconds = collect_experience(
+                prompt_batches.next_batch(),
+                actor,
+                reference,
+                critic,
+                reward_fn,
+                rollout_settings,
+                kl_coef,
+                generator,
+                world_size,
+            )
+        update_stats = ppo_update(experience, actor_backend, critic_backend, update_settings, torch_device, ptx_batches)
         if ema is not None:
             ema.update_parameters(actor)
         step_seconds = time.perf_counter() - started
         # `experience` is the global batch on every rank; the update's figures and timings are means over
         # ranks: every rank logs, and moves its adaptive kl_coef by, the same numbers.
-        measured = mean_over_ranks({
-            "reward": float(experience.scores.mean()),
-            "kl": float(experience.kl.sum(dim=1).mean()),
-            "response_length": float(experience.response_mask.sum(dim=1).mean()),
-            **update_stats,
-            "step_seconds": step_seconds,
-            "generate_share": generate_seconds / step_seconds,
-        }, world_size, torch_device)
-        record = {"step": step + 1, "reward": measured.pop("reward"), "kl": measured.pop("kl"),
-                  "response_length": measured.pop("response_length"), "kl_coef": kl_coef, **measured}
+        measured = mean_over_ranks(
+            {
+                "reward": float(experience.scores.mean()),
+                "kl": float(experience.kl.sum(dim=1).mean()),
+                "response_length": float(experience.response_mask.sum(dim=1).mean()),
+                **update_stats,
+                "step_seconds": step_seconds,
+                "generate_share": generate_seconds / step_seconds,
+            },
+            world_size,
+            torch_device,
+        )
+        record = {
+            "step": step + 1,
+            "reward": measured.pop("reward"),
+            "kl": measured.pop("kl"),
+            "response_length": measured.pop("response_length"),
+            "kl_coef": kl_coef,
+            **measured,
+        }
         if cfg.adaptive_kl:
-            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience),
-                                       cfg.kl_horizon)
+            kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience), cfg.kl_horizon)
         history.append(record)
         log.write(record)
         progress.update(1)
@@ -317,20 +400,38 @@ def ppo(
         if is_main_process:
             report_progress(step + 1, cfg.optim.max_steps)
         if is_main_process and ((step + 1) % LOG_EVERY_STEPS == 0 or step == start_step):  # the bar shows every step
-            logger.info("ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
-                        step + 1, cfg.optim.max_steps, record["reward"], record["kl"], record["entropy"],
-                        record["response_length"], record["clip_fraction"], record["value_loss"], step_seconds)
+            logger.info(
+                "ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
+                step + 1,
+                cfg.optim.max_steps,
+                record["reward"],
+                record["kl"],
+                record["entropy"],
+                record["response_length"],
+                record["clip_fraction"],
+                record["value_loss"],
+                step_seconds,
+            )
         last = step + 1 == cfg.optim.max_steps
         if (step + 1) % cfg.optim.checkpoint_every == 0 and not last:
-            save_ppo_checkpoint(checkpoint_dir, actor_backend, critic_backend, {
-                "step": step + 1, "ema": ema.state_dict() if ema is not None else None,
-                "prompts": prompt_batches.state_dict(),
-                "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
-                # Each rank resumes its own sampling stream: rank 0's copy of the state holds all of them.
-                "rank_states": all_gather_objects({"generator": generator.get_state(), "rng": rng_states()},
-                                                  world_size),
-                "kl_coef": kl_coef, "history": history, "before": before,
-            })
+            save_ppo_checkpoint(
+                checkpoint_dir,
+                actor_backend,
+                critic_backend,
+                {
+                    "step": step + 1,
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "prompts": prompt_batches.state_dict(),
+                    "ptx": ptx_batches.state_dict() if ptx_batches is not None else None,
+                    # Each rank resumes its own sampling stream: rank 0's copy of the state holds all of them.
+                    "rank_states": all_gather_objects(
+                        {"generator": generator.get_state(), "rng": rng_states()}, world_size
+                    ),
+                    "kl_coef": kl_coef,
+                    "history": history,
+                    "before": before,
+                },
+            )
             if is_main_process:
                 logger.info("saved PPO checkpoint at step %d", step + 1)
     progress.close()
@@ -339,8 +440,7 @@ def ppo(
     if cfg.lora_rank > 0:
         policy = policy.merge_and_unload()  # a plain causal LM: loading the output needs no peft
     after = evaluate(policy)
-    export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=parallel,
-                         is_main_process=is_main_process)
+    export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=parallel, is_main_process=is_main_process)
 
     metrics: dict[str, Any] = {
         "reward_before": before["reward"],
@@ -359,14 +459,24 @@ def ppo(
     for name in STEP_METRICS:
         metrics[f"mean_{name}"] = float(np.mean([record[name] for record in history])) if history else float("nan")
     if is_main_process:
-        logger.info("ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)", metrics["reward_before"],
-                    metrics["reward_after"], metrics["kl"], metrics["kl_bound"])
+        logger.info(
+            "ppo done: reward %.4f -> %.4f, kl %.3f (bound %.1f)",
+            metrics["reward_before"],
+            metrics["reward_after"],
+            metrics["kl"],
+            metrics["kl_bound"],
+        )
     return metrics
 
 
-def make_ppo_backends(actor: torch.nn.Module, critic: torch.nn.Module, cfg: PpoConfig, settings: UpdateSettings,
-                      device: torch.device,
-                      parallel: DdpParallel | DeepSpeedParallel | None) -> tuple[TrainBackend, TrainBackend]:
+def make_ppo_backends(
+    actor: torch.nn.Module,
+    critic: torch.nn.Module,
+    cfg: PpoConfig,
+    settings: UpdateSettings,
+    device: torch.device,
+    parallel: DdpParallel | DeepSpeedParallel | None,
+) -> tuple[TrainBackend, TrainBackend]:
     """The core's backends of the actor (`cfg.optim`) and the critic (lr `cfg.critic_lr` if set).
 
     One optimizer step per mini-batch, no accumulation; the schedules count PPO steps (`optim.max_steps`),
@@ -375,12 +485,15 @@ def make_ppo_backends(actor: torch.nn.Module, critic: torch.nn.Module, cfg: PpoC
     steps_per_ppo_step = settings.optimizer_steps(cfg.rollout_batch_size)
     actor_optim = cfg.optim.model_copy(update={"batch_size": settings.mini_batch_size, "grad_accum": 1})
     critic_optim = actor_optim.model_copy(update={"lr": cfg.critic_lr}) if cfg.critic_lr is not None else actor_optim
-    return (make_backend(actor, actor_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step),
-            make_backend(critic, critic_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step))
+    return (
+        make_backend(actor, actor_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step),
+        make_backend(critic, critic_optim, device, parallel, optimizer_steps_per_step=steps_per_ppo_step),
+    )
 
 
-def save_ppo_checkpoint(checkpoint_dir: Path, actor: TrainBackend, critic: TrainBackend,
-                        ppo_state: dict[str, Any]) -> None:
+def save_ppo_checkpoint(
+    checkpoint_dir: Path, actor: TrainBackend, critic: TrainBackend, ppo_state: dict[str, Any]
+) -> None:
     """Every rank: the critic's backend saves it (with the step), then the actor's saves it with `ppo_state`.
 
     The actor goes last: its checkpoint marks the step complete (see `load_ppo_checkpoint`).
@@ -397,6 +510,8 @@ def load_ppo_checkpoint(checkpoint_dir: Path, actor: TrainBackend, critic: Train
     critic_state = critic.load(checkpoint_dir / "critic")
     critic_step = critic_state["step"] if critic_state is not None else None
     if critic_step != state["step"]:
-        raise RuntimeError(f"{checkpoint_dir}: the actor's checkpoint is at step {state['step']} but the critic's "
-                           f"at {critic_step} (a save was interrupted): delete the dir to start over")
+        raise RuntimeError(
+            f"{checkpoint_dir}: the actor's checkpoint is at step {state['step']} but the critic's "
+            f"at {critic_step} (a save was interrupted): delete the dir to start over"
+        )
     return state

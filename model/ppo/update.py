@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from zero_chatgpt.config import PpoConfig
 from zero_chatgpt.model.distributed import per_rank_count
 from zero_chatgpt.model.losses import causal_lm_window_loss
 from zero_chatgpt.model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
 from zero_chatgpt.model.ppo.rollout import Experience, response_logits, token_logprobs
 from zero_chatgpt.model.training import BatchSource, TrainBackend, autocast
-from zero_chatgpt.config import PpoConfig
 
 
 @dataclass
@@ -35,13 +35,20 @@ class UpdateSettings:
     world_size: int = 1
 
     @classmethod
-    def from_config(cls, cfg: PpoConfig, world_size: int = 1, rank: int = 0) -> "UpdateSettings":
+    def from_config(cls, cfg: PpoConfig, world_size: int = 1, rank: int = 0) -> UpdateSettings:
         """`cfg.mini_batch_size` counts rollouts over all ranks: each of `world_size` ranks takes its equal
         share, so every rank makes the same number of optimizer steps as one rank would."""
         mini_batch_size = per_rank_count("ppo.mini_batch_size", cfg.mini_batch_size, world_size)
-        return cls(ppo_epochs=cfg.ppo_epochs, mini_batch_size=mini_batch_size, clip_range=cfg.clip_range,
-                   value_clip_range=cfg.value_clip_range, temperature=cfg.temperature, ptx_coef=cfg.ptx_coef,
-                   rank=rank, world_size=world_size)
+        return cls(
+            ppo_epochs=cfg.ppo_epochs,
+            mini_batch_size=mini_batch_size,
+            clip_range=cfg.clip_range,
+            value_clip_range=cfg.value_clip_range,
+            temperature=cfg.temperature,
+            ptx_coef=cfg.ptx_coef,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def optimizer_steps(self, rollouts: int) -> int:
         """Optimizer steps one update makes over `rollouts` rollouts (the global batch): one per mini-batch."""
@@ -82,11 +89,16 @@ def ppo_update(
             batch = experience.select(global_rows.tensor_split(settings.world_size)[settings.rank])
             with actor.micro_batch(last=True):
                 with autocast(device, actor.autocast_dtype):
-                    logits = response_logits(actor.forward_model, batch.sequences, batch.attention_mask,
-                                             prompt_length)
+                    logits = response_logits(actor.forward_model, batch.sequences, batch.attention_mask, prompt_length)
                     logprobs = token_logprobs(logits, batch.responses, settings.temperature)
-                    actor_loss, policy_stats = policy_loss(logprobs, batch.logprobs, batch.advantages,
-                                                           batch.response_mask, settings.clip_range, token_count)
+                    actor_loss, policy_stats = policy_loss(
+                        logprobs,
+                        batch.logprobs,
+                        batch.advantages,
+                        batch.response_mask,
+                        settings.clip_range,
+                        token_count,
+                    )
                     stats = {"policy_loss": actor_loss.detach(), **policy_stats}
                     if settings.ptx_coef > 0:
                         # Through the bare module: a second forward of a DDP wrapper before one backward is
@@ -99,9 +111,10 @@ def ppo_update(
             actor.step()
             with critic.micro_batch(last=True):
                 with autocast(device, critic.autocast_dtype):
-                    values = critic.forward_model(batch.sequences, batch.attention_mask)[:, prompt_length - 1: -1]
-                    critic_loss, value_stats = value_loss(values, batch.values, batch.returns,
-                                                          batch.response_mask, settings.value_clip_range, token_count)
+                    values = critic.forward_model(batch.sequences, batch.attention_mask)[:, prompt_length - 1 : -1]
+                    critic_loss, value_stats = value_loss(
+                        values, batch.values, batch.returns, batch.response_mask, settings.value_clip_range, token_count
+                    )
                 critic.backward(critic_loss)
             critic.step()
             with torch.no_grad():
