@@ -162,12 +162,13 @@ def length_baseline_accuracy(encoded: list[tuple[list[int], list[int]]]) -> floa
 def judge_halves(
     train_pairs: list[dict[str, str]], judge_fraction: float, seed: int
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(the reward model's pairs, the independent judge's pairs): a partition of build_prefs' training pairs.
+    """(the rest, the independent judge's pairs): a partition of build_prefs' training pairs.
 
     `split_pairs` with seed + 1 gives `judge_fraction` of the groups of pairs linked by a shared normalised prompt
-    or reference answer to the judge, the rest to the reward model. So the two judges never share a training
-    pair, nor a prompt or a reference answer: a mined pair goes with the real pairs of its prompt. Both are
-    measured on the same held-out pairs, which neither trained on.
+    or reference answer to the judge; a mined pair goes with the real pairs of its prompt. With
+    `train_rm.judge_disjoint` the reward model trains on the rest only, so the two judges share no pair, prompt
+    or reference answer; by default it trains on all pairs (the judge is then a second model on a subset).
+    Both are measured on the same held-out pairs, which neither trained on.
     """
     rm_pairs, judge_pairs = split_pairs(train_pairs, judge_fraction, seed + 1)
     if not judge_pairs:
@@ -254,9 +255,11 @@ def train_reward_model(
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     train_pairs = read_pairs(prefs_dir / TRAIN_PAIRS)
     heldout_pairs = read_pairs(prefs_dir / HELDOUT_PAIRS)
-    rm_pairs, judge_pairs = (
-        judge_halves(train_pairs, cfg.judge_fraction, seed) if cfg.independent_judge else (train_pairs, [])
-    )
+    rm_pairs, judge_pairs = train_pairs, []
+    if cfg.independent_judge:
+        rest, judge_pairs = judge_halves(train_pairs, cfg.judge_fraction, seed)
+        # The reward model PPO optimises against is worth all the data; a disjoint judge costs it half.
+        rm_pairs = rest if cfg.judge_disjoint else train_pairs
 
     def encode(rows: list[dict[str, str]]) -> Encoded:
         return [

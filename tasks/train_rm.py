@@ -10,7 +10,7 @@ from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
-TRAIN_RM = StageSpec("train_rm", version="4", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
+TRAIN_RM = StageSpec("train_rm", version="5", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
 
 
 @stage_task(TRAIN_RM)

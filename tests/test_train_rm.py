@@ -199,14 +199,17 @@ def test_judge_halves_share_no_pair_prompt_or_reference():
         judge_halves(linked, 0.5, seed=0)
 
 
-def test_independent_judge_trains_on_the_other_half(tmp_path, toy_dirs):
-    """The judge is a second model in the artifact, trained on pairs the first one never saw, and judges too."""
+@pytest.mark.parametrize("disjoint", [False, True])
+def test_independent_judge_trains_on_its_share(tmp_path, toy_dirs, disjoint):
+    """The judge is a second model in the artifact, trained on a share of the pairs (the reward model on all of
+    them, or with judge_disjoint on the rest), and judges too."""
     cfg = rm_config(independent_judge=True, max_steps=20, eval_every=20)
+    cfg.judge_disjoint = disjoint
     metrics = train_reward_model(cfg, toy_dirs["sft"], toy_dirs["prefs"], tmp_path, seed=0, device="cpu")
     train = read_pairs(toy_dirs["prefs"] / TRAIN_PAIRS)
-    rm_pairs, judge_pairs = judge_halves(train, cfg.judge_fraction, seed=0)
-    assert metrics["train_pairs"] == len(rm_pairs) and metrics["judge_train_pairs"] == len(judge_pairs)
-    assert metrics["train_pairs"] + metrics["judge_train_pairs"] == len(train)
+    rest, judge_pairs = judge_halves(train, cfg.judge_fraction, seed=0)
+    assert metrics["judge_train_pairs"] == len(judge_pairs) < len(train)
+    assert metrics["train_pairs"] == (len(rest) if disjoint else len(train))
     assert metrics["judge_steps"] == 20 and metrics["judge_val_accuracy"] >= 0.8
 
     judge_dir = independent_judge_dir(tmp_path)

@@ -375,11 +375,16 @@ class TrainRmConfig(Section):
     max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
     independent_judge: bool = Field(
         True,
-        description="also train a second reward model, evaluate's independent judge, on a part of the training "
-        "pairs the first one never sees (the first then trains on the rest)",
+        description="also train a second reward model, evaluate's independent judge, on a share of the training "
+        "pairs (`judge_fraction`), with its own seed and budget",
     )
     judge_fraction: float = Field(
         0.5, gt=0.0, lt=1.0, description="share of the training pair groups given to the independent judge"
+    )
+    judge_disjoint: bool = Field(
+        False,
+        description="train the reward model only on the pairs the judge does not get, so the two share none; "
+        "this halves the reward model's data (docs/what_we_tried.md)",
     )
     judge_optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(
