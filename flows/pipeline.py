@@ -16,7 +16,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
-from zero_chatgpt.config import ConfigError, load_config
+from zero_chatgpt.config import STAGES, ConfigError, load_config
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
 from zero_chatgpt.tasks.build_prefs import build_prefs_task
@@ -32,20 +32,8 @@ from zero_chatgpt.tasks.stage import needs_refresh
 from zero_chatgpt.tasks.train_rm import train_rm_task
 from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
 
-# Stages this flow runs, in order. Later stages join this list as they are built.
-PIPELINE_STAGES = (
-    "clean",
-    "dedup",
-    "train_tokenizer",
-    "shard",
-    "pretrain",
-    "sft",
-    "build_prefs",
-    "train_rm",
-    "ppo",
-    "evaluate",
-    "report",
-)
+# Stages this flow runs, in order (the config tree names them, one section each).
+PIPELINE_STAGES = STAGES
 
 
 class PipelineRun:

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from zero_chatgpt.config import PipelineConfig
+from zero_chatgpt.config import STAGES, PipelineConfig
 from zero_chatgpt.console import KEY_METRICS
 from zero_chatgpt.report import build_report, render_markdown
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
@@ -19,18 +19,7 @@ REPORT = StageSpec(
     "report",
     version="1",
     config_keys=("report",),
-    upstream=(
-        "clean",
-        "dedup",
-        "train_tokenizer",
-        "shard",
-        "pretrain",
-        "sft",
-        "build_prefs",
-        "train_rm",
-        "ppo",
-        "evaluate",
-    ),
+    upstream=STAGES[: STAGES.index("report")],
 )
 
 
