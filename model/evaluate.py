@@ -141,6 +141,14 @@ def generate(
     return Generations(texts, token_ids, batches)
 
 
+def greedy_texts(
+    model: torch.nn.Module, tokenizer, prompts: list[list[int]], cfg: EvaluateConfig, plain: bool, seed: int
+) -> list[str]:
+    """Greedy replies to `prompts`, stopping at end-of-text for a plain LM (`plain`) or end-of-turn for a chat one."""
+    stop_id = ENDOFTEXT_ID if plain else IM_END_ID
+    return generate(model, tokenizer, prompts, cfg.max_new_tokens, stop_id, 0.0, 1.0, seed, cfg.batch_size).texts
+
+
 def plain_prompt_ids(tokenizer, questions: Sequence[str], template: str) -> list[list[int]]:
     """`<|endoftext|>` + the template with `{question}` replaced: how the pretrained model is asked."""
     texts = [template.replace("{question}", question) for question in questions]
@@ -379,17 +387,9 @@ def evaluate(
         # The pretrained model is asked in plain text and stops at <|endoftext|>; the chat models at <|im_end|>.
         plain = name == "pretrain"
         if questions:
-            fact_replies[name] = generate(
-                model,
-                tokenizer,
-                question_plain_ids if plain else question_chat_ids,
-                cfg.max_new_tokens,
-                ENDOFTEXT_ID if plain else IM_END_ID,
-                0.0,
-                1.0,
-                seed,
-                cfg.batch_size,
-            ).texts
+            fact_replies[name] = greedy_texts(
+                model, tokenizer, question_plain_ids if plain else question_chat_ids, cfg, plain, seed
+            )
         else:
             fact_replies[name] = []
         if sample_rows:
@@ -399,17 +399,7 @@ def evaluate(
                 if plain
                 else chat_prompt_ids(tokenizer, texts)
             )
-            answers = generate(
-                model,
-                tokenizer,
-                ids,
-                cfg.max_new_tokens,
-                ENDOFTEXT_ID if plain else IM_END_ID,
-                0.0,
-                1.0,
-                seed,
-                cfg.batch_size,
-            ).texts
+            answers = greedy_texts(model, tokenizer, ids, cfg, plain, seed)
             for row, answer in zip(sample_rows, answers):
                 row["answers"][name] = answer
         if name in cfg.task_models:
