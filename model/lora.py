@@ -25,7 +25,13 @@ def with_lora(
 ) -> torch.nn.Module:
     """`model` wrapped with trainable LoRA adapters of `rank` (alpha defaults to 2 x rank); all other weights are
     frozen, except a scalar head (`SEQ_CLS`), which stays trainable."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError(
+            "LoRA (a stage's lora_rank > 0) needs the `peft` package, which is not installed: run `pip install peft`, "
+            "or set the stage's lora_rank to 0"
+        ) from err
 
     # GPT-2 stores its projections transposed (`Conv1D`); peft must be told, or it warns and guesses.
     transposed = any(type(module).__name__ == "Conv1D" for module in model.modules())

@@ -40,6 +40,7 @@ from zero_chatgpt.model.distributed import (
     per_rank_count,
 )
 from zero_chatgpt.model.generation import chat_prompt_ids, sample
+from zero_chatgpt.model.lora import merged, with_lora
 from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
 from zero_chatgpt.model.ppo.rollout import (
     RewardFn,
@@ -64,7 +65,6 @@ CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 LOG_EVERY_STEPS = 10
 STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Rollouts sample from the bare actor token by token: its weights must be whole on every rank.
 DEEPSPEED_ZERO_STAGES = (0, 1, 2)
 
@@ -123,21 +123,6 @@ def rank_seed(seed: int, rank: int) -> int:
 def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
     """Chat prompt ids; a longer prompt keeps its end, where the generation prompt is."""
     return [ids[-max_prompt_tokens:] for ids in chat_prompt_ids(tokenizer, prompts)]
-
-
-def with_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
-    """`model` wrapped with LoRA adapters of `rank` on every attention and MLP projection (needs `peft`)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as err:
-        raise ImportError(
-            "ppo.lora_rank > 0 trains LoRA adapters with the `peft` package, which is not "
-            "installed: run `pip install peft`, or set ppo.lora_rank=0"
-        ) from err
-    config = LoraConfig(
-        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, config)
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -438,7 +423,7 @@ def ppo(
 
     policy = ema.module if ema is not None else actor
     if cfg.lora_rank > 0:
-        policy = policy.merge_and_unload()  # a plain causal LM: loading the output needs no peft
+        policy = merged(policy)  # a plain causal LM: loading the output needs no peft
     after = evaluate(policy)
     export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=parallel, is_main_process=is_main_process)
 
