@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from zero_chatgpt.model.losses import IGNORE_INDEX
 from zero_chatgpt.tokenizer.chat import CHAT_TEMPLATE, IM_END, IM_START
 
-IGNORE_INDEX = -100
 TrainOn = Literal["all", "last"]
 
 
