@@ -125,14 +125,38 @@ def hh_preference(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
 
 
 def prompt_messages(prompt: Any) -> list[Message]:
-    """A prompt as messages: a plain string is one user turn; an HH transcript or a message list is read as one
-    and must end with a user turn (the one being answered)."""
-    if isinstance(prompt, str) and not prompt.lstrip("\n").startswith(HH_HUMAN):
+    """A row's prompt as messages: a string is one user turn; a message list must end with the user turn the reply
+    answers. (Rows store a single user turn as a plain string, anything longer as a list: see `compact_prompt`.)"""
+    if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    messages = parse_hh_transcript(prompt) if isinstance(prompt, str) else normalise_messages(prompt)
+    messages = normalise_messages(prompt)
     if messages[-1]["role"] != "user":
         raise ConversationError("a prompt must end with a user turn (the one the reply answers)")
     return messages
+
+
+def compact_prompt(messages: list[Message]) -> str | list[Message]:
+    """How rows store a prompt: one user turn as its plain text, a longer conversation as its message list."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return messages
+
+
+def conversation(prompt: Any, reply: str) -> list[Message]:
+    """The whole conversation of a row: its prompt's messages followed by the assistant's `reply`."""
+    return [*prompt_messages(prompt), {"role": "assistant", "content": reply}]
+
+
+def prompt_key(prompt: Any) -> str:
+    """A string that stands for a prompt (plain or multi-turn), for grouping and de-duplicating rows."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt_messages(prompt))
+
+
+def last_user_turn(prompt: Any) -> str:
+    """The text of the user turn a prompt ends with (the question being answered)."""
+    return prompt_messages(prompt)[-1]["content"]
 
 
 def _describe(value: Any) -> str:

@@ -55,6 +55,15 @@ from zero_chatgpt.config import (
     SourceBase,
     TextSource,
 )
+from zero_chatgpt.data_process.conversations import (
+    ConversationError,
+    compact_prompt,
+    hh_preference,
+    normalise_messages,
+    parse_hh_transcript,
+    prompt_messages,
+    split_last_reply,
+)
 from zero_chatgpt.file_hash import FileHashCache
 
 logger = logging.getLogger(__name__)
@@ -113,11 +122,15 @@ def source_fields(source: SourceBase) -> dict[str, str]:
     if isinstance(source, TextSource):
         return {"text": source.text_field}
     if isinstance(source, SftSource):
-        fields = {"prompt": source.prompt_field, "response": source.response_field}
+        if source.format == "fields":
+            fields = {"prompt": source.prompt_field, "response": source.response_field}
+        else:
+            fields = {"conversation": source.conversation_field}
         if source.answer_field:
             fields["answer"] = source.answer_field
         return fields
     if isinstance(source, PrefSource):
+        # An hh row may carry its prompt inside both transcripts instead (see `_chat_fields`).
         return {"prompt": source.prompt_field, "chosen": source.chosen_field, "rejected": source.rejected_field}
     if isinstance(source, QaSource):
         fields = {"question": source.question_field, "answer": source.answer_field}
@@ -479,10 +492,91 @@ def text_problem(text: str) -> tuple[str, str] | None:
     return None
 
 
+class _FieldProblem(ValueError):
+    """A field of a record that cannot be used: (reason kind, detail)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind, self.detail = kind, detail
+
+
+def _string_field(record: dict[str, Any], field: str) -> str:
+    """`record[field]` as a non-empty, storable string, or a `_FieldProblem` saying why not."""
+    if field not in record or record[field] is None:
+        raise _FieldProblem("missing_field", f"no {field!r} field")
+    value = record[field]
+    if not isinstance(value, str):
+        raise _FieldProblem("not_a_string", f"field {field!r} is {_describe_value(value)}")
+    if not value.strip():
+        raise _FieldProblem("empty_field", f"field {field!r} is empty or whitespace")
+    problem = text_problem(value)
+    if problem is not None:
+        raise _FieldProblem(problem[0], f"field {field!r}: {problem[1]}")
+    return value
+
+
+def _prompt_field(record: dict[str, Any], field: str, hh: bool) -> str | list[dict[str, str]]:
+    """A prompt: plain text, a message list ending with a user turn, or (hh) a transcript ending with 'Human:'."""
+    value = record.get(field)
+    if isinstance(value, list):
+        messages = prompt_messages(value)
+    else:
+        text = _string_field(record, field)
+        messages = prompt_messages(parse_hh_transcript(text) if hh else text)
+    return compact_prompt(messages)
+
+
+def _chat_fields(record: dict[str, Any], source: SftSource | PrefSource) -> dict[str, Any]:
+    """The canonical chat fields of a record: `prompt` (see `compact_prompt`) with `response`, or with `chosen` and
+    `rejected`; raises `ConversationError` or `_FieldProblem`."""
+    hh = source.format == "hh"
+    if isinstance(source, SftSource):
+        if source.format == "fields":
+            fields = {"prompt": _prompt_field(record, source.prompt_field, hh=False)}
+            fields["response"] = _string_field(record, source.response_field)
+        else:
+            turns = record.get(source.conversation_field)
+            if hh:
+                turns = parse_hh_transcript(_string_field(record, source.conversation_field))
+            elif turns is None:
+                raise _FieldProblem("missing_field", f"no {source.conversation_field!r} field")
+            prompt, reply = split_last_reply(normalise_messages(turns))
+            fields = {"prompt": compact_prompt(prompt), "response": reply}
+        if source.answer_field:
+            fields["answer"] = _string_field(record, source.answer_field)
+    elif hh and record.get(source.prompt_field) is None:
+        prompt, chosen, rejected = hh_preference(
+            _string_field(record, source.chosen_field), _string_field(record, source.rejected_field)
+        )
+        fields = {"prompt": compact_prompt(prompt), "chosen": chosen, "rejected": rejected}
+    else:
+        fields = {
+            "prompt": _prompt_field(record, source.prompt_field, hh),
+            "chosen": _string_field(record, source.chosen_field),
+            "rejected": _string_field(record, source.rejected_field),
+        }
+    for message in prompt_messages(fields["prompt"]):
+        problem = text_problem(message["content"])
+        if problem is not None:
+            raise _FieldProblem(problem[0], f"prompt turn: {problem[1]}")
+    for key in ("response", "chosen", "rejected"):
+        if key in fields and not fields[key].strip():
+            raise _FieldProblem("empty_field", f"the {key} reply is empty")
+    return fields
+
+
 def _row_from_record(
-    record: Any, fields: dict[str, str], id_field: str | None, source_name: str, line: int, default_id: str, raw: str
+    record: Any,
+    fields: dict[str, str],
+    id_field: str | None,
+    source_name: str,
+    line: int,
+    default_id: str,
+    raw: str,
+    chat: SftSource | PrefSource | None = None,
 ) -> dict[str, Any]:
-    """Validate one parsed record: every wanted field (canonical -> input name) a non-empty string, the id usable."""
+    """Validate one parsed record: every wanted field (canonical -> input name) a non-empty string, the id usable;
+    for a chat source (`chat`), its prompt and replies in the source's format (see `_chat_fields`)."""
     if not isinstance(record, dict):
         return _quarantine(
             source_name, line, "not_an_object", f"expected a JSON object, got {type(record).__name__}", raw
@@ -503,19 +597,20 @@ def _row_from_record(
         if problem is not None:
             return _quarantine(source_name, line, "bad_id", f"id field {id_field!r}: {problem[1]}", raw)
         row["id"] = str(value)
-    for canonical, field in fields.items():
-        if field not in record or record[field] is None:
-            return _quarantine(source_name, line, "missing_field", f"no {field!r} field", raw)
-        value = record[field]
-        if not isinstance(value, str):
-            return _quarantine(source_name, line, "not_a_string", f"field {field!r} is {_describe_value(value)}", raw)
-        if not value.strip():
-            return _quarantine(source_name, line, "empty_field", f"field {field!r} is empty or whitespace", raw)
-        problem = text_problem(value)
-        if problem is not None:
-            return _quarantine(source_name, line, problem[0], f"field {field!r}: {problem[1]}", raw)
-        row[canonical] = value
+    try:
+        if chat is not None:
+            row.update(_chat_fields(record, chat))
+        else:
+            row.update({canonical: _string_field(record, field) for canonical, field in fields.items()})
+    except _FieldProblem as problem:
+        return _quarantine(source_name, line, problem.kind, problem.detail, raw)
+    except ConversationError as err:
+        return _quarantine(source_name, line, "bad_conversation", str(err), raw)
     return row
+
+
+def _chat(source: SourceBase) -> SftSource | PrefSource | None:
+    return source if isinstance(source, (SftSource, PrefSource)) else None
 
 
 def _describe_value(value: Any) -> str:
@@ -583,7 +678,7 @@ def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
             yield _quarantine(name, number, "invalid_json", f"{err.msg} at column {err.colno}", text)
             continue
         fields = source_fields(source)
-        yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", text)
+        yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", text, _chat(source))
 
 
 def _text_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
@@ -612,7 +707,9 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
         raise SourceError(f"{describe_source(source)}: {name} is not a readable parquet file: {err}") from None
     wanted = list(source_fields(source).values()) + ([source.id_field] if source.id_field else [])
     present = set(parquet.schema_arrow.names)
-    missing = [column for column in wanted if column not in present]
+    # hh preference rows may carry their prompt inside both transcripts instead of in a column of its own.
+    optional = {source.prompt_field} if isinstance(source, PrefSource) and source.format == "hh" else set()
+    missing = [column for column in wanted if column not in present and column not in optional]
     if missing:
         # A missing column is a property of the file, not of a row: say so once instead of quarantining all rows.
         raise SourceError(
@@ -627,14 +724,18 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
         mininterval=5,
         disable=parquet.metadata.num_rows < 200_000,
     ) as progress:
-        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=list(dict.fromkeys(wanted))):
+        for batch in parquet.iter_batches(
+            batch_size=_PARQUET_BATCH_ROWS, columns=[c for c in dict.fromkeys(wanted) if c in present]
+        ):
             for record, problem in _batch_records(batch):
                 number += 1
                 raw = json.dumps(record, ensure_ascii=False, default=str)
                 if problem is not None:
                     yield _quarantine(name, number, "undecodable", problem, raw)
                     continue
-                yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", raw)
+                yield _row_from_record(
+                    record, fields, source.id_field, name, number, f"{name}:{number}", raw, _chat(source)
+                )
             progress.update(batch.num_rows)
 
 
@@ -670,6 +771,8 @@ def _demo_rows(source: SourceBase, demo: DemoCorpusConfig, seed: int) -> Iterato
     if isinstance(source, SftSource):
         records = demo_corpus.demo_sft_pairs(demo, seed)
         fields = {"prompt": "prompt", "response": "response", "answer": "answer"}
+        # Demo rows carry the short answer each correct response contains, whatever the source says.
+        source = source.model_copy(update={"format": "fields", "answer_field": "answer"})
     elif isinstance(source, QaSource):
         records = demo_corpus.demo_eval_questions(demo, seed)
         fields = {"question": "prompt", "answer": "answer", "lang": "lang"}
@@ -679,7 +782,7 @@ def _demo_rows(source: SourceBase, demo: DemoCorpusConfig, seed: int) -> Iterato
     # Demo records already use the canonical names and carry their own stable ids.
     for number, record in enumerate(records, start=1):
         raw = json.dumps(record, ensure_ascii=False, default=str)
-        yield _row_from_record(record, fields, "id", "demo", number, f"demo:{number}", raw)
+        yield _row_from_record(record, fields, "id", "demo", number, f"demo:{number}", raw, _chat(source))
 
 
 def _open_hf_stream(source: SourceBase) -> Iterable[Any]:
@@ -722,4 +825,4 @@ def _hf_rows(source: SourceBase, stream: Iterable[Any]) -> Iterator[dict[str, An
             ) from err
         number += 1
         raw = json.dumps(record, ensure_ascii=False, default=str)
-        yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", raw)
+        yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", raw, _chat(source))

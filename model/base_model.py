@@ -88,3 +88,38 @@ def _hub_model(name: str, revision: str | None) -> ResolvedBaseModel:
 
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
+
+
+TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def load_dtype(dtype: str, device: str):
+    """The torch dtype a model loads in: float32 on CPU whatever is asked (CPU kernels for half types are slow and
+    some are missing); on GPU the asked dtype, `auto` meaning the checkpoint's own."""
+    import torch
+
+    if device == "cpu":
+        return torch.float32
+    return "auto" if dtype == "auto" else getattr(torch, TORCH_DTYPES[dtype])
+
+
+def load_causal_lm(model_dir: Path, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False):
+    """`AutoModelForCausalLM` from `model_dir` in the dtype `load_dtype` picks; remote code only when asked."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=load_dtype(dtype, device), trust_remote_code=trust_remote_code
+    )
+
+
+def prepare_chat_model(model, tokenizer):
+    """Give `tokenizer` a chat template (its own, else ChatML with its special tokens, see `ensure_chat_template`)
+    and grow `model`'s embeddings to match; returns the `ChatTemplateSetup` for the manifest."""
+    from zero_chatgpt.tokenizer.chat_encoding import ensure_chat_template
+
+    setup = ensure_chat_template(tokenizer)
+    if setup.vocab_size > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(setup.vocab_size)
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return setup

@@ -29,8 +29,8 @@ def with_lora(
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
         raise ImportError(
-            "LoRA (a stage's lora_rank > 0) needs the `peft` package, which is not installed: run `pip install peft`, "
-            "or set the stage's lora_rank to 0"
+            "LoRA (a stage's lora.rank > 0) needs the `peft` package, which is not installed: run `pip install peft`, "
+            "or set the stage's lora.rank to 0"
         ) from err
 
     # GPT-2 stores its projections transposed (`Conv1D`); peft must be told, or it warns and guesses.
@@ -59,3 +59,10 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
 
 def trainable_parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def apply_lora(model: torch.nn.Module, settings, task_type: TaskType = "CAUSAL_LM") -> torch.nn.Module:
+    """`model` with the adapters a stage's `lora` section asks for (a `LoraSettings`); rank 0: `model` unchanged."""
+    if settings.rank == 0:
+        return model
+    return with_lora(model, settings.rank, settings.alpha, settings.dropout, settings.target_modules, task_type)

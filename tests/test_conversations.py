@@ -10,9 +10,13 @@ import pytest
 
 from zero_chatgpt.data_process.conversations import (
     ConversationError,
+    compact_prompt,
+    conversation,
     hh_preference,
+    last_user_turn,
     normalise_messages,
     parse_hh_transcript,
+    prompt_key,
     prompt_messages,
 )
 
@@ -74,9 +78,15 @@ def test_hh_pairs_share_their_prefix_or_are_refused():
         hh_preference(prefix, prefix + "\n\nAssistant: No.")
 
 
-def test_prompts_may_be_text_transcripts_or_messages():
+def test_prompts_are_plain_text_or_messages_and_compact_back():
     assert prompt_messages("What is 2+2?") == [{"role": "user", "content": "What is 2+2?"}]
-    assert len(prompt_messages("Human: a\n\nAssistant: b\n\nHuman: c")) == 3
+    # A plain string is never parsed: a question may well start with "Human:".
+    assert prompt_messages("Human: a\n\nAssistant: b") == [{"role": "user", "content": "Human: a\n\nAssistant: b"}]
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    assert compact_prompt(prompt_messages("q")) == "q"
+    assert compact_prompt(turns) == turns and prompt_messages(turns) == turns
+    assert conversation("q", "r")[-1] == {"role": "assistant", "content": "r"}
+    assert prompt_key(turns) != prompt_key("c") and last_user_turn(turns) == "c"
     with pytest.raises(ConversationError, match="end with a user turn"):
         prompt_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
 
@@ -85,6 +95,6 @@ def test_prompts_may_be_text_transcripts_or_messages():
 def test_real_hh_rows_read_as_the_messages_they_carry():
     rows = [json.loads(line) for line in SHARED_PREF.read_text(encoding="utf-8").splitlines()[:200]]
     for row in rows:
-        messages = prompt_messages(row["prompt"])
+        messages = parse_hh_transcript(row["prompt"])
         assert messages[-1]["role"] == "user"
         assert [m["content"] for m in messages] == [m["content"].strip() for m in row["prompt_messages"]]

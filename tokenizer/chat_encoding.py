@@ -104,7 +104,9 @@ def encode_conversation(
     (at least half the window, when the reply is that long), as `truncate_pair` does for single turns.
     """
     spans, text = assistant_spans(tokenizer, messages, train_on)
-    ids, offsets = _ids_and_offsets(tokenizer, text)
+    # What the template writes after the last reply (a newline, say) is never trained on: dropping it keeps the
+    # rows exactly what a model sees when it generates the reply and stops.
+    ids, offsets = _ids_and_offsets(tokenizer, text[: spans[-1][1]])
     labels = [
         token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
         for token, (begin, _) in zip(ids, offsets)
@@ -129,6 +131,31 @@ def encode_prompt(tokenizer, messages: list[dict[str, str]], max_prompt_tokens: 
     template's generation prompt, cut from the left to `max_prompt_tokens` so the question's end is kept."""
     ids, _ = _ids_and_offsets(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
     return ids[-max_prompt_tokens:]
+
+
+def encode_answer(tokenizer, prompt: list[dict[str, str]], answer: str, max_seq_len: int) -> list[int]:
+    """Ids of `prompt` (messages ending in a user turn) answered by `answer`, through the answer's end-of-turn token
+    and no further: what a reward model scores (its head is read at the last token). Too long, the end is kept."""
+    messages = [*prompt, {"role": "assistant", "content": answer}]
+    spans, text = assistant_spans(tokenizer, messages, "last")
+    ids, _ = _ids_and_offsets(tokenizer, text[: spans[-1][1]])
+    return ids[-max_seq_len:]
+
+
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-text token."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ValueError("the tokenizer has neither a pad nor an end-of-text token to pad batches with")
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """Tokens that end a generated reply: the template's end-of-turn token, and the end-of-text token."""
+    ids = [end_of_turn_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
 
 
 def _render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 STAGES = (
+    "base_model",
     "clean",
     "dedup",
     "train_tokenizer",
@@ -95,11 +96,21 @@ class TextSource(SourceBase):
     text_field: str = "text"
 
 
-class SftSource(SourceBase):
-    """A supervised fine-tuning source of prompt/response rows."""
+ChatFormat = Literal["fields", "messages", "hh"]
 
+
+class SftSource(SourceBase):
+    """A supervised fine-tuning source: prompt/response rows, or whole conversations (`format`)."""
+
+    format: ChatFormat = Field(
+        "fields",
+        description="fields: `prompt_field` (a string, or a message list ending with a user turn) and "
+        "`response_field`; messages: `conversation_field` holds OpenAI- or ShareGPT-shaped turns ending with an "
+        "assistant turn; hh: `conversation_field` holds an Anthropic HH transcript ending with 'Assistant:'",
+    )
     prompt_field: str = "prompt"
     response_field: str = "response"
+    conversation_field: str = Field("messages", description="the conversation's field (formats messages and hh)")
     answer_field: str | None = Field(
         None,
         description="optional field with the short answer every correct response contains (a name, a "
@@ -111,6 +122,13 @@ class SftSource(SourceBase):
 class PrefSource(SourceBase):
     """A preference source of prompt/chosen/rejected rows, merged into `build_prefs`."""
 
+    format: ChatFormat = Field(
+        "fields",
+        description="fields or messages: `prompt_field` is a string or a message list ending with a user turn, "
+        "`chosen_field`/`rejected_field` the two replies; hh: the prompt is an Anthropic HH transcript ending "
+        "with 'Human:', or, when a row has no prompt field, chosen and rejected are whole HH transcripts that "
+        "must share everything before their last assistant turn (rows that do not are quarantined)",
+    )
     prompt_field: str = "prompt"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
@@ -157,6 +175,46 @@ class DataConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------------ stages
+
+
+class BaseModelConfig(Section):
+    """An existing Hugging Face causal LM to align instead of pretraining one from scratch."""
+
+    path: str | None = Field(
+        None,
+        description="local model directory (config.json, tokenizer, weights) or hub id; null: pretrain from "
+        "scratch (clean -> dedup -> train_tokenizer -> shard -> pretrain)",
+    )
+    revision: str | None = Field(None, description="hub branch, tag or commit (hub ids only)")
+    allow_download: bool = Field(
+        False, description="fetch a hub id into the local Hugging Face cache (needs network); off: local dirs only"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype the weights load in; auto: float32 on CPU, the checkpoint's own dtype on GPU "
+        "(training autocasts per `optim.precision`)",
+    )
+    trust_remote_code: bool = Field(
+        False, description="run model code shipped with the checkpoint (only for models you trust)"
+    )
+    continue_pretraining: bool = Field(
+        False,
+        description="first pretrain the base further on `data.sources` (clean -> dedup -> shard with the base's "
+        "tokenizer -> pretrain from the base's weights), then sft; off: sft starts from the base",
+    )
+
+
+class LoraSettings(Section):
+    """LoRA adapters for a training stage (peft); the exported model is always merged into plain weights."""
+
+    rank: int = Field(0, ge=0, description="adapter rank; 0 trains all weights")
+    alpha: float | None = Field(None, gt=0, description="adapter scale numerator; null: 2 x rank")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="linear layers that get adapters (e.g. [q_proj, v_proj]); all-linear: every linear layer of "
+        "the transformer blocks, whatever the family calls them",
+    )
 
 
 class CleanConfig(Section):
@@ -311,6 +369,10 @@ class SftConfig(Section):
         0.5, ge=0.0, lt=1.0, description="share of SFT rows held out as RLHF prompts (by id hash and seed)"
     )
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="share of the remaining rows kept for SFT val")
+    train_on: Literal["all", "last"] = Field(
+        "all", description="assistant turns of a multi-turn conversation that get the loss: all, or the last only"
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
 class MinedNegativesConfig(Section):
@@ -348,7 +410,10 @@ class BuildPrefsConfig(Section):
     # Each sample is paired with the same reference, so many samples per prompt let the reward model learn the
     # references rather than judge answers.
     samples_per_prompt: int = Field(
-        2, ge=1, description="answers sampled per prompt, each a pair with the reference (repeats dropped)"
+        2,
+        ge=0,
+        description="answers sampled per prompt, each a pair with the reference (repeats dropped); 0: no "
+        "sampling, the pairs are the preference sources' alone",
     )
     max_prompts: int | None = Field(
         None, ge=1, description="sample at most this many RLHF prompts (a seeded subset); null: all"
@@ -371,7 +436,14 @@ class TrainRmConfig(Section):
     """Reward model with a scalar head, pairwise loss."""
 
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=10, max_steps=600))
+    init: str = Field(
+        "sft",
+        description="weights the reward model starts from: sft (the SFT model), base (base_model.path), or a "
+        "model directory (a smaller model of the policy's tokenizer, as DeepSpeed-Chat pairs a 1.3B actor with "
+        "a 350M reward model); the scalar head is new",
+    )
     freeze_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of lower layers kept frozen")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     max_seq_len: int = Field(256, ge=16, description="tokens of prompt + answer scored; longer ones keep the end")
     independent_judge: bool = Field(
         True,
@@ -425,7 +497,9 @@ class PpoConfig(Section):
     ptx_coef: float = Field(0.0, ge=0.0, description="weight of the pretraining loss mixed in (PPO-ptx)")
     ptx_batch_size: int = Field(4, ge=1, description="pretraining windows per actor optimizer step (PPO-ptx)")
     ptx_seq_len: int = Field(128, ge=8, description="tokens per pretraining window (PPO-ptx)")
-    lora_rank: int = Field(0, ge=0, description="LoRA rank on the actor; 0 trains all weights")
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="LoRA adapters on the actor and the critic; rank 0 trains all weights"
+    )
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="EMA of actor weights; 0 disables")
 
 
@@ -592,6 +666,7 @@ class PipelineConfig(Section):
 
     run: RunConfig = Field(default_factory=RunConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -800,6 +875,8 @@ __all__ = [
     "TextSource",
     "SftSource",
     "PrefSource",
+    "BaseModelConfig",
+    "LoraSettings",
     "load_config",
     "validate_config",
     "config_to_yaml",
