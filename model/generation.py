@@ -11,6 +11,8 @@ Shapes: B prompts, P = longest prompt, T = generated columns (<= max_new_tokens)
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +69,22 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, t
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
     """(B, L) position ids counting real tokens only: 0 at a row's first real token; pads get 0 too."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def position_kwargs(model: torch.nn.Module, position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`{"position_ids": ...}` for a model whose forward takes them; `{}` for one that has no positions to pass
+    (BLOOM's ALiBi reads distances from the attention mask, so left padding needs nothing more)."""
+    return {"position_ids": position_ids} if _takes_positions(type(model)) else {}
+
+
+@functools.cache
+def _takes_positions(model_class: type) -> bool:
+    forward = getattr(model_class, "forward", None)
+    if forward is None:
+        return True
+    parameters = inspect.signature(forward).parameters
+    # Wrappers (DDP, peft) pass everything on through **kwargs: assume the model inside takes them.
+    return "position_ids" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def next_token_distribution_filter(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -150,7 +168,7 @@ def sample(
             out = model(
                 input_ids=step_ids,
                 attention_mask=attention_mask,
-                position_ids=step_positions,
+                **position_kwargs(model, step_positions),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
