@@ -7,14 +7,17 @@ document id against `val_fraction`, so a document keeps its split when the corpu
 Tokenisation fans out through `parallel_map` in jobs of up to `docs_per_batch` documents and
 `chars_per_batch` characters; results come back in job order and are written by this process alone, so the
 bytes on disk do not depend on the number of workers.
-Workers encode with the stage's sentencepiece model (`tokenizer.model`), whose ids equal the Hugging Face
-tokenizer's for plain text, and which never turns text such as "<|endoftext|>" into a special id.
+Workers encode with the train_tokenizer stage's sentencepiece model (`tokenizer.model`), whose ids equal the
+Hugging Face tokenizer's for plain text, and which never turns text such as "<|endoftext|>" into a special id.
+A base model's dir (continued pretraining) has no such file: its own fast tokenizer encodes, without special
+tokens, and its end-of-text token ends each document.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,27 +66,61 @@ class ShardJobResult:
     empty_docs: int
 
 
-_LOADED: dict[str, spm.SentencePieceProcessor] = {}
+@dataclass(frozen=True)
+class DocumentEncoder:
+    """Plain text -> token ids for the shards: `encode(texts)`, the `vocab_size` and the `eos_id` ending each doc."""
+
+    encode: Callable[[list[str]], list[list[int]]]
+    vocab_size: int
+    eos_id: int
 
 
-def load_sentencepiece(tokenizer_dir: str | Path) -> spm.SentencePieceProcessor:
-    """The tokenizer stage's sentencepiece model, loaded once per process."""
+_LOADED: dict[str, DocumentEncoder] = {}
+
+
+def load_encoder(tokenizer_dir: str | Path) -> DocumentEncoder:
+    """The encoder of a train_tokenizer dir (its sentencepiece model) or of a base model's dir (its fast
+    tokenizer), loaded once per process."""
     key = str(tokenizer_dir)
     if key not in _LOADED:
         path = Path(tokenizer_dir) / SP_MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {tokenizer_dir} is not a train_tokenizer output dir")
-        _LOADED[key] = spm.SentencePieceProcessor(model_file=str(path))
+        _LOADED[key] = _sentencepiece_encoder(path) if path.is_file() else _hf_encoder(Path(tokenizer_dir))
     return _LOADED[key]
+
+
+def _sentencepiece_encoder(path: Path) -> DocumentEncoder:
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    if sp.eos_id() < 0:
+        raise ValueError(f"{path}: the model has no EOS piece")
+    # One thread: the parallelism is across jobs (processes), and extra threads would fight over the cores.
+    return DocumentEncoder(
+        lambda texts: sp.encode(texts, out_type=int, num_threads=1), sp.get_piece_size(), sp.eos_id()
+    )
+
+
+def _hf_encoder(tokenizer_dir: Path) -> DocumentEncoder:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{tokenizer_dir} holds neither {SP_MODEL_FILE} (a train_tokenizer dir) nor a tokenizer the Auto "
+            f"classes load (a base model dir): {err}"
+        ) from err
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer has no end-of-text token to end each document with")
+    return DocumentEncoder(
+        lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"], len(tokenizer), tokenizer.eos_token_id
+    )
 
 
 def tokenize_job(job: ShardJob) -> ShardJobResult:
     """Encode a batch in one call and EOS-terminate each document; empty documents are skipped and counted."""
-    sp = load_sentencepiece(job.tokenizer_dir)
-    eos = sp.eos_id()
+    encoder = load_encoder(job.tokenizer_dir)
+    eos = encoder.eos_id
     keep = [i for i, text in enumerate(job.texts) if text]
-    # One thread: the parallelism is across jobs (processes), and extra threads would fight over the cores.
-    encoded = sp.encode([job.texts[i] for i in keep], out_type=int, num_threads=1)
+    encoded = encoder.encode([job.texts[i] for i in keep])
     splits = {}
     for split, wanted in (("train", False), ("val", True)):
         flat: list[int] = []
@@ -150,10 +187,8 @@ def shard_corpus(
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = corpus_parts(corpus_dir)
-    sp = load_sentencepiece(tokenizer_dir)
-    vocab_size, eos_id = sp.get_piece_size(), sp.eos_id()
-    if eos_id < 0:
-        raise ValueError(f"{Path(tokenizer_dir) / SP_MODEL_FILE}: the model has no EOS piece")
+    encoder = load_encoder(tokenizer_dir)
+    vocab_size, eos_id = encoder.vocab_size, encoder.eos_id
     dtype = dtype_for_vocab(vocab_size)
 
     # Pass 1, id hashes and emptiness: the split must see every document first to guarantee a non-empty

@@ -16,9 +16,11 @@ from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
-from zero_chatgpt.config import STAGES, ConfigError, load_config
+from zero_chatgpt.config import STAGES, ConfigError, load_config, route_stages
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
+from zero_chatgpt.model.base_model import resolve_configured_base_model
+from zero_chatgpt.tasks.base_model import base_model_task
 from zero_chatgpt.tasks.build_prefs import build_prefs_task
 from zero_chatgpt.tasks.clean import clean_task
 from zero_chatgpt.tasks.dedup import dedup_task
@@ -48,10 +50,15 @@ class PipelineRun:
         self.storage = _result_storage(root)
 
     def stage(self, stage_task: Any, **upstream: dict[str, str] | None) -> dict[str, str] | None:
-        """Run one stage task (cached by fingerprint); returns its record, or None past `until`."""
+        """Run one stage task (cached by fingerprint); returns its record, or None past `until`.
+
+        An upstream given as None is a stage this route does not run (no tokenizer training when a base model
+        is aligned, say): it is left out, not passed on.
+        """
         name = stage_task.name
         if name not in self.planned:
             return None
+        upstream = {key: record for key, record in upstream.items() if record is not None}
         started = time.perf_counter()
         force = name in self.force
         refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
@@ -105,28 +112,41 @@ def zero_chatgpt(
     typed_config = load_config(preset, overrides)
     # Every data source is opened and sampled now, so a wrong field or an unreadable file fails in seconds.
     check_configured_sources(typed_config)
+    if typed_config.base_model.path:  # a missing model dir or an offline hub id fails now, naming it
+        resolve_configured_base_model(typed_config.base_model)
     config = typed_config.model_dump(mode="json")
     until_names = _stage_names(until, "until")
+    route = route_stages(typed_config)
+    off_route = [name for name in until_names + _stage_names(force, "force") if name not in route]
+    if off_route:
+        raise ConfigError(f"stage(s) {off_route} are not on this run's route: {list(route)}")
     run = PipelineRun(
         config, Path(root).resolve(), until_names[0] if until_names else None, set(_stage_names(force, "force"))
     )
     print_table_header()
 
-    clean = run.stage(clean_task)
-    dedup = run.stage(dedup_task, clean=clean)
-    tokenizer = run.stage(train_tokenizer_task, dedup=dedup)
-    shards = run.stage(shard_task, dedup=dedup, train_tokenizer=tokenizer)
-    pretrained = run.stage(pretrain_task, shard=shards, train_tokenizer=tokenizer)
-    tuned = run.stage(sft_task, pretrain=pretrained)
+    # Three routes to the model SFT starts from: pretraining from scratch, a base model as it is, or a base
+    # model pretrained further on the corpus (tokenised with its own tokenizer).
+    base = run.stage(base_model_task) if typed_config.base_model.path else None
+    clean = dedup = tokenizer = shards = pretrained = None
+    if base is None or typed_config.base_model.continue_pretraining:
+        clean = run.stage(clean_task)
+        dedup = run.stage(dedup_task, clean=clean)
+        tokenizer = run.stage(train_tokenizer_task, dedup=dedup) if base is None else base
+        shards = run.stage(shard_task, dedup=dedup, train_tokenizer=tokenizer)
+        pretrained = run.stage(pretrain_task, shard=shards, train_tokenizer=tokenizer, base_model=base)
+    start = pretrained or base
+    tuned = run.stage(sft_task, pretrain=start)
     prefs = run.stage(build_prefs_task, sft=tuned)
-    reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs)
+    reward = run.stage(train_rm_task, sft=tuned, build_prefs=prefs, base_model=base)
     policy = run.stage(ppo_task, sft=tuned, train_rm=reward, shard=shards)
-    evaluation = run.stage(evaluate_task, pretrain=pretrained, sft=tuned, train_rm=reward, ppo=policy)
+    evaluation = run.stage(evaluate_task, pretrain=start, sft=tuned, train_rm=reward, ppo=policy)
     report = run.stage(
         report_task,
+        base_model=base,
         clean=clean,
         dedup=dedup,
-        train_tokenizer=tokenizer,
+        train_tokenizer=tokenizer if base is None else None,
         shard=shards,
         pretrain=pretrained,
         sft=tuned,

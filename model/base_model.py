@@ -86,6 +86,74 @@ def _hub_model(name: str, revision: str | None) -> ResolvedBaseModel:
     )
 
 
+_RESOLVED: dict[tuple[str, str | None, bool], ResolvedBaseModel] = {}
+
+
+def resolve_configured_base_model(cfg, hash_cache: FileHashCache | None = None) -> ResolvedBaseModel:
+    """`resolve_base_model` for a `BaseModelConfig`; a hub id is asked for once per process, not per fingerprint."""
+    key = (cfg.path, cfg.revision, cfg.allow_download)
+    if Path(cfg.path).expanduser().is_dir():
+        return resolve_base_model(cfg.path, cfg.revision, cfg.allow_download, hash_cache)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = resolve_base_model(cfg.path, cfg.revision, cfg.allow_download, hash_cache)
+    return _RESOLVED[key]
+
+
+def import_base_model(cfg, out_dir: Path, hash_cache: FileHashCache | None = None) -> dict:
+    """The `base_model` stage: check the model, and make `out_dir` a model dir that stands for it.
+
+    `out_dir` gets a symlink per file of the model (a multi-GB checkpoint is not copied; the artifact manifest
+    still records every file's size and hash) and `BASE_MODEL_RECORD` saying where it came from. Every later
+    stage loads the model from `out_dir` as from any Hugging Face dir.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from zero_chatgpt.stage_files import BASE_MODEL_RECORD, MANIFEST
+
+    resolved = resolve_configured_base_model(cfg, hash_cache)
+    try:
+        model_config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        raise BaseModelError(f"base model {resolved.origin}: cannot be loaded with the Auto classes: {err}") from err
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise BaseModelError(
+            f"base model {resolved.origin} is an encoder-decoder ({model_config.model_type}); "
+            "the pipeline aligns decoder-only causal LMs"
+        )
+    out_dir = Path(out_dir)
+    for file in sorted(p for p in resolved.path.rglob("*") if p.is_file()):
+        relative = file.relative_to(resolved.path)
+        # A previous run's artifact may be the base: its manifest and record describe that run, not this one.
+        if _hidden(relative) or relative.as_posix() in (BASE_MODEL_RECORD, MANIFEST):
+            continue
+        link = out_dir / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(file.resolve())
+    metrics = {
+        "origin": resolved.origin,
+        "model_type": model_config.model_type,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": _context_length(model_config),
+        "has_chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "files": resolved.files,
+        "fingerprint": resolved.fingerprint,
+    }
+    (out_dir / BASE_MODEL_RECORD).write_text(
+        json.dumps({**metrics, "dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    return metrics
+
+
+def _context_length(model_config) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 

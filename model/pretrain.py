@@ -18,10 +18,11 @@ from transformers import AutoTokenizer
 from zero_chatgpt.config import PretrainConfig
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model
+from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.build import build_model, count_parameters, resolve_device, seed_everything
 from zero_chatgpt.model.losses import causal_lm_window_loss, token_cross_entropy
 from zero_chatgpt.model.throughput import peak_flops_per_s, training_flops_per_token
-from zero_chatgpt.model.training import Parallel, train
+from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,14 @@ def pretrain(
     device: str = "auto",
     checkpoint_dir: Path | None = None,
     parallel: Parallel | None = None,
+    init_dir: Path | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Pretrain a causal LM on `shard_dir`; write the HF model + tokenizer and `metrics.jsonl` to `out_dir`.
+
+    From scratch, the model is built from `cfg.model`; with `init_dir` (a base model, continued pretraining) it is
+    that model, loaded in `dtype`, and `cfg.model` only gives the window length (capped at the model's context).
 
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`); a run started again after a
     crash continues from the latest one. Pass a dir that survives the crash when `out_dir` does not (e.g.
@@ -153,20 +160,27 @@ def pretrain(
             tokenizer.eos_token_id,
         )
 
-    model = build_model(
-        model_cfg,
-        vocab_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    seq_len = model_cfg.max_seq_len
+    if init_dir is None:
+        model = build_model(
+            model_cfg,
+            vocab_size,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        model = load_causal_lm(Path(init_dir), dtype, torch_device.type, trust_remote_code)
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is not None and seq_len > context:
+            logger.warning("pretrain.model.max_seq_len %d exceeds the base model's context %d", seq_len, context)
+            seq_len = context
+        logger.info("pretrain: continuing %s (pretrain.model sizes other than max_seq_len do not apply)", init_dir)
     params = count_parameters(model)
-    batches = RandomWindows(train_shards, optim.batch_size, model_cfg.max_seq_len, seed, rank, world_size)
+    batches = RandomWindows(train_shards, optim.batch_size, seq_len, seed, rank, world_size)
     # Every rank scores the same windows, as many as eval_batches global batches: the same val set for
     # 1 rank x B and 2 ranks x B/2.
-    val_windows = consecutive_val_windows(
-        val_shards, model_cfg.max_seq_len, optim.eval_batches * optim.batch_size * world_size
-    )
+    val_windows = consecutive_val_windows(val_shards, seq_len, optim.eval_batches * optim.batch_size * world_size)
     unigram_val_loss = unigram_entropy(val_shards)
     logger.info(
         "pretrain: %s params, %s train / %s val tokens, unigram val loss %.3f nats/token",
@@ -176,6 +190,15 @@ def pretrain(
         unigram_val_loss,
     )
 
+    val_loss_fn = make_val_loss_fn(val_windows, optim.batch_size, torch_device)
+    base_val_loss = None
+    if init_dir is not None:
+        model.to(torch_device)
+        base_val_loss = evaluate(model, val_loss_fn, torch_device, autocast_dtype(optim.precision, torch_device))[
+            "val_loss"
+        ]
+        logger.info("pretrain: the base model's val loss before continuing: %.4f", base_val_loss)
+
     result = train(
         model,
         batches,
@@ -183,7 +206,7 @@ def pretrain(
         optim,
         device=torch_device,
         checkpoint_dir=checkpoint_dir,
-        eval_fn=make_val_loss_fn(val_windows, optim.batch_size, torch_device),
+        eval_fn=val_loss_fn,
         metrics_path=out_dir / METRICS_LOG,
         parallel=parallel,
     )
@@ -200,9 +223,11 @@ def pretrain(
         "steps": result.steps,
         "resumed_from": result.resumed_from,
     }
+    if base_val_loss is not None:
+        metrics["base_val_loss"] = base_val_loss
     peak = peak_flops_per_s(torch_device)
     if peak is not None:
-        flops_per_token = training_flops_per_token(model.config, params, model_cfg.max_seq_len)
+        flops_per_token = training_flops_per_token(model.config, params, seq_len)
         metrics["mfu"] = result.tokens_per_s * flops_per_token / (peak * world_size)  # tokens/s is global
     logger.info(
         "pretrain done: val_loss %.4f vs unigram %.4f, %.0f tokens/s",

@@ -10,12 +10,20 @@ from zero_chatgpt.model.pretrain import pretrain
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
-PRETRAIN = StageSpec("pretrain", version="1", config_keys=("pretrain",), upstream=("shard", "train_tokenizer"))
+# `base_model` joins the upstream for continued pretraining: the model then starts from its weights.
+PRETRAIN = StageSpec("pretrain", version="2", config_keys=("pretrain",), upstream=("shard", "train_tokenizer"))
 
 
 @stage_task(PRETRAIN)
 def pretrain_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Pretrain the LLaMA-style decoder on the token shards (resumes after a crash; several ranks if asked)."""
+    """Pretrain the LLaMA-style decoder on the token shards, or continue pretraining a base model on them
+    (resumes after a crash; several ranks if asked)."""
     cfg = PipelineConfig.model_validate(config)
     inputs = {"shard_dir": Path(upstream["shard"]["path"]), "tokenizer_dir": Path(upstream["train_tokenizer"]["path"])}
+    if upstream.get("base_model") is not None:
+        inputs.update(
+            init_dir=Path(upstream["base_model"]["path"]),
+            dtype=cfg.base_model.dtype,
+            trust_remote_code=cfg.base_model.trust_remote_code,
+        )
     return run_training_stage(PRETRAIN, config, upstream, root, force, pretrain, cfg.pretrain, inputs)

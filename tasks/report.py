@@ -15,19 +15,15 @@ from zero_chatgpt.console import KEY_METRICS
 from zero_chatgpt.report import build_report, render_markdown
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
-REPORT = StageSpec(
-    "report",
-    version="1",
-    config_keys=("report",),
-    upstream=STAGES[: STAGES.index("report")],
-)
+# Every stage the route ran is upstream; which ones depends on the route (from scratch or from a base model).
+REPORT = StageSpec("report", version="2", config_keys=("report",))
 
 
 @stage_task(REPORT)
 def report_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Build the report card (markdown, JSON, plots) from every upstream manifest."""
     cfg = PipelineConfig.model_validate(config)
-    stage_dirs = {name: Path(upstream[name]["path"]) for name in REPORT.upstream}
+    stage_dirs = {name: Path(upstream[name]["path"]) for name in STAGES if upstream.get(name) is not None}
     return run_stage(
         REPORT, config, upstream, root, force, lambda out_dir: build_report(stage_dirs, out_dir, plots=cfg.report.plots)
     )

@@ -25,9 +25,10 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete, upstream_key
-from zero_chatgpt.config import PipelineConfig, Section, SourceBase
+from zero_chatgpt.config import BaseModelConfig, PipelineConfig, Section, SourceBase
 from zero_chatgpt.data_process.sources import source_version
 from zero_chatgpt.file_hash import FileHashCache
+from zero_chatgpt.model.base_model import resolve_configured_base_model
 from zero_chatgpt.progress import listening_to_progress
 
 
@@ -60,7 +61,7 @@ class StageSpec:
 
     def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
-        upstream_fps = {name: upstream_key(record) for name, record in upstream.items()}
+        upstream_fps = {name: upstream_key(record) for name, record in upstream.items() if record is not None}
         return fingerprint(
             self.name, self.version, self.config_section(config, root), upstream_fps, int(config["run"]["seed"])
         )
@@ -90,6 +91,9 @@ def with_source_versions(value: Any, annotation: Any, hash_cache: FileHashCache 
         return value
     if issubclass(model, SourceBase):
         return {**value, "version": source_version(model.model_validate(value), hash_cache)}
+    if issubclass(model, BaseModelConfig) and value.get("path"):
+        resolved = resolve_configured_base_model(model.model_validate(value), hash_cache)
+        return {**value, "version": resolved.fingerprint}
     return {
         key: with_source_versions(
             item, model.model_fields[key].annotation if key in model.model_fields else None, hash_cache
@@ -167,6 +171,7 @@ def run_stage(
     missing = set(spec.upstream) - set(upstream)
     if missing:
         raise ValueError(f"stage {spec.name} needs upstream artifacts {sorted(missing)}")
+    upstream = {name: record for name, record in upstream.items() if record is not None}
     logger = stage_logger()
     threads = config.get("resources", {}).get("torch_threads")
     if threads:
@@ -178,7 +183,7 @@ def run_stage(
             stage=spec.name,
             version=spec.version,
             config=spec.config_section(config, root),
-            upstream={name: upstream[name] for name in spec.upstream},
+            upstream=upstream,
             seed=int(config["run"]["seed"]),
             root=root,
             body=body,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Set before anything imports prefect: its settings are read once.
+# Set before anything imports prefect: its settings are read once. Removed at exit, so test runs leave no
+# Prefect homes (databases, logs) behind in /tmp.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="zcg-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

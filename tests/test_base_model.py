@@ -61,3 +61,38 @@ def test_incomplete_dirs_are_named(tmp_path, base_dir):
         resolve_base_model(str(base_dir))
     with pytest.raises(BaseModelError, match="is a file"):
         resolve_base_model(str(base_dir / "config.json"))
+
+
+def test_the_base_model_stage_publishes_a_loadable_model_dir_with_its_origin(base_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zero_chatgpt.config import BaseModelConfig
+    from zero_chatgpt.model.base_model import import_base_model
+    from zero_chatgpt.stage_files import BASE_MODEL_RECORD
+
+    out = tmp_path / "artifact"
+    out.mkdir()
+    metrics = import_base_model(BaseModelConfig(path=str(base_dir)), out)
+    assert metrics["model_type"] == "gpt2" and metrics["has_chat_template"] is False
+    assert (out / "model.safetensors").is_symlink()  # a big checkpoint is linked, not copied
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    record = json.loads((out / BASE_MODEL_RECORD).read_text())
+    assert record["origin"] == str(base_dir.resolve()) and record["fingerprint"] == metrics["fingerprint"]
+
+
+def test_an_encoder_decoder_is_refused_by_name(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from zero_chatgpt.config import BaseModelConfig
+    from zero_chatgpt.model.base_model import import_base_model
+
+    t5 = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=320, d_model=16, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
+        t5
+    )
+    gpt2_style_tokenizer().save_pretrained(t5)
+    with pytest.raises(BaseModelError, match="encoder-decoder"):
+        import_base_model(BaseModelConfig(path=str(t5)), tmp_path / "out")

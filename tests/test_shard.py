@@ -70,23 +70,12 @@ def test_uint32_when_vocab_exceeds_16_bits(tmp_path):
         ShardWriter(tmp_path, "val", np.uint16, 1000).write(np.array([70000]))
 
 
-class _LargeVocab:
-    """A sentencepiece model that reports a vocab above 65536, to see the stage pick uint32."""
-
-    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
-        self._sp = sp
-
-    def get_piece_size(self) -> int:
-        return 70_000
-
-    def __getattr__(self, name):
-        return getattr(self._sp, name)
-
-
 def test_stage_writes_uint32_for_a_large_vocab(corpus, tokenizer_dir, tmp_path, monkeypatch):
     small = shard_corpus(ShardConfig(), corpus, tokenizer_dir, tmp_path / "u16", seed=0)
-    real = shard_module.load_sentencepiece(tokenizer_dir)
-    monkeypatch.setattr(shard_module, "load_sentencepiece", lambda _dir: _LargeVocab(real))
+    real = shard_module.load_encoder(tokenizer_dir)
+    # The same encoder reporting a vocab above 65536, to see the stage pick uint32.
+    large_vocab = shard_module.DocumentEncoder(real.encode, 70_000, real.eos_id)
+    monkeypatch.setattr(shard_module, "load_encoder", lambda _dir: large_vocab)
     large = shard_corpus(ShardConfig(), corpus, tokenizer_dir, tmp_path / "u32", seed=0)
     assert (small["dtype"], large["dtype"]) == ("uint16", "uint32")
     meta = json.loads((tmp_path / "u32" / "meta.json").read_text())
@@ -170,3 +159,18 @@ def test_batches_close_on_documents_or_characters():
         (4, 5),
     ]
     assert batch_bounds([], docs_per_batch=3, chars_per_batch=1000) == []
+
+
+def test_a_base_models_own_tokenizer_shards_continued_pretraining_text(corpus, tmp_path):
+    """A base model's dir has no sentencepiece model: its fast tokenizer encodes, its end-of-text ends documents."""
+    from tests.foreign_tokenizers import gpt2_style_tokenizer
+
+    base = tmp_path / "base"
+    tokenizer = gpt2_style_tokenizer()
+    tokenizer.save_pretrained(base)
+    metrics = shard_corpus(ShardConfig(), corpus, base, tmp_path / "shards", seed=0)
+    shards = TokenShards(tmp_path / "shards", "train")
+    assert shards.eos_id == tokenizer.eos_token_id and metrics["train_tokens"] == len(shards) > 0
+    first_doc = shards.tokens(0, len(shards)).tolist()
+    first_doc = first_doc[: first_doc.index(tokenizer.eos_token_id)]
+    assert tokenizer.decode(first_doc).strip()  # real text, not special tokens

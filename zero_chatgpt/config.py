@@ -863,6 +863,18 @@ def load_config(
     return validate_config(raw)
 
 
+def route_stages(config: PipelineConfig) -> tuple[str, ...]:
+    """The stages a run of `config` goes through, in order: from scratch (no `base_model`), from a base model
+    (straight to sft), or from a base model pretrained further on the corpus (with the base's own tokenizer)."""
+    if not config.base_model.path:
+        skipped: tuple[str, ...] = ("base_model",)
+    elif config.base_model.continue_pretraining:
+        skipped = ("train_tokenizer",)
+    else:
+        skipped = ("clean", "dedup", "train_tokenizer", "shard", "pretrain")
+    return tuple(stage for stage in STAGES if stage not in skipped)
+
+
 def config_to_yaml(config: PipelineConfig) -> str:
     """The resolved config as YAML, in stage order."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -878,6 +890,7 @@ __all__ = [
     "BaseModelConfig",
     "LoraSettings",
     "load_config",
+    "route_stages",
     "validate_config",
     "config_to_yaml",
     "preset_names",

@@ -16,6 +16,10 @@ from zero_chatgpt.data_process.token_shards import META as SHARD_META  # noqa: F
 from zero_chatgpt.model.artifact_io import read_jsonl
 from zero_chatgpt.tokenizer.files import HF_TOKENIZER_FILE, SP_MODEL_FILE  # noqa: F401  (train_tokenizer)
 
+# ------------------------------------------------------------------ base_model: an existing model as input
+# The artifact dir is a Hugging Face model dir (symlinks to the user's files) plus this record of its origin.
+BASE_MODEL_RECORD = "zero_chatgpt_base_model.json"
+
 # ------------------------------------------------------------------ sft: the split of the chat rows
 # Rows `{"id", "prompt", "response", "source"[, "answer"]}`; `answer` is the short fact a right response states.
 RLHF_PROMPTS = "rlhf_prompts.jsonl"  # held out from SFT; read by build_prefs and ppo
