@@ -327,3 +327,71 @@ def test_shared_dev_data_reads_cleanly():
     good, bad = split_rows(read_sft_rows(SftSource(kind="jsonl", path=str(path), limit=200)))
     assert len(good) == 200 and not bad
     assert all(r["prompt"].strip() and r["response"].strip() for r in good)
+
+
+# ------------------------------------------------------------------------------------ chat formats
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_sft_conversations_in_openai_and_sharegpt_shapes_become_prompt_rows(tmp_path):
+    records = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"},
+                      {"role": "assistant", "content": "4."}]},
+        {"messages": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue."}]},
+        {"messages": [{"role": "user", "content": "no reply"}]},
+        {"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"}]},
+        {"messages": "not a list"},
+        {"text": "no messages field"},
+    ]  # fmt: skip
+    source = SftSource(kind="jsonl", path=str(write_jsonl(tmp_path / "chat.jsonl", records)), format="messages")
+    good, bad = split_rows(read_sft_rows(source))
+    assert [row["line"] for row in good] == [1, 2]
+    assert good[0]["prompt"][0] == {"role": "system", "content": "Be brief."} and good[0]["response"] == "4."
+    assert good[0]["prompt"][-1] == {"role": "user", "content": "2+2?"}
+    assert good[1]["prompt"] == "Name a colour." and good[1]["response"] == "Blue."  # one user turn: plain text
+    assert [(row["line"], reason_kind(row["reason"])) for row in bad] == [
+        (3, "bad_conversation"),
+        (4, "bad_conversation"),
+        (5, "bad_conversation"),
+        (6, "missing_field"),
+    ]
+    assert "turn 1" in bad[1]["reason"]
+
+
+def test_hh_preferences_from_whole_transcripts_or_a_prompt_field(tmp_path):
+    prefix = "\n\nHuman: What colour is the sky?\n\nAssistant: Why?\n\nHuman: Curious."
+    records = [
+        {"chosen": prefix + "\n\nAssistant: Blue.", "rejected": prefix + "\n\nAssistant: Go away."},
+        {"chosen": prefix + "\n\nAssistant: Blue.", "rejected": "\n\nHuman: Other?\n\nAssistant: No."},
+        {"prompt": prefix.lstrip(), "chosen": "Blue.", "rejected": "Green."},
+    ]
+    source = PrefSource(kind="jsonl", path=str(write_jsonl(tmp_path / "hh.jsonl", records)), format="hh")
+    good, bad = split_rows(read_pref_rows(source))
+    assert [row["line"] for row in good] == [1, 3]
+    for row in good:
+        assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
+        assert row["prompt"][-1]["content"] == "Curious." and row["chosen"] == "Blue."
+    assert good[0]["rejected"] == "Go away."
+    ((line, reason),) = [(row["line"], row["reason"]) for row in bad]
+    assert line == 2 and reason.startswith("bad_conversation") and "differ at turn 1" in reason
+
+
+def test_hh_preferences_read_from_parquet_without_a_prompt_column(tmp_path):
+    prefix = "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye"
+    table = pa.table({"chosen": [prefix + "\n\nAssistant: Bye!"], "rejected": [prefix + "\n\nAssistant: No."]})
+    pq.write_table(table, tmp_path / "hh.parquet")
+    (row,) = read_pref_rows(PrefSource(kind="parquet", path=str(tmp_path / "hh.parquet"), format="hh"))
+    assert row["prompt"][-1] == {"role": "user", "content": "Bye"} and row["rejected"] == "No."
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "en_pref.jsonl").is_file(), reason="../shared/data is not present")
+def test_the_real_hh_sample_reads_with_multi_turn_prompts():
+    source = PrefSource(kind="jsonl", path=str(SHARED_DATA / "en_pref.jsonl"), format="hh")
+    good, bad = split_rows(read_pref_rows(source))
+    assert len(good) + len(bad) == 1152 and len(bad) < 0.02 * len(good)
+    assert sum(isinstance(row["prompt"], list) for row in good) > 0.3 * len(good)
