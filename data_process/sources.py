@@ -54,6 +54,7 @@ from zero_chatgpt.config import (
     SftSource,
     SourceBase,
     TextSource,
+    route_stages,
 )
 from zero_chatgpt.data_process.conversations import (
     ConversationError,
@@ -188,12 +189,12 @@ def source_version(source: SourceBase, hash_cache: FileHashCache | None = None) 
 
 
 def check_configured_sources(config: PipelineConfig) -> None:
-    """`check_sources` on every source of the run: data.sources, data.sft_sources, data.pref_sources and
-    evaluate.qa_sources. All of them, not just those of the stages about to run, so a mistake in the SFT data
-    shows up on the first `--until clean` run rather than after pretraining."""
+    """`check_sources` on every source of the run: data.sources (when the route cleans a corpus),
+    data.sft_sources, data.pref_sources and evaluate.qa_sources. All of them, not just those of the stages about to
+    run, so a mistake in the SFT data shows up on the first `--until clean` run rather than after pretraining."""
+    corpus = config.data.sources if "clean" in route_stages(config) else []
     check_sources(
-        [*config.data.sources, *config.data.sft_sources, *config.data.pref_sources, *config.evaluate.qa_sources],
-        config.data.demo,
+        [*corpus, *config.data.sft_sources, *config.data.pref_sources, *config.evaluate.qa_sources], config.data.demo
     )
 
 

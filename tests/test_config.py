@@ -13,13 +13,16 @@ from zero_chatgpt.config import (
     load_config,
     overrides_from_set_options,
     preset_names,
+    route_stages,
 )
 
 
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_loads(preset):
     config = load_config(preset)
-    assert config.data.sources, "every preset needs a data source"
+    if "clean" in route_stages(config):
+        assert config.data.sources, "a preset that pretrains needs a corpus"
+    assert config.data.sft_sources, "every preset needs SFT data"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -44,6 +47,14 @@ def test_presets_on_the_demo_world_ask_its_held_out_questions(preset):
     if any(source.kind == "demo" for source in config.data.sft_sources):
         assert [source.kind for source in config.evaluate.qa_sources] == ["demo"]
     assert EvaluateConfig().qa_sources == []  # user data: no exact_match unless asked for
+
+
+def test_the_align_preset_starts_from_a_base_model_on_user_data():
+    config = load_config("align")
+    assert route_stages(config)[:2] == ("base_model", "sft")
+    assert {source.format for source in config.data.sft_sources} == {"messages"}
+    assert [source.format for source in config.data.pref_sources] == ["hh"]
+    assert config.build_prefs.samples_per_prompt == 0 and config.sft.lora.rank > 0
 
 
 def test_presets_differ_in_scale():
