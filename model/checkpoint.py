@@ -23,10 +23,12 @@ LATEST = "latest.pt"
 
 
 def rng_states() -> dict[str, Any]:
-    """The global RNG states that dropout, sampling and data shuffling may draw from."""
+    """The global RNG states that dropout, sampling and data shuffling may draw from, as tensors and plain
+    Python values only, so the checkpoint loads with `weights_only=True` (no pickled objects)."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
     states: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -37,7 +39,8 @@ def rng_states() -> dict[str, Any]:
 def restore_rng_states(states: dict[str, Any]) -> None:
     """Put back what `rng_states` captured (CUDA states only when this machine has the same GPUs)."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -60,12 +63,13 @@ def save_checkpoint(checkpoint_dir: str | Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(checkpoint_dir: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
     """The latest checkpoint in the dir, or None when there is none yet.
 
-    Our own files only: `weights_only=False` is needed for the RNG states (numpy arrays, tuples).
+    Loaded with `weights_only=True`: a checkpoint holds tensors and plain values only, so a file swapped into the
+    run dir cannot execute code when a run resumes.
     """
     path = Path(checkpoint_dir) / LATEST
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - a corrupt file must name itself, not crash obscurely
         raise RuntimeError(f"{path}: cannot read the resume checkpoint ({err}); delete it to start over") from err

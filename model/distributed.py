@@ -339,7 +339,7 @@ class DeepSpeedBackend:
         tag = (checkpoint_dir / "latest").read_text().strip()
         own_rng = checkpoint_dir / tag / f"rng_rank{self.rank}.pt"
         if own_rng.is_file():  # the client state holds rank 0's RNG; each rank continues its own
-            client_state["rng"] = torch.load(own_rng, weights_only=False)
+            client_state["rng"] = torch.load(own_rng, weights_only=True)
         return client_state
 
 

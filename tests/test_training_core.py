@@ -242,3 +242,22 @@ def test_plain_iterables_and_callables_are_resumable_by_replay():
     replayed = as_batch_source([10, 11, 12, 13])
     replayed.load_state_dict({"consumed": 2})  # what a checkpoint after two batches holds
     assert replayed.next_batch() == 12 and replayed.state_dict() == {"consumed": 3}
+
+
+class _Payload:
+    """An object a planted checkpoint pickles: loading it would run code, so resume must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_resume_checkpoints_load_as_data_only(tmp_path):
+    from zero_chatgpt.model.checkpoint import LATEST, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+
+    save_checkpoint(tmp_path, {"step": 3, "rng": rng_states()})
+    state = load_checkpoint(tmp_path)
+    restore_rng_states(state["rng"])  # RNG states round-trip as tensors and plain values
+    assert state["step"] == 3
+    torch.save({"step": 1, "payload": _Payload()}, tmp_path / LATEST)
+    with pytest.raises(RuntimeError, match="cannot read the resume checkpoint"):
+        load_checkpoint(tmp_path)
