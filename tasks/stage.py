@@ -140,6 +140,8 @@ def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
         "name": spec.name,
         "cache_key_fn": _cache_key_for(spec),
         "persist_result": True,
+        # A stage record is a small dict of strings: stored as JSON, a cached record is data, never code to unpickle.
+        "result_serializer": "json",
         "task_run_name": spec.name,
         **task_options,
     }

@@ -78,6 +78,13 @@ def test_first_run_builds_every_stage(tiny_root):
     root, latest, _ = tiny_root
     assert list(latest) == list(PIPELINE_STAGES)
     assert set(statuses(latest).values()) == {"ran"}
+    # Prefect's cached stage records are JSON data, not pickles.
+    records = [path for path in (root / ".prefect-results").rglob("*") if path.is_file()]
+    assert len(records) >= len(PIPELINE_STAGES) - 1
+    for path in records:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["metadata"]["serializer"]["type"] == "json", path
+        assert json.loads(record["result"])["path"].startswith(str(root))
     for stage, entry in latest.items():
         manifest = read_manifest(entry["path"])
         assert manifest is not None and manifest["stage"] == stage
