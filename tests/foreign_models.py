@@ -58,3 +58,11 @@ def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
 def tiny_causal_lm(family: str, vocab_size: int = 320, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size))
+
+
+def save_base_model(path, family: str, tokenizer, seed: int = 0, max_positions: int = 128):
+    """A random-weight `family` model sized for `tokenizer`, saved with it as a Hugging Face base model dir."""
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), max_positions)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -70,3 +70,26 @@ def qwen_style_tokenizer() -> PreTrainedTokenizerFast:
     )
     tokenizer.chat_template = QWEN_TEMPLATE
     return tokenizer
+
+
+def trained_tokenizer(style: str, texts: list[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A `style` tokenizer ("gpt2": no template; "llama3": its header/eot template) trained on `texts`, for models
+    that learn real data in tests (the fixtures above know three sentences)."""
+    if style == "gpt2":
+        specials, names = ["<|endoftext|>"], {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}
+    elif style == "llama3":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        names = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|end_of_text|>"}
+    else:
+        raise ValueError(f"unknown tokenizer style {style!r}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **names)
+    if style == "llama3":
+        tokenizer.chat_template = LLAMA3_TEMPLATE
+    return tokenizer
