@@ -26,7 +26,9 @@ Scoring
 -------
 The rendered text is split at the option: the part before is the *context*, the option plus the rest of the
 text is the *continuation*. An option's score is the sum (or per-token mean) of the log-likelihood of the
-continuation's tokens given `<|endoftext|>` + context, under the causal LM; the prediction is the argmax
+continuation's tokens given the document start + context, under the causal LM (the document start is the
+tokenizer's BOS token, else its end-of-text token, which separates documents in pretraining; none when it has
+neither: see `document_start_ids`); the prediction is the argmax
 (the first option on a tie). Context and continuation are tokenized separately, so every option starts on a
 token boundary. Too long: the continuation keeps its start (at least half the model's context, or all of
 it), the context keeps its end.
@@ -54,8 +56,8 @@ from transformers import PreTrainedModel
 
 from zero_chatgpt.model.artifact_io import iter_jsonl
 from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
-from zero_chatgpt.model.generation import left_pad, positions_from_mask
-from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, PAD_ID
+from zero_chatgpt.model.generation import left_pad, position_kwargs, positions_from_mask
+from zero_chatgpt.tokenizer.chat_encoding import pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -297,13 +299,24 @@ def load_task(path: Path, few_shot: int = 0, max_rows: int | None = None) -> Pre
 # --------------------------------------------------------------------------------------------- scoring
 
 
+def document_start_ids(tokenizer) -> list[int]:
+    """What a plain-text document starts with for this tokenizer's model: its BOS token (LLaMA, BLOOM, OPT), else
+    its end-of-text token, which separates documents in pretraining (GPT-2, Qwen, this project's tokenizer);
+    nothing when it has neither."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return [int(token_id)]
+    return []
+
+
 def encode_request(tokenizer, context: str, continuation: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids (context, continuation): `<|endoftext|>` + context, and the continuation, encoded apart.
+    """Token ids (context, continuation): the document start (`document_start_ids`) + context, and the
+    continuation, encoded apart.
 
     When the pair exceeds `max_len` tokens the continuation keeps its start (at least half the window, or
     all of itself when shorter) and the context keeps its end.
     """
-    context_ids = [ENDOFTEXT_ID] + list(tokenizer(context, add_special_tokens=False)["input_ids"])
+    context_ids = document_start_ids(tokenizer) + list(tokenizer(context, add_special_tokens=False)["input_ids"])
     continuation_ids = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
     if not continuation_ids:
         raise ValueError(f"empty continuation {continuation!r}: an option must have text")
@@ -316,7 +329,10 @@ def encode_request(tokenizer, context: str, continuation: str, max_len: int) -> 
 
 @torch.no_grad()
 def continuation_logprobs(
-    model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]], batch_size: int = 32
+    model: torch.nn.Module,
+    requests: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 32,
+    pad_token_id: int = 0,
 ) -> list[tuple[float, int]]:
     """(sum of log p(continuation token | everything before it), token count) for each (context, continuation).
 
@@ -324,7 +340,8 @@ def continuation_logprobs(
     `SHARED_CONTEXT_MIN_OPTIONS`) read it once when `model` is a Hugging Face model: a many-class task then
     costs one context pass plus short option passes, not one long pass per
     option (see `_shared_context_logprobs`). The rest go through `_batched_logprobs`. Context ids must hold
-    at least one token. The model runs in eval mode and is put back in its previous mode.
+    at least one token. `pad_token_id` fills padding (masked out, so any id the model knows will do: the
+    tokenizer's pad id, see `pad_id`). The model runs in eval mode and is put back in its previous mode.
     """
     for context, _ in requests:
         if not context:
@@ -340,7 +357,9 @@ def continuation_logprobs(
     was_training = model.training
     model.eval()
     try:
-        for index, value in zip(single, _batched_logprobs(model, [requests[i] for i in single], batch_size)):
+        for index, value in zip(
+            single, _batched_logprobs(model, [requests[i] for i in single], batch_size, pad_token_id)
+        ):
             results[index] = value
         if can_share:
             for context, members in groups.items():
@@ -348,7 +367,9 @@ def continuation_logprobs(
                     continue
                 for start in range(0, len(members), batch_size):
                     chunk = members[start : start + batch_size]
-                    values = _shared_context_logprobs(model, list(context), [requests[i][1] for i in chunk])
+                    values = _shared_context_logprobs(
+                        model, list(context), [requests[i][1] for i in chunk], pad_token_id
+                    )
                     for index, value in zip(chunk, values):
                         results[index] = value
     finally:
@@ -357,7 +378,7 @@ def continuation_logprobs(
 
 
 def _batched_logprobs(
-    model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]], batch_size: int
+    model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_token_id: int
 ) -> list[tuple[float, int]]:
     """Whole sequences, sorted by length and left-padded to (B, L) with position ids from the mask, so every
     row ends in the last column and its continuation (c tokens) fills the last c columns. Only the last
@@ -369,12 +390,12 @@ def _batched_logprobs(
         batch = order[start : start + batch_size]
         lengths = torch.tensor([len(requests[i][1]) for i in batch])
         longest = int(lengths.max())
-        ids, mask = left_pad([requests[i][0] + requests[i][1] for i in batch], PAD_ID)
+        ids, mask = left_pad([requests[i][0] + requests[i][1] for i in batch], pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=positions_from_mask(mask),
+            **position_kwargs(model, positions_from_mask(mask)),
             use_cache=False,
             logits_to_keep=longest + 1,
         ).logits
@@ -390,7 +411,7 @@ def _batched_logprobs(
 
 
 def _shared_context_logprobs(
-    model: PreTrainedModel, context: list[int], continuations: list[list[int]]
+    model: PreTrainedModel, context: list[int], continuations: list[list[int]], pad_token_id: int
 ) -> list[tuple[float, int]]:
     """One context, G continuations: the context runs once (1, Lc) into a KV cache, which is repeated G
     times; the continuations run right-padded (G, Lk) on top of it. The context's last logits predict each
@@ -403,7 +424,7 @@ def _shared_context_logprobs(
     cache.batch_repeat_interleave(len(continuations))
     lengths = [len(c) for c in continuations]
     width = max(lengths)
-    ids = torch.full((len(continuations), width), PAD_ID, dtype=torch.long)
+    ids = torch.full((len(continuations), width), pad_token_id, dtype=torch.long)
     cont_mask = torch.zeros((len(continuations), width), dtype=torch.long)
     for row, tokens in enumerate(continuations):
         ids[row, : len(tokens)] = torch.as_tensor(tokens)
@@ -412,7 +433,11 @@ def _shared_context_logprobs(
     mask = torch.cat([torch.ones((len(continuations), len(context)), dtype=torch.long, device=device), cont_mask], 1)
     positions = (len(context) + torch.arange(width, device=device)).expand(len(continuations), -1)
     logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        input_ids=ids,
+        attention_mask=mask,
+        **position_kwargs(model, positions),
+        past_key_values=cache,
+        use_cache=True,
     ).logits  # (G, Lk, V)
     rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     rest = (rest * cont_mask[:, 1:]).sum(dim=1)
@@ -445,7 +470,7 @@ def task_accuracy(
         for continuation in item.continuations:
             requests.append(encode_request(tokenizer, task.prefix + item.context, continuation, max_len))
             owners.append(item_index)
-    logprobs = continuation_logprobs(model, requests, batch_size)
+    logprobs = continuation_logprobs(model, requests, batch_size, pad_id(tokenizer))
     per_item: list[list[tuple[float, int]]] = [[] for _ in task.items]
     for owner, value in zip(owners, logprobs):
         per_item[owner].append(value)
@@ -481,6 +506,7 @@ __all__ = [
     "render_row",
     "prepare_task",
     "load_task",
+    "document_start_ids",
     "encode_request",
     "continuation_logprobs",
     "option_scores",

@@ -9,7 +9,7 @@ Every function takes plain Python lists, so tests can compare against values wor
   corpus-wide, blurs.
 - Refusal rate: the share of answers that contain one of `REFUSAL_PHRASES` (case-insensitive, after NFKC).
 - Exact match: the answer string occurs in the reply (both NFKC-normalised and case-folded), so "The capital
-  is Borfen." matches "Borfen". It is lenient on purpose: a tiny model's phrasing varies, the fact does not.
+  is Paris." matches "paris". It is lenient on purpose: a model's phrasing varies, the answer does not.
 - Win rate: per prompt 1 when the policy's score beats the baseline's, 0.5 for a tie, 0 otherwise; the mean.
 
 The n-gram functions work on any token sequence (token ids of the model's tokenizer in `evaluate`, which
@@ -22,8 +22,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
-# Phrases that open a refusal or a non-answer, in the two languages of the demo world. The list is short and
-# literal on purpose: the figure is a trend line between models, not a classifier.
+# Phrases that open a refusal or a non-answer, in English and Chinese. The list is short and literal on purpose:
+# the figure is a trend line between models, not a classifier.
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry",
     "i am sorry",

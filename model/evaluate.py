@@ -1,36 +1,57 @@
 """The `evaluate` stage: how the pretrained, SFT and PPO models compare, judged several ways.
 
+It works on any Hugging Face causal LM family (LLaMA, Qwen2, GPT-2, BLOOM, OPT, ...) with its own tokenizer and
+chat template, and on multi-turn prompts: a prompt row's `prompt` is one user turn as text or a list of
+`{"role", "content"}` messages ending with a user turn (`data_process/conversations.py`).
+
 What is measured, and on what
 -----------------------------
 - Held-out chat prompts: the `sft_val.jsonl` rows of the sft artifact (a seeded subset of `max_prompts`).
   They are the only prompts no stage trained on: SFT only computed its val loss on them, while the RLHF
   prompts (`rlhf_prompts.jsonl`) fed build_prefs, the reward model and PPO. Every model answers them with the
-  same settings (`temperature`, `top_p`, the same seed; greedy by default), in the chat template.
+  same settings (`temperature`, `top_p`, the same seed; greedy by default), rendered by the SFT tokenizer's chat
+  template (`encode_prompt`); a chat answer ends at the template's end-of-turn token (`end_of_turn_id`), the
+  token SFT taught the model to close its turn with.
 - `win_rate_vs_sft`: the train_rm reward model scores the PPO and the SFT answer to each prompt (the token
   sequences the models produced, read at their last token as PPO's reward is); a win is ppo > sft, a tie
   (equal answers or scores) counts 0.5.
 - `win_rate_vs_sft_independent`: the same judged by a second reward model: `judge_model` when set, else the
-  independent judge of the train_rm artifact (trained there on training pairs the first judge never saw; its
-  held-out accuracy is train_rm's `judge_val_accuracy`). None when there is neither. Nothing is trained here.
-  PPO optimised the first judge; a win rate that holds only under it is reward hacking.
+  independent judge of the train_rm artifact (trained there on training pairs the first judge never saw).
+  None when there is neither. Nothing is trained here. PPO optimised the first judge; a win rate that holds
+  only under it is reward hacking. A judge whose tokenizer is not the SFT model's (another vocabulary or chat
+  template, e.g. a `judge_model` of another family) scores each answer's text re-encoded under its own template
+  (`encode_answer`), as train_rm encodes pairs.
 - `reward` / `reward_independent`: mean score of each model's answers under each judge.
+- `reward_model_heldout`: the reward model's accuracy on build_prefs' held-out pairs (`heldout_pairs.jsonl`,
+  measured by train_rm: `val_accuracy`), next to the longer-answer baseline on the same pairs and the
+  independent judge's accuracy; read from the train_rm artifact's manifest (None when it has none).
 - `kl_to_sft`: mean per-sequence KL(model || SFT) = E over the model's own samples (at `kl_temperature`, on
   the same chat prompts) of sum over response tokens of log p_model - log p_sft. 0 for SFT itself.
 - `response_tokens`, `response_chars`, `distinct_1`, `distinct_2`, `repeated_3gram_rate`, `refusal_rate`:
   statistics of the answers to the held-out prompts (see `model/eval_text.py`; n-grams over token ids).
 - `exact_match` (and `exact_match_by_lang`, for sources with a `lang_field`): the questions of `qa_sources`
-  (any source of question/answer rows; a `demo` one holds the demo world's held-out fact questions), answered
-  greedily; correct when the answer string occurs in the reply; absent without qa_sources. SFT and PPO
-  get the chat template and stop at `<|im_end|>`. The pretrained model never saw the template, so it is asked
-  in plain text, `<|endoftext|>` + `pretrain_prompt_template` (default `"{question}\\n"`), and stops at
-  `<|endoftext|>` or `max_new_tokens`.
+  (any source of question/answer rows), answered greedily; correct when the answer string occurs in the reply;
+  absent without qa_sources. SFT and PPO get the chat template and stop at its end-of-turn token.
 - `tasks`: likelihood-scored zero/few-shot task files (`model/eval_tasks.py`, docs/eval_tasks.md) for the
-  models in `task_models`.
+  models in `task_models`, each scored with its own tokenizer.
+
+The pretrained model
+--------------------
+It may be this project's pretrain artifact or a Hugging Face base model (the base-model route skips
+pretraining), with its own tokenizer, which can differ from the SFT model's by the chat tokens SFT added. It is
+asked questions and sample prompts in plain text: the document start (BOS, else end-of-text: see
+`document_start_ids`) + `pretrain_prompt_template` with `{question}` replaced by the prompt as plain text
+(`plain_text`: a single user turn is its text; a longer conversation is a transcript, one `User: ...` /
+`Assistant: ...` / `System: ...` line per turn, ending with the last user turn's line), and it stops at its
+tokenizer's end-of-text token or `max_new_tokens`. The held-out prompts it answers like the chat models, in the
+chat template, when its tokenizer is the SFT model's (same vocabulary, so it can read every chat token); else in
+plain text too: its answers are then judged as text re-encoded in the judge's chat template, and its
+`kl_to_sft` is None (it cannot read the chat prompts the KL is measured on).
 
 Output (in `out_dir`): `eval.json` (the metrics), `samples.md` (a markdown table of every model's answer to
-fixed prompts, a few held-out prompts and fact questions) and `samples.jsonl` (the same rows),
-`judged.jsonl` (each held-out prompt with both answers, scores and outcomes), `facts.jsonl` (each fact
-question with every model's reply).
+fixed prompts, a few held-out prompts and questions) and `samples.jsonl` (the same rows), `judged.jsonl`
+(each held-out prompt with both answers, scores and outcomes), `questions.jsonl` (each qa_sources question with
+every model's reply).
 """
 
 from __future__ import annotations
@@ -45,21 +66,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
+from zero_chatgpt.data_process.conversations import ConversationError, prompt_key, prompt_messages
 from zero_chatgpt.data_process.sources import read_all_rows
 from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
-from zero_chatgpt.model.eval_tasks import PreparedTask, expand_task_globs, load_task, task_accuracy, task_summary
+from zero_chatgpt.model.chat import load_chat_tokenizer
+from zero_chatgpt.model.eval_tasks import (
+    PreparedTask,
+    document_start_ids,
+    expand_task_globs,
+    load_task,
+    task_accuracy,
+    task_summary,
+)
 from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
-from zero_chatgpt.model.generation import Rollout, chat_prompt_ids, sample
+from zero_chatgpt.model.generation import Rollout, left_pad, sample
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
 from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir
-from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID, PAD_ID
+from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompt, end_of_turn_id, ensure_chat_template
+from zero_chatgpt.tokenizer.chat_encoding import pad_id as padding_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +101,14 @@ EVAL_JSON = "eval.json"
 SAMPLES_JSONL = "samples.jsonl"
 SAMPLES_MD = "samples.md"
 JUDGED_JSONL = "judged.jsonl"
-FACTS_JSONL = "facts.jsonl"
+QUESTIONS_JSONL = "questions.jsonl"
 TEXT_METRICS = ("response_tokens", "response_chars", "distinct_1", "distinct_2", "repeated_3gram_rate", "refusal_rate")
+# encode_prompt's cut; prompts are fitted to each model's context by `fit_prompts` instead.
+NO_LIMIT = 1 << 30
+# A stop id no token has: generation then runs to max_new_tokens (a tokenizer without an end-of-text token).
+NEVER = -1
+PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -96,6 +135,11 @@ def fit_prompts(prompts: list[list[int]], context: int | None, max_new_tokens: i
     return [ids[-room:] for ids in prompts]
 
 
+def _context(model: torch.nn.Module) -> int | None:
+    value = getattr(model.config, "max_position_embeddings", None)
+    return value if isinstance(value, int) else None
+
+
 def generate(
     model: torch.nn.Module,
     tokenizer,
@@ -107,9 +151,11 @@ def generate(
     seed: int,
     batch_size: int,
 ) -> Generations:
-    """Batched answers to token-id prompts (sorted by length so batches pad little), from one seeded stream."""
+    """Batched answers to token-id prompts (sorted by length so batches pad little), from one seeded stream.
+
+    Rows stop at `eos_id`; padding is the tokenizer's pad id (`pad_id`)."""
     device = next(model.parameters()).device
-    prompts = fit_prompts(prompts, getattr(model.config, "max_position_embeddings", None), max_new_tokens)
+    prompts = fit_prompts(prompts, _context(model), max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts, token_ids = [""] * len(prompts), [[] for _ in prompts]
@@ -122,7 +168,7 @@ def generate(
                 [prompts[i] for i in indices],
                 max_new_tokens,
                 eos_id=eos_id,
-                pad_id=PAD_ID,
+                pad_id=padding_id(tokenizer),
                 temperature=temperature,
                 top_p=top_p,
                 generator=generator,
@@ -142,17 +188,53 @@ def generate(
 
 
 def greedy_texts(
-    model: torch.nn.Module, tokenizer, prompts: list[list[int]], cfg: EvaluateConfig, plain: bool, seed: int
+    model: torch.nn.Module, tokenizer, prompts: list[list[int]], cfg: EvaluateConfig, stop_id: int, seed: int
 ) -> list[str]:
-    """Greedy replies to `prompts`, stopping at end-of-text for a plain LM (`plain`) or end-of-turn for a chat one."""
-    stop_id = ENDOFTEXT_ID if plain else IM_END_ID
+    """Greedy replies to `prompts`, each ending at `stop_id` or after `cfg.max_new_tokens`."""
+    if not prompts:
+        return []
     return generate(model, tokenizer, prompts, cfg.max_new_tokens, stop_id, 0.0, 1.0, seed, cfg.batch_size).texts
 
 
-def plain_prompt_ids(tokenizer, questions: Sequence[str], template: str) -> list[list[int]]:
-    """`<|endoftext|>` + the template with `{question}` replaced: how the pretrained model is asked."""
-    texts = [template.replace("{question}", question) for question in questions]
-    return [[ENDOFTEXT_ID] + list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+def chat_prompt_ids(tokenizer, prompts: Sequence[Any]) -> list[list[int]]:
+    """Ids of prompts (text or messages) in the tokenizer's chat template, ending in its generation prompt."""
+    return [encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT) for prompt in prompts]
+
+
+def plain_text(prompt: Any) -> str:
+    """A prompt as plain text, for a model that never saw a chat template: a single user turn is its text; a longer
+    conversation is a transcript, one `User: ...` / `Assistant: ...` / `System: ...` line per turn, the last user
+    turn's line last."""
+    messages = prompt_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n".join(f"{PLAIN_ROLES[message['role']]}: {message['content']}" for message in messages)
+
+
+def plain_prompt_ids(tokenizer, prompts: Sequence[Any], template: str) -> list[list[int]]:
+    """The document start (`document_start_ids`) + the template with `{question}` replaced by the prompt as plain
+    text (`plain_text`): how the pretrained model is asked."""
+    texts = [template.replace("{question}", plain_text(prompt)) for prompt in prompts]
+    start = document_start_ids(tokenizer)
+    return [start + list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def plain_stop_id(tokenizer) -> int:
+    """Where a plain-text answer ends: the tokenizer's end-of-text token (none: at max_new_tokens)."""
+    return int(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else NEVER
+
+
+def same_vocabulary(first, second) -> bool:
+    """True when two tokenizers map every token to the same id."""
+    return first is second or (len(first) == len(second) and first.get_vocab() == second.get_vocab())
+
+
+def reads_chat(model: torch.nn.Module, model_tokenizer, chat_tokenizer) -> bool:
+    """Whether `model` (with `model_tokenizer`) can read prompts encoded by `chat_tokenizer`: the same vocabulary,
+    and an embedding for every id of it."""
+    if not same_vocabulary(model_tokenizer, chat_tokenizer):
+        return False
+    return model.get_input_embeddings().num_embeddings >= len(chat_tokenizer)
 
 
 @torch.no_grad()
@@ -164,8 +246,12 @@ def kl_to_reference(
     temperature: float,
     seed: int,
     batch_size: int,
+    *,
+    eos_id: int,
+    pad_id: int,
 ) -> float:
-    """Mean over prompts of sum_t [log p_model(y_t) - log p_ref(y_t)] on answers y sampled from `model`.
+    """Mean over prompts of sum_t [log p_model(y_t) - log p_ref(y_t)] on answers y sampled from `model` (ending
+    at `eos_id`, padded with `pad_id`).
 
     Both distributions are taken at `temperature`, the one the answers were drawn at. 0.0 when `model` is
     `reference`.
@@ -173,7 +259,7 @@ def kl_to_reference(
     if model is reference:
         return 0.0
     device = next(model.parameters()).device
-    prompts = fit_prompts(prompts, getattr(model.config, "max_position_embeddings", None), max_new_tokens)
+    prompts = fit_prompts(prompts, _context(model), max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed)
     per_sequence = []
     model.eval()
@@ -184,8 +270,8 @@ def kl_to_reference(
                 model,
                 prompts[start : start + batch_size],
                 max_new_tokens,
-                eos_id=IM_END_ID,
-                pad_id=PAD_ID,
+                eos_id=eos_id,
+                pad_id=pad_id,
                 temperature=temperature,
                 generator=generator,
             )
@@ -202,6 +288,9 @@ def kl_to_reference(
     return float(torch.cat(per_sequence).mean())
 
 
+# ------------------------------------------------------------------------------------------- judging
+
+
 @torch.no_grad()
 def judge_scores(reward_model: torch.nn.Module, generations: Generations) -> list[float]:
     """The reward model's score of every answer (prompt + response tokens as generated), in prompt order."""
@@ -216,18 +305,78 @@ def judge_scores(reward_model: torch.nn.Module, generations: Generations) -> lis
     return scores
 
 
+def reencoded(
+    tokenizer, prompts: Sequence[Any], texts: list[str], max_len: int, pad: int, batch_size: int
+) -> Generations:
+    """Answers given as text, encoded as a reward model trained under `tokenizer`'s template reads them
+    (`encode_answer`: the prompt, the answer and its end-of-turn token), batched for `judge_scores`."""
+    encoded = [encode_answer(tokenizer, prompt_messages(p), text, max_len) for p, text in zip(prompts, texts)]
+    batches = []
+    for start in range(0, len(encoded), batch_size):
+        indices = list(range(start, min(start + batch_size, len(encoded))))
+        ids, mask = left_pad([encoded[i] for i in indices], pad)
+        batches.append((indices, Rollout(ids, mask, 0, mask.bool())))
+    return Generations(list(texts), encoded, batches)
+
+
+def judge_tokenizer(judge_dir: Path, chat_tokenizer, trust_remote_code: bool = False):
+    """The tokenizer a judge reads answers with: None when it is the SFT model's (same vocabulary and template, or
+    the dir has none), so the generated tokens are scored as they are; else the judge's own, given a chat template
+    when it has none and its vocabulary holds ChatML's tokens (a judge that can read no template is an error)."""
+    if not any((Path(judge_dir) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(judge_dir, trust_remote_code=trust_remote_code)
+    if same_vocabulary(tokenizer, chat_tokenizer) and tokenizer.chat_template == chat_tokenizer.chat_template:
+        return None
+    if not getattr(tokenizer, "chat_template", None) and ensure_chat_template(tokenizer).added_tokens:
+        raise ValueError(f"{judge_dir}: the judge's tokenizer has no chat template to read the answers in")
+    return tokenizer
+
+
+def answer_scores(
+    reward_model: torch.nn.Module,
+    own_tokenizer,
+    chat_tokenizer,
+    prompts: Sequence[Any],
+    generations: Generations,
+    in_chat: bool,
+    batch_size: int,
+) -> list[float]:
+    """A judge's scores of one model's answers: the generated tokens as they are when the judge reads the SFT
+    tokenizer's ids (`own_tokenizer` None) and the model answered in the chat template; else the answer texts
+    re-encoded under the judge's tokenizer (`reencoded`)."""
+    if own_tokenizer is None and in_chat:
+        return judge_scores(reward_model, generations)
+    tokenizer = own_tokenizer or chat_tokenizer
+    max_len = _context(reward_model) or NO_LIMIT
+    return judge_scores(
+        reward_model,
+        reencoded(tokenizer, prompts, generations.texts, max_len, padding_id(tokenizer), batch_size),
+    )
+
+
 # --------------------------------------------------------------------------------------- inputs
 
 
 def heldout_prompt_rows(sft_dir: Path, max_prompts: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded subset of the sft artifact's `sft_val.jsonl` rows `{id, prompt, response}`."""
+    """A seeded subset of the sft artifact's `sft_val.jsonl` rows `{id, prompt, response}`; a prompt is a
+    non-empty string or a message list ending with a user turn."""
     path = sft_dir / SFT_VAL
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
     rows = read_jsonl(path)
     for number, row in enumerate(rows, start=1):
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise ValueError(f"{path}: row {number} has no `prompt` string")
+        prompt = row.get("prompt")
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError(f"{path}: row {number} has an empty `prompt`")
+        elif isinstance(prompt, list):
+            try:
+                prompt_messages(prompt)
+            except ConversationError as err:
+                raise ValueError(f"{path}: row {number}: bad `prompt` conversation: {err}") from None
+        else:
+            raise ValueError(f"{path}: row {number} has no `prompt` (a string or a list of role/content messages)")
         row.setdefault("id", f"{SFT_VAL}:{number}")
     if not rows:
         raise ValueError(f"{path}: no held-out prompts")
@@ -252,6 +401,28 @@ def find_judge(judge_model: str | None, rm_dir: Path) -> Path | None:
     return path
 
 
+def reward_model_heldout(rm_dir: Path) -> dict[str, Any] | None:
+    """train_rm's figures on build_prefs' held-out pairs, from its manifest: the reward model's accuracy, the
+    longer-answer baseline's, the independent judge's, and the pair count; None without a manifest."""
+    manifest = read_manifest(rm_dir)
+    if manifest is None:
+        return None
+    metrics = manifest.get("metrics", {})
+    return {
+        "accuracy": metrics.get("val_accuracy"),
+        "length_baseline_accuracy": metrics.get("length_baseline_accuracy"),
+        "judge_accuracy": metrics.get("judge_val_accuracy"),
+        "pairs": metrics.get("val_pairs"),
+    }
+
+
+def own_tokenizer(model_dir: Path, fallback, trust_remote_code: bool = False):
+    """The tokenizer saved in a model dir, else `fallback` (a dir holding only weights)."""
+    if any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return fallback
+
+
 # ------------------------------------------------------------------------------------------- outputs
 
 
@@ -261,7 +432,7 @@ def _cell(text: str) -> str:
 
 
 def samples_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: prompt, reference, then each model's answer."""
+    """A markdown table: prompt (a conversation as `role: content` lines), reference, then each model's answer."""
     lines = [
         "# Sample generations",
         "",
@@ -273,7 +444,8 @@ def samples_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         answers = " | ".join(_cell(row["answers"].get(name, "")) for name in MODELS)
-        lines.append(f"| {row['kind']} | {_cell(row['prompt'])} | {_cell(row.get('reference') or '')} | {answers} |")
+        prompt = _cell(prompt_key(row["prompt"]))
+        lines.append(f"| {row['kind']} | {prompt} | {_cell(row.get('reference') or '')} | {answers} |")
     return "\n".join(lines) + "\n"
 
 
@@ -288,6 +460,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _user_turns(prompt: Any) -> int:
+    return sum(message["role"] == "user" for message in prompt_messages(prompt))
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -295,13 +471,9 @@ def _mean(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------------------------- stage
 
 
-def _load_causal_lm(model_dir: Path, device: torch.device) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-
-
 def evaluate(
     cfg: EvaluateConfig,
-    demo: DemoCorpusConfig,
+    demo: DemoCorpusConfig | None,
     pretrain_dir: Path,
     sft_dir: Path,
     rm_dir: Path,
@@ -309,9 +481,14 @@ def evaluate(
     out_dir: Path,
     seed: int,
     device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Compare the pretrained, SFT and PPO models; write eval.json, samples.md/.jsonl, judged.jsonl,
-    facts.jsonl to `out_dir` and return the metrics (see the module docstring for each key)."""
+    questions.jsonl to `out_dir` and return the metrics (see the module docstring for each key).
+
+    `demo` is only read by a `qa_sources` entry of kind demo. Models load in `dtype` (`base_model.load_dtype`:
+    float32 on CPU whatever is asked), running model code from their dirs only with `trust_remote_code`."""
     started = time.perf_counter()
     dirs = {"pretrain": Path(pretrain_dir), "sft": Path(sft_dir), "ppo": Path(ppo_dir)}
     rm_dir, out_dir = Path(rm_dir), Path(out_dir)
@@ -335,14 +512,18 @@ def evaluate(
     tasks: list[PreparedTask] = [
         load_task(path, cfg.few_shot, cfg.max_task_rows) for path in expand_task_globs(cfg.task_files)
     ]
-    tokenizer = AutoTokenizer.from_pretrained(dirs["sft"])
-    chat_ids = chat_prompt_ids(tokenizer, [row["prompt"] for row in prompt_rows])
-    question_chat_ids = chat_prompt_ids(tokenizer, [q["question"] for q in questions]) if questions else []
-    question_plain_ids = (
-        plain_prompt_ids(tokenizer, [q["question"] for q in questions], cfg.pretrain_prompt_template)
-        if questions
-        else []
-    )
+    # The SFT model's tokenizer (with its chat template) encodes every chat prompt; the pretrained model's own
+    # tokenizer its plain-text prompts and task files.
+    chat_tokenizer = load_chat_tokenizer(dirs["sft"], trust_remote_code)
+    tokenizers = {
+        "sft": chat_tokenizer,
+        "ppo": chat_tokenizer,
+        "pretrain": own_tokenizer(dirs["pretrain"], chat_tokenizer, trust_remote_code),
+    }
+    chat_stop = end_of_turn_id(chat_tokenizer)
+    prompts = [row["prompt"] for row in prompt_rows]
+    chat_ids = chat_prompt_ids(chat_tokenizer, prompts)
+    question_prompts = [q["question"] for q in questions]
     sample_rows = (
         [{"kind": "fixed", "prompt": p, "reference": None} for p in cfg.sample_prompts]
         + [
@@ -351,7 +532,7 @@ def evaluate(
         ]
         + [
             {
-                "kind": f"fact ({q['lang']})" if "lang" in q else "fact",
+                "kind": f"question ({q['lang']})" if "lang" in q else "question",
                 "prompt": q["question"],
                 "reference": q["answer"],
             }
@@ -361,47 +542,88 @@ def evaluate(
     for row in sample_rows:
         row["answers"] = {}
     logger.info(
-        "evaluate: %d held-out prompts, %d fact questions, %d task files, %d sample prompts",
+        "evaluate: %d held-out prompts, %d questions, %d task files, %d sample prompts",
         len(prompt_rows),
         len(questions),
         len(tasks),
         len(sample_rows),
     )
 
+    def load(name: str) -> torch.nn.Module:
+        model = load_causal_lm(dirs[name], dtype, torch_device.type, trust_remote_code)
+        return model.to(torch_device).eval()
+
     judged: dict[str, Generations] = {}
+    in_chat: dict[str, bool] = {}
     stats: dict[str, dict[str, float]] = {}
     kl: dict[str, float] = {}
-    fact_replies: dict[str, list[str]] = {}
+    replies: dict[str, list[str]] = {}
     task_accuracies: dict[str, dict[str, float]] = {task.name: {} for task in tasks}
-    reference = _load_causal_lm(dirs["sft"], torch_device)
+    reference = load("sft")
     # SFT first: it is the KL reference and stays loaded; the others are loaded one at a time.
     for name in ("sft", "pretrain", "ppo"):
-        model = reference if name == "sft" else _load_causal_lm(dirs[name], torch_device)
-        judged[name] = generate(
-            model, tokenizer, chat_ids, cfg.max_new_tokens, IM_END_ID, cfg.temperature, cfg.top_p, seed, cfg.batch_size
-        )
-        stats[name] = text_statistics(judged[name].texts, judged[name].token_ids)
-        kl[name] = kl_to_reference(
-            model, reference, chat_ids, cfg.max_new_tokens, cfg.kl_temperature, seed + 1, cfg.batch_size
-        )
-        # The pretrained model is asked in plain text and stops at <|endoftext|>; the chat models at <|im_end|>.
-        plain = name == "pretrain"
-        if questions:
-            fact_replies[name] = greedy_texts(
-                model, tokenizer, question_plain_ids if plain else question_chat_ids, cfg, plain, seed
+        model = reference if name == "sft" else load(name)
+        tokenizer = tokenizers[name]
+        in_chat[name] = name != "pretrain" or reads_chat(model, tokenizer, chat_tokenizer)
+        if in_chat[name]:
+            judged[name] = generate(
+                model,
+                chat_tokenizer,
+                chat_ids,
+                cfg.max_new_tokens,
+                chat_stop,
+                cfg.temperature,
+                cfg.top_p,
+                seed,
+                cfg.batch_size,
+            )
+            kl[name] = kl_to_reference(
+                model,
+                reference,
+                chat_ids,
+                cfg.max_new_tokens,
+                cfg.kl_temperature,
+                seed + 1,
+                cfg.batch_size,
+                eos_id=chat_stop,
+                pad_id=padding_id(chat_tokenizer),
             )
         else:
-            fact_replies[name] = []
-        if sample_rows:
-            texts = [row["prompt"] for row in sample_rows]
-            ids = (
-                plain_prompt_ids(tokenizer, texts, cfg.pretrain_prompt_template)
-                if plain
-                else chat_prompt_ids(tokenizer, texts)
+            logger.info(
+                "evaluate %s: its tokenizer is not the SFT model's (no chat tokens): it answers the held-out "
+                "prompts in plain text, judged as re-encoded text, and has no KL to SFT",
+                name,
             )
-            answers = greedy_texts(model, tokenizer, ids, cfg, plain, seed)
-            for row, answer in zip(sample_rows, answers):
-                row["answers"][name] = answer
+            judged[name] = generate(
+                model,
+                tokenizer,
+                plain_prompt_ids(tokenizer, prompts, cfg.pretrain_prompt_template),
+                cfg.max_new_tokens,
+                plain_stop_id(tokenizer),
+                cfg.temperature,
+                cfg.top_p,
+                seed,
+                cfg.batch_size,
+            )
+            kl[name] = float("nan")
+        stats[name] = text_statistics(judged[name].texts, judged[name].token_ids)
+        # The pretrained model is asked in plain text and stops at its end-of-text token; the chat models in the
+        # chat template, stopping at its end-of-turn token.
+        plain = name == "pretrain"
+        ask_tokenizer, ask_stop = (tokenizer, plain_stop_id(tokenizer)) if plain else (chat_tokenizer, chat_stop)
+        sample_texts = [row["prompt"] for row in sample_rows]
+        if plain:
+            question_ids, sample_ids = (
+                plain_prompt_ids(tokenizer, texts, cfg.pretrain_prompt_template)
+                for texts in (question_prompts, sample_texts)
+            )
+        else:
+            question_ids, sample_ids = (
+                chat_prompt_ids(chat_tokenizer, texts) for texts in (question_prompts, sample_texts)
+            )
+        replies[name] = greedy_texts(model, ask_tokenizer, question_ids, cfg, ask_stop, seed)
+        for row, answer in zip(sample_rows, greedy_texts(model, ask_tokenizer, sample_ids, cfg, ask_stop, seed)):
+            row["answers"][name] = answer
         if name in cfg.task_models:
             with torch.no_grad(), autocast(torch_device, autocast_dtype("auto", torch_device)):
                 for task in tasks:
@@ -419,14 +641,18 @@ def evaluate(
             del model
     del reference
 
-    reward_model = load_reward_model(rm_dir).to(torch_device)
-    rewards = {name: judge_scores(reward_model, judged[name]) for name in MODELS}
-    del reward_model
-    independent_rewards: dict[str, list[float]] | None = None
-    if judge_dir is not None:
-        judge = load_reward_model(judge_dir).to(torch_device)
-        independent_rewards = {name: judge_scores(judge, judged[name]) for name in MODELS}
+    def scores_of(judge_path: Path) -> dict[str, list[float]]:
+        judge_tok = judge_tokenizer(judge_path, chat_tokenizer, trust_remote_code)
+        judge = load_reward_model(judge_path, pad_id=padding_id(judge_tok or chat_tokenizer)).to(torch_device)
+        scores = {
+            name: answer_scores(judge, judge_tok, chat_tokenizer, prompts, judged[name], in_chat[name], cfg.batch_size)
+            for name in MODELS
+        }
         del judge
+        return scores
+
+    rewards = scores_of(rm_dir)
+    independent_rewards = scores_of(judge_dir) if judge_dir is not None else None
 
     identical = [a == b for a, b in zip(judged["ppo"].token_ids, judged["sft"].token_ids)]
     outcomes = pairwise_outcomes(rewards["ppo"], rewards["sft"], identical)
@@ -447,20 +673,17 @@ def evaluate(
         "reward_independent": (
             {name: _mean(independent_rewards[name]) for name in MODELS} if independent_rewards is not None else None
         ),
+        "reward_model_heldout": reward_model_heldout(rm_dir),
         "kl_to_sft": kl,
         **{key: {name: stats[name][key] for name in MODELS} for key in TEXT_METRICS},
         # Without qa_sources the metric is absent, not zero.
-        **(
-            {"exact_match": {name: exact_match_rate(fact_replies[name], answers) for name in MODELS}}
-            if questions
-            else {}
-        ),
+        **({"exact_match": {name: exact_match_rate(replies[name], answers) for name in MODELS}} if questions else {}),
         **(
             {
                 "exact_match_by_lang": {
                     lang: {
                         name: exact_match_rate(
-                            [r for r, q in zip(fact_replies[name], questions) if q.get("lang") == lang],
+                            [r for r, q in zip(replies[name], questions) if q.get("lang") == lang],
                             [q["answer"] for q in questions if q.get("lang") == lang],
                         )
                         for name in MODELS
@@ -481,7 +704,9 @@ def evaluate(
             for task in tasks
         },
         "independent_judge": str(judge_dir) if judge_dir is not None else None,
+        "pretrain_prompted_in_chat": in_chat["pretrain"],
         "prompts": len(prompt_rows),
+        "multi_turn_prompts": sum(_user_turns(p) > 1 for p in prompts),
         "questions": len(questions),
         "seconds": time.perf_counter() - started,
     }
@@ -509,12 +734,12 @@ def evaluate(
         ],
     )
     write_jsonl(
-        out_dir / FACTS_JSONL,
+        out_dir / QUESTIONS_JSONL,
         [
             {
                 **question,
-                "replies": {name: fact_replies[name][i] for name in MODELS},
-                "correct": {name: contains_answer(fact_replies[name][i], question["answer"]) for name in MODELS},
+                "replies": {name: replies[name][i] for name in MODELS},
+                "correct": {name: contains_answer(replies[name][i], question["answer"]) for name in MODELS},
             }
             for i, question in enumerate(questions)
         ],
@@ -536,10 +761,16 @@ __all__ = [
     "evaluate",
     "Generations",
     "generate",
+    "chat_prompt_ids",
+    "plain_text",
+    "plain_prompt_ids",
+    "reads_chat",
     "kl_to_reference",
     "judge_scores",
-    "plain_prompt_ids",
+    "judge_tokenizer",
+    "answer_scores",
     "heldout_prompt_rows",
+    "reward_model_heldout",
     "seeded_subset",
     "find_judge",
     "samples_markdown",

@@ -9,16 +9,23 @@ from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.evaluate import evaluate
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
+# `pretrain` is the model SFT started from: the pretrain artifact, or the base_model one when pretraining is skipped.
 EVALUATE = StageSpec(
-    "evaluate", version="3", config_keys=("evaluate", "data.demo"), upstream=("pretrain", "sft", "train_rm", "ppo")
+    "evaluate",
+    version="4",
+    config_keys=("evaluate", "data.demo", "base_model"),
+    upstream=("pretrain", "sft", "train_rm", "ppo"),
 )
 
 
 @stage_task(EVALUATE)
 def evaluate_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Judge PPO against SFT (train_rm's two reward models), score facts, text statistics and likelihood tasks."""
+    """Judge PPO against SFT (train_rm's two reward models), exact match on qa_sources, text statistics and
+    likelihood tasks."""
     cfg = PipelineConfig.model_validate(config)
     dirs = {name: Path(upstream[name]["path"]) for name in EVALUATE.upstream}
+    # A base model loads as its config says; the project's own models in float32, as they always have.
+    dtype = cfg.base_model.dtype if cfg.base_model.path else "float32"
     return run_stage(
         EVALUATE,
         config,
@@ -35,5 +42,7 @@ def evaluate_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
             out_dir,
             cfg.run.seed,
             cfg.run.device,
+            dtype=dtype,
+            trust_remote_code=cfg.base_model.trust_remote_code,
         ),
     )

@@ -28,18 +28,20 @@ from zero_chatgpt.model.eval_text import (
 )
 from zero_chatgpt.model.evaluate import (
     MODELS,
+    chat_prompt_ids,
     evaluate,
     find_judge,
     generate,
+    heldout_prompt_rows,
     kl_to_reference,
     plain_prompt_ids,
+    plain_text,
     samples_markdown,
     seeded_subset,
 )
-from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.stage_files import independent_judge_dir
-from zero_chatgpt.tokenizer.chat import ENDOFTEXT_ID, IM_END_ID
+from zero_chatgpt.tokenizer.chat_encoding import end_of_turn_id, pad_id
 
 # ---------------------------------------------------------------------------------- metric functions
 
@@ -148,15 +150,25 @@ def test_kl_to_an_identical_model_is_zero_and_generation_is_batched_consistently
     model = AutoModelForCausalLM.from_pretrained(dirs["sft"]).eval()
     twin = copy.deepcopy(model)
     prompts = chat_prompt_ids(tokenizer, ["Tell me about place 1.", "Hi", "Describe river 3 in detail please."])
-    assert kl_to_reference(model, model, prompts, 5, 1.0, seed=0, batch_size=2) == 0.0
-    assert kl_to_reference(model, twin, prompts, 5, 1.0, seed=0, batch_size=2) == pytest.approx(0.0, abs=1e-4)
+    # The project's ChatML tokenizer: the ids are the ones the pipeline always used.
+    assert (
+        prompts[1]
+        == tokenizer("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    )
+    stop, pad = end_of_turn_id(tokenizer), pad_id(tokenizer)
+    assert (stop, pad) == (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|pad|>"))
+    assert kl_to_reference(model, model, prompts, 5, 1.0, seed=0, batch_size=2, eos_id=stop, pad_id=pad) == 0.0
+    assert kl_to_reference(
+        model, twin, prompts, 5, 1.0, seed=0, batch_size=2, eos_id=stop, pad_id=pad
+    ) == pytest.approx(0.0, abs=1e-4)
 
-    together = generate(model, tokenizer, prompts, 6, IM_END_ID, 0.0, 1.0, seed=0, batch_size=3)
-    alone = [generate(model, tokenizer, [p], 6, IM_END_ID, 0.0, 1.0, seed=0, batch_size=1) for p in prompts]
+    together = generate(model, tokenizer, prompts, 6, stop, 0.0, 1.0, seed=0, batch_size=3)
+    alone = [generate(model, tokenizer, [p], 6, stop, 0.0, 1.0, seed=0, batch_size=1) for p in prompts]
     assert together.token_ids == [g.token_ids[0] for g in alone]  # left padding does not change greedy answers
-    assert all(IM_END_ID not in ids for ids in together.token_ids)
+    assert all(stop not in ids for ids in together.token_ids)
     plain = plain_prompt_ids(tokenizer, ["Where?"], "Q: {question}\nA:")
-    assert plain[0][0] == ENDOFTEXT_ID and tokenizer.decode(plain[0][1:]) == "Q: Where?\nA:"
+    # no BOS: a plain-text document starts after the end-of-text token, as pretraining separated them
+    assert plain[0][0] == tokenizer.eos_token_id and tokenizer.decode(plain[0][1:]) == "Q: Where?\nA:"
 
 
 def _no_training(*args, **kwargs):
@@ -204,6 +216,9 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkey
     monkeypatch.undo()
     assert {path: path.stat().st_mtime_ns for path in dirs["rm"].rglob("*")} == judge_files
     assert metrics["independent_judge"] == str(independent_judge_dir(dirs["rm"]))
+    # one tokenizer throughout: the pretrained model answers the held-out prompts in the chat template too
+    assert metrics["pretrain_prompted_in_chat"] is True and metrics["multi_turn_prompts"] == 0
+    assert metrics["reward_model_heldout"] is None  # train_rm ran without the stage wrapper: no manifest
 
     for key in ("win_rate_vs_sft", "win_rate_vs_sft_independent"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -239,12 +254,41 @@ def test_evaluate_end_to_end_writes_every_metric_and_file(dirs, tmp_path, monkey
     judged = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]
     assert len(judged) == 6 and {"sft", "ppo", "reward", "outcome", "outcome_independent"} <= judged[0].keys()
     assert sum(row["outcome"] for row in judged) / 6 == pytest.approx(metrics["win_rate_vs_sft"])
-    facts = [json.loads(line) for line in (out / "facts.jsonl").read_text().splitlines()]
+    facts = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
     assert len(facts) == 8 and set(facts[0]["replies"]) == set(MODELS)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 1 + 2 + 2 and all(set(row["answers"]) == set(MODELS) for row in samples)
     table = (out / "samples.md").read_text()
     assert "| kind | prompt | reference | pretrain | sft | ppo |" in table and "Hello \\| there" in table
+
+
+def test_plain_text_renders_a_conversation_as_a_transcript():
+    assert plain_text("Where is it?") == "Where is it?"
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Where is it?"},
+    ]
+    assert plain_text(conversation) == "System: Be brief.\nUser: Hi\nAssistant: Hello.\nUser: Where is it?"
+
+
+def test_heldout_rows_take_conversations_and_name_a_bad_row(tmp_path):
+    conversation = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    rows = [{"prompt": "plain"}, {"prompt": conversation}]
+    (tmp_path / "sft_val.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [row["prompt"] for row in heldout_prompt_rows(tmp_path, 10, seed=0)] in (
+        ["plain", conversation],
+        [conversation, "plain"],
+    )
+    ending_with_the_answer = conversation[:2]
+    (tmp_path / "sft_val.jsonl").write_text(json.dumps({"prompt": ending_with_the_answer}) + "\n")
+    with pytest.raises(ValueError, match="row 1: bad `prompt` conversation"):
+        heldout_prompt_rows(tmp_path, 10, seed=0)
 
 
 def test_samples_markdown_escapes_cells():
@@ -267,7 +311,7 @@ def test_exact_match_comes_from_any_qa_file_and_is_absent_without_one(dirs, tmp_
     assert metrics["questions"] == 2 and set(metrics["exact_match"]) == set(MODELS)
     assert all(value <= 0.5 for value in metrics["exact_match"].values())  # nobody says "zq#x"
     assert "exact_match_by_lang" not in metrics  # the file has no language field
-    facts = [json.loads(line) for line in (tmp_path / "asked" / "facts.jsonl").read_text().splitlines()]
+    facts = [json.loads(line) for line in (tmp_path / "asked" / "questions.jsonl").read_text().splitlines()]
     assert [(row["question"], row["answer"]) for row in facts] == [(q["question"], q["answer"]) for q in questions]
 
     metrics = evaluate(EvaluateConfig.model_validate(common), demo, *models, tmp_path / "none", seed=0, device="cpu")

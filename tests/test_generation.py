@@ -7,7 +7,6 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from zero_chatgpt.model.generation import (
-    chat_prompt_ids,
     left_pad,
     next_token_distribution_filter,
     positions_from_mask,
@@ -144,16 +143,12 @@ def test_sample_restores_training_mode(model):
 
 
 class _CharTokenizer:
-    """Just enough of a tokenizer for `response_texts` / `chat_prompt_ids`: one id per character."""
+    """Just enough of a tokenizer for `response_texts`: one id per character."""
 
     special = {PAD_ID, EOS_ID}
 
     def decode(self, ids, skip_special_tokens=False):
         return "".join(chr(96 + i) for i in ids if not (skip_special_tokens and i in self.special))
-
-    def __call__(self, texts, add_special_tokens=True):
-        assert add_special_tokens is False
-        return {"input_ids": [[ord(c) % 50 + 5 for c in text] for text in texts]}
 
 
 def test_response_texts_drop_eos_and_padding(model):
@@ -168,11 +163,3 @@ def test_response_texts_drop_eos_and_padding(model):
     assert texts[0] == tokenizer.decode(upto_eos, skip_special_tokens=True)
     assert len(upto_eos) <= 2  # row 0 stops by its second token
     assert len(texts) == 3
-
-
-def test_chat_prompt_ids_end_with_generation_prompt():
-    ids = chat_prompt_ids(_CharTokenizer(), ["hi"])
-    expected = _CharTokenizer()(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"], add_special_tokens=False)[
-        "input_ids"
-    ][0]
-    assert ids == [expected]
