@@ -534,7 +534,8 @@ class EvaluateConfig(Section):
     pretrain_prompt_template: str = Field(
         "{question}\n",
         description="how the pretrained model (which never saw the chat template) is asked a "
-        "question: plain text after <|endoftext|>, `{question}` is replaced",
+        "question: plain text after the tokenizer's BOS (else its end-of-text) token, `{question}` is replaced; "
+        "a multi-turn prompt is filled in as a User:/Assistant: transcript ending with the last user turn",
     )
     judge_model: str | None = Field(
         None,
@@ -568,9 +569,9 @@ class EvaluateConfig(Section):
             "What is a river?",
             "请写一句关于山的话。",
         ],
-        description="fixed prompts answered by every model in samples.md (plus held-out prompts and facts)",
+        description="fixed prompts answered by every model in samples.md (plus held-out prompts and questions)",
     )
-    num_samples: int = Field(4, ge=0, description="held-out prompts and fact questions each added to the samples table")
+    num_samples: int = Field(4, ge=0, description="held-out prompts and qa questions each added to the samples table")
 
 
 class ReportConfig(Section):
