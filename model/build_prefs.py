@@ -3,11 +3,15 @@
 For each held-out RLHF prompt of the sft artifact (`RLHF_PROMPTS`) the SFT model writes an answer
 (batched, KV-cached sampling); the pair is `chosen` = the reference answer, `rejected` = the model's answer,
 as Zero-Chatgpt does: the reward model learns to prefer the human answer over the current policy's. Each prompt
-is sampled `samples_per_prompt` times. A pair whose two sides are equal after stripping whitespace carries no
-preference and is dropped (counted), and so is a repeat of an earlier pair (counted). When the prompt row has a
-short `answer` (an SFT source's `answer_field`; demo rows have one), a sampled answer containing it (ignoring case)
-is right in other words, not worse: that pair would teach the reward model to punish a correct answer, so it is
-dropped too (counted as `dropped_correct`).
+is sampled `samples_per_prompt` times (0: no sampling at all, the pairs are the preference sources' alone). A
+prompt is one user turn or a multi-turn conversation; it is rendered with the SFT tokenizer's chat template and
+generation prompt (`tokenizer.chat_encoding.encode_prompt`), sampling stops at the template's end-of-turn token,
+and a prompt too long for the model's context with `max_new_tokens` after it keeps its end (counted as
+`prompts_cut`). A pair whose two sides are equal after stripping whitespace carries no preference and is dropped
+(counted), and so is a repeat of an earlier pair (counted). When the prompt row has a short `answer` (an SFT
+source's `answer_field`; demo rows have one), a sampled answer containing it (ignoring case) is right in other
+words, not worse: that pair would teach the reward model to punish a correct answer, so it is dropped too (counted
+as `dropped_correct`).
 User-supplied pairs from `data.pref_sources` are merged in with their file as `source`; their bad rows go
 to `rejected.jsonl`.
 
@@ -18,9 +22,10 @@ default): pairs whose rejected answer is another question's reference, drawn fro
 held-out prompt or reference.
 
 Output (in `out_dir`, names in zero_chatgpt.stage_files): `TRAIN_PAIRS` (real pairs, then mined ones) and
-`HELDOUT_PAIRS` (real pairs only), one `{"prompt", "chosen", "rejected", "source"}` per line, plus `id` on real
-pairs and `answer` on sampled pairs whose prompt row has one (sampled pairs first, in prompt-file order, then user
-pairs in source order); `source` is `sft_sample`, the user file, or the mining strategy. And `REJECTED`.
+`HELDOUT_PAIRS` (real pairs only), one `{"prompt", "chosen", "rejected", "source"}` per line (`prompt` a string
+or a message list, as in the rows it came from), plus `id` on real pairs and `answer` on sampled pairs whose prompt
+row has one (sampled pairs first, in prompt-file order, then user pairs in source order); `source` is
+`sft_sample`, the user file, or the mining strategy. And `REJECTED`.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
+from zero_chatgpt.data_process.conversations import ConversationError, prompt_key, prompt_messages
 from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
-from zero_chatgpt.model.artifact_io import write_jsonl
+from zero_chatgpt.model.artifact_io import iter_jsonl, write_jsonl
+from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
-from zero_chatgpt.model.generation import chat_prompt_ids, response_texts, sample
+from zero_chatgpt.model.generation import response_texts, sample
 from zero_chatgpt.model.preference_pairs import (
     mismatched_pairs,
     same_subject_pairs,
@@ -46,12 +53,35 @@ from zero_chatgpt.model.preference_pairs import (
     split_pairs,
     states_the_answer,
 )
-from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
-from zero_chatgpt.tokenizer.chat import IM_END
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS
+from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
 
 SAMPLED_SOURCE = "sft_sample"
+NO_LIMIT = 1 << 62  # `encode_prompt`'s token budget when the whole prompt is wanted
+
+
+def read_prompt_rows(sft_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of one of the sft artifact's split files (`RLHF_PROMPTS`, `SFT_TRAIN`): `response` a string,
+    `prompt` a string or a message list ending with a user turn (multi-turn).
+
+    A missing file is an error saying `sft_dir` is not an sft artifact; a bad row is an error naming the file and
+    line. (`stage_files.read_chat_rows` does the same for string prompts only.)
+    """
+    path = Path(sft_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
+    rows = []
+    for number, row in iter_jsonl(path):
+        if not isinstance(row.get("response"), str):
+            raise ValueError(f"{path}:{number}: key 'response' is missing or not a string")
+        try:
+            prompt_messages(row.get("prompt"))
+        except ConversationError as err:
+            raise ValueError(f"{path}:{number}: key 'prompt' is not a prompt: {err}") from None
+        rows.append(row)
+    return rows
 
 
 def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: int) -> list[dict[str, Any]]:
@@ -59,23 +89,49 @@ def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: in
     return seeded_subset(rows, max_prompts, seed, "prefs")
 
 
+def prompt_ids(tokenizer, prompts: list[Any], max_prompt_tokens: int | None) -> tuple[list[list[int]], int]:
+    """(the ids a model continues to answer each prompt, how many distinct prompts were cut): each prompt (a string
+    or a message list) rendered with the chat template's generation prompt (`encode_prompt`); one longer than
+    `max_prompt_tokens` keeps its end. A prompt asked several times is encoded once."""
+    by_key: dict[str, list[int]] = {}
+    cut = 0
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        if key not in by_key:
+            ids = encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT)
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                ids = ids[-max_prompt_tokens:]
+                cut += 1
+            by_key[key] = ids
+    return [by_key[prompt_key(prompt)] for prompt in prompts], cut
+
+
 def generate_answers(
-    model, tokenizer, prompts: list[str], cfg: BuildPrefsConfig, seed: int, device: torch.device
+    model, tokenizer, prompts: list[Any], cfg: BuildPrefsConfig, seed: int, device: torch.device
 ) -> tuple[list[str], dict[str, float]]:
-    """The model's answer to each chat prompt (same order) and generation stats.
+    """The model's answer to each chat prompt (a string or a message list; same order) and generation stats.
 
     Prompts are sorted by length before batching so a batch pads little; the draws come from one seeded
     generator, so the answers are a function of (model, prompts, cfg, seed). Prompts longer than the
     context minus `max_new_tokens` keep their end. Stats: tokens_per_s (generated tokens per second),
-    generated_tokens, unfinished (answers cut at max_new_tokens without `<|im_end|>`).
+    generated_tokens, unfinished (answers cut at max_new_tokens without the end-of-turn token), prompts_cut
+    (distinct prompts that kept only their end).
     """
-    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = chat_prompt_ids(tokenizer, prompts)
+    stop_id = end_of_turn_id(tokenizer)
+    padding = pad_id(tokenizer)
     context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None:
-        room = max(1, context - cfg.max_new_tokens)
-        encoded = [ids[-room:] for ids in encoded]
+    room = max(1, context - cfg.max_new_tokens) if context is not None else None
+    encoded, prompts_cut = prompt_ids(tokenizer, prompts, room)
+    if prompts_cut:
+        logger.warning(
+            "build_prefs: %d of %d prompts are longer than the model's context %d leaves after max_new_tokens %d: "
+            "they keep their last %d tokens",
+            prompts_cut,
+            len({prompt_key(prompt) for prompt in prompts}),
+            context,
+            cfg.max_new_tokens,
+            room,
+        )
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
     generator = torch.Generator(device=device).manual_seed(seed)
     answers: list[str] = [""] * len(encoded)
@@ -87,15 +143,15 @@ def generate_answers(
             model,
             [encoded[i] for i in batch],
             cfg.max_new_tokens,
-            eos_id=im_end_id,
-            pad_id=pad_id,
+            eos_id=stop_id,
+            pad_id=padding,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             generator=generator,
         )
         seconds += time.perf_counter() - started
         generated += int(rollout.response_mask.sum())
-        ended = (rollout.responses == im_end_id) & rollout.response_mask
+        ended = (rollout.responses == stop_id) & rollout.response_mask
         unfinished += int((~ended.any(dim=1)).sum())
         for index, text in zip(batch, response_texts(tokenizer, rollout)):
             answers[index] = text
@@ -103,6 +159,7 @@ def generate_answers(
         "tokens_per_s": generated / seconds if seconds > 0 else 0.0,
         "generated_tokens": generated,
         "unfinished": unfinished,
+        "prompts_cut": prompts_cut,
     }
     return answers, stats
 
@@ -155,7 +212,7 @@ def _without_repeats(pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     same answer) is kept once, so it does not weigh double in the reward model's loss."""
     seen, kept = set(), []
     for pair in pairs:
-        key = (pair["prompt"], pair["chosen"].strip(), pair["rejected"].strip())
+        key = (prompt_key(pair["prompt"]), pair["chosen"].strip(), pair["rejected"].strip())
         if key not in seen:
             seen.add(key)
             kept.append(pair)
@@ -181,7 +238,7 @@ def mine_negatives(
     """
     sft_references: list[dict[str, str]] = []
     if cfg.from_sft_rows and (cfg.mismatched_per_prompt or cfg.same_subject_per_prompt):
-        sft_references = sft_reference_pairs(read_chat_rows(sft_dir, SFT_TRAIN), heldout_pairs)
+        sft_references = sft_reference_pairs(read_prompt_rows(sft_dir, SFT_TRAIN), heldout_pairs)
     references = train_pairs + sft_references
     look_alike = mismatched_pairs(references, cfg.mismatched_per_prompt, seed)
     same_subject = same_subject_pairs(references, cfg.same_subject_per_prompt, seed)
@@ -201,28 +258,47 @@ def build_prefs(
     out_dir: Path,
     seed: int,
     device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Sample the SFT model on the held-out RLHF prompts, pair its answers with the references, add user pairs,
     split them into training and held-out pairs and mine the negatives `cfg.negatives` asks for.
 
+    With `cfg.samples_per_prompt` 0 no model is loaded and nothing sampled: the pairs are the user pairs alone
+    (an error when there are no `pref_sources`). The SFT model loads in `dtype` (`base_model.load_dtype`), running
+    shipped model code only with `trust_remote_code`.
     Returns metrics: pairs (real ones: sampled_pairs + user_pairs), train_pairs and heldout_pairs (real ones per
     side), mismatched_pairs, same_subject_pairs and sft_references (mined, see `mine_negatives`), dropped_identical,
-    dropped_repeated, dropped_correct, quarantined, prompts, mean_chosen_chars, mean_rejected_chars, tokens_per_s
-    (generation), generated_tokens, unfinished.
+    dropped_repeated, dropped_correct, quarantined, prompts (sampled), prompts_cut (prompts that kept only their end
+    to fit the context), mean_chosen_chars, mean_rejected_chars, tokens_per_s (generation), generated_tokens,
+    unfinished.
     """
     sft_dir, out_dir = Path(sft_dir), Path(out_dir)
+    if cfg.samples_per_prompt == 0 and not pref_sources:
+        raise ValueError(
+            "build_prefs: build_prefs.samples_per_prompt is 0 (no sampling) and data.pref_sources is empty, so "
+            "there is nothing to make preference pairs from: add data.pref_sources or set "
+            "build_prefs.samples_per_prompt >= 1"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
 
-    prompt_rows = select_prompts(read_chat_rows(sft_dir, RLHF_PROMPTS), cfg.max_prompts, seed)
+    prompt_rows: list[dict[str, Any]] = []
+    if cfg.samples_per_prompt > 0:
+        prompt_rows = select_prompts(read_prompt_rows(sft_dir, RLHF_PROMPTS), cfg.max_prompts, seed)
     user_pairs, quarantined = read_user_pairs(pref_sources, demo, seed)
     write_jsonl(out_dir / REJECTED, quarantined)
 
-    stats: dict[str, float] = {"tokens_per_s": 0.0, "generated_tokens": 0, "unfinished": 0}
+    stats: dict[str, float] = {"tokens_per_s": 0.0, "generated_tokens": 0, "unfinished": 0, "prompts_cut": 0}
     sampled: list[dict[str, Any]] = []
     if prompt_rows:
-        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).to(torch_device)
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir, trust_remote_code=trust_remote_code)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"build_prefs: the tokenizer in {sft_dir} has no chat template; the sft stage saves its model's "
+                "tokenizer with one (rerun sft)"
+            )
+        model = load_causal_lm(sft_dir, dtype, torch_device.type, trust_remote_code).to(torch_device)
         # Each prompt is asked `samples_per_prompt` times: more pairs for the reward model without more prompts.
         repeated = [row for row in prompt_rows for _ in range(cfg.samples_per_prompt)]
         answers, stats = generate_answers(
@@ -274,8 +350,8 @@ def build_prefs(
     }
     logger.info(
         "build_prefs: %d pairs (%d sampled, %d user; %d train, %d held out), %d identical and %d stating "
-        "the reference's answer dropped, %d quarantined; mined %d look-alike and %d same-subject negatives; "
-        "%.0f generated tokens/s",
+        "the reference's answer dropped, %d quarantined, %d prompts cut to fit the context; mined %d look-alike "
+        "and %d same-subject negatives; %.0f generated tokens/s",
         metrics["pairs"],
         sampled_pairs,
         metrics["user_pairs"],
@@ -284,6 +360,7 @@ def build_prefs(
         dropped_identical,
         dropped_correct,
         len(quarantined),
+        metrics["prompts_cut"],
         mined_counts["mismatched_pairs"],
         mined_counts["same_subject_pairs"],
         metrics["tokens_per_s"],

@@ -5,6 +5,10 @@ The split (`split_pairs`) keeps every normalised prompt and every reference answ
 (`mismatched_pairs`, `same_subject_pairs`) pair a reference with another question's reference, built only from
 what they are given: build_prefs gives them the train side and the SFT rows that share no text with the
 held-out side (`sft_reference_pairs`), so nothing held out reaches training.
+
+A prompt is a string (one user turn) or a message list (multi-turn); wherever prompts are compared, grouped or
+keyed they go through `prompt_key` (a string, the plain text itself for a one-turn prompt), and pairs keep the
+prompt as they got it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 import logging
 import random
 from typing import Any
+
+from zero_chatgpt.data_process.conversations import prompt_key
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,11 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def normalise_prompt(prompt: Any) -> str:
+    """`normalise_text` of a prompt, plain or multi-turn (see `prompt_key`)."""
+    return normalise_text(prompt_key(prompt))
+
+
 def states_the_answer(text: str, answer: str | None) -> bool:
     """Whether `text` contains the short reference `answer`, ignoring case and runs of whitespace (False without
     one)."""
@@ -38,7 +49,7 @@ def states_the_answer(text: str, answer: str | None) -> bool:
     return normalise_text(answer) in normalise_text(text)
 
 
-def pair_groups(pairs: list[dict[str, str]]) -> list[list[int]]:
+def pair_groups(pairs: list[dict[str, Any]]) -> list[list[int]]:
     """Indices of `pairs` grouped so that pairs sharing a prompt or a reference (`chosen`) answer share a group.
 
     The groups are the connected components of "same normalised prompt or same normalised chosen text"
@@ -56,7 +67,7 @@ def pair_groups(pairs: list[dict[str, str]]) -> list[list[int]]:
 
     first_with: dict[tuple[str, str], int] = {}
     for index, pair in enumerate(pairs):
-        for key in (("prompt", normalise_text(pair["prompt"])), ("chosen", normalise_text(pair["chosen"]))):
+        for key in (("prompt", normalise_prompt(pair["prompt"])), ("chosen", normalise_text(pair["chosen"]))):
             other = first_with.setdefault(key, index)
             parent[root(index)] = root(other)
     groups: dict[int, list[int]] = {}
@@ -65,7 +76,7 @@ def pair_groups(pairs: list[dict[str, str]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def split_pairs(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_pairs(pairs: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, val), file order kept: `val_fraction` of the `pair_groups` are held out, chosen by a seeded hash.
 
     No prompt and no reference answer appears on both sides (up to case and whitespace). A group's hash is
@@ -75,7 +86,7 @@ def split_pairs(pairs: list[dict[str, str]], val_fraction: float, seed: int) -> 
     groups = pair_groups(pairs)
 
     def rank(group: list[int]) -> str:
-        anchor = min(normalise_text(pairs[i]["prompt"]) for i in group)
+        anchor = min(normalise_prompt(pairs[i]["prompt"]) for i in group)
         return hashlib.sha256(f"{seed}\x00{anchor}".encode()).hexdigest()
 
     groups.sort(key=rank)
@@ -96,15 +107,19 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
 
 
-def _references(pairs: list[dict[str, str]]) -> tuple[dict[str, str], dict[str, str]]:
-    """(reference answer, short answer) of each distinct prompt: its first pair's `chosen` and `answer`."""
+def _references(pairs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """(prompt, reference answer, short answer) of each distinct prompt, keyed by its `prompt_key`: its first pair's
+    `prompt`, `chosen` and `answer`."""
+    prompts: dict[str, Any] = {}
     references: dict[str, str] = {}
     short_answers: dict[str, str] = {}
     for pair in pairs:
-        references.setdefault(pair["prompt"], pair["chosen"])
+        key = prompt_key(pair["prompt"])
+        prompts.setdefault(key, pair["prompt"])
+        references.setdefault(key, pair["chosen"])
         if pair.get("answer"):
-            short_answers.setdefault(pair["prompt"], pair["answer"])
-    return references, short_answers
+            short_answers.setdefault(key, pair["answer"])
+    return prompts, references, short_answers
 
 
 def _nearest_prompts(prompt: str, pool: list[str], keys: dict[str, frozenset[str]], count: int) -> list[str]:
@@ -116,12 +131,12 @@ def _nearest_prompts(prompt: str, pool: list[str], keys: dict[str, frozenset[str
 
 
 def mismatched_pairs(
-    pairs: list[dict[str, str]],
+    pairs: list[dict[str, Any]],
     per_prompt: int,
     seed: int,
     candidates: int = MISMATCH_CANDIDATES,
     nearest: int = MISMATCH_NEAREST,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Extra pairs whose rejected answer is the reference answer of another, similar prompt of `pairs`.
 
     For each distinct prompt, `per_prompt` pairs: chosen = its first pair's `chosen`, rejected = the `chosen`
@@ -134,7 +149,7 @@ def mismatched_pairs(
     O(prompts x candidates), not quadratic. Built only from what it is given (training pairs, SFT references), so
     held-out prompts and answers never reach training.
     """
-    references, short_answers = _references(pairs)
+    originals, references, short_answers = _references(pairs)
     prompts = list(references)
     if per_prompt == 0 or len(prompts) < 2:
         return []
@@ -154,7 +169,7 @@ def mismatched_pairs(
         for other in rng.sample(closest, min(per_prompt, len(closest))):
             extra.append(
                 {
-                    "prompt": prompt,
+                    "prompt": originals[prompt],
                     "chosen": references[prompt],
                     "rejected": references[other],
                     "source": MISMATCHED_SOURCE,
@@ -164,12 +179,12 @@ def mismatched_pairs(
 
 
 def same_subject_pairs(
-    pairs: list[dict[str, str]],
+    pairs: list[dict[str, Any]],
     per_prompt: int,
     seed: int,
     candidates: int = MISMATCH_CANDIDATES,
     nearest: int = MISMATCH_NEAREST,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Extra pairs whose rejected answer is the reference of another question about the same subject.
 
     A prompt's look-alikes (its `nearest` most similar of `candidates` seeded random prompts) mostly ask the same
@@ -182,7 +197,7 @@ def same_subject_pairs(
     prompt's own or stating its short `answer` is never the rejected one. Postings of subject bigrams in more than
     `MAX_SUBJECT_POSTING` prompts are skipped, which bounds the cost on large sets (such bigrams name nothing).
     """
-    references, short_answers = _references(pairs)
+    originals, references, short_answers = _references(pairs)
     prompts = list(references)
     if per_prompt == 0 or len(prompts) < 3:
         return []
@@ -223,7 +238,7 @@ def same_subject_pairs(
         for other in rng.sample(best, min(per_prompt, len(best))):
             extra.append(
                 {
-                    "prompt": prompt,
+                    "prompt": originals[prompt],
                     "chosen": references[prompt],
                     "rejected": references[other],
                     "source": SAME_SUBJECT_SOURCE,
@@ -232,17 +247,19 @@ def same_subject_pairs(
     return extra
 
 
-def sft_reference_pairs(sft_rows: list[dict[str, Any]], held_out: list[dict[str, str]]) -> list[dict[str, str]]:
+def sft_reference_pairs(sft_rows: list[dict[str, Any]], held_out: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """SFT training rows as `{prompt, chosen[, answer]}` references for `mismatched_pairs` and `same_subject_pairs`.
 
     Every SFT row is a question with a good answer, and the RM learns to read the question from many of them.
     Rows sharing a normalised prompt or reference with a held-out pair are left out, so the split stays as strict
     as `split_pairs` makes it.
     """
-    banned = {normalise_text(pair[key]) for pair in held_out for key in ("prompt", "chosen")}
+    banned = {normalise_prompt(pair["prompt"]) for pair in held_out} | {
+        normalise_text(pair["chosen"]) for pair in held_out
+    }
     references = []
     for row in sft_rows:
-        if normalise_text(row["prompt"]) in banned or normalise_text(row["response"]) in banned:
+        if normalise_prompt(row["prompt"]) in banned or normalise_text(row["response"]) in banned:
             continue
         reference = {"prompt": row["prompt"], "chosen": row["response"]}
         if row.get("answer"):

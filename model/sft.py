@@ -1,20 +1,22 @@
-"""The `sft` stage: supervised fine-tuning of the pretrained model on chat-formatted prompt/response pairs.
+"""The `sft` stage: supervised fine-tuning of a causal LM on chat conversations, loss on the assistant's tokens only.
 
 Data route: every configured SFT source is read (bad rows go to `rejected.jsonl`, counted), each row is
 assigned by a hash of its id and the seed to one of three splits — held-out RLHF prompts (`rlhf_prompts.jsonl`,
-read by build_prefs and ppo), SFT validation (`sft_val.jsonl`, read by evaluate) or SFT training — and the SFT rows
-are rendered in ChatML and tokenized. The loss falls only on the assistant's tokens: its content and the
-closing `<|im_end|>`; the user turn and the template tokens are labelled -100.
+read by build_prefs and ppo), SFT validation (`sft_val.jsonl`, read by evaluate) or SFT training. A row's prompt
+is one user turn (a string) or a multi-turn message list (see `data_process.conversations`); with its response it
+is one conversation, rendered by the tokenizer's own chat template and tokenized (`tokenizer.chat_encoding`). The
+loss falls only on assistant tokens — the content and the closing end-of-turn token of every assistant turn, or
+of the last one (`train_on`); user and system turns and the template's own tokens are labelled -100.
 
-The prompt (`<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n`) and the response are tokenized
-separately and concatenated. That is exactly how generation sees them (the prompt is encoded alone and the
-model continues it), and it means a response that begins with, say, a newline can never merge with the
-template's last newline into one token that would straddle the mask boundary.
+The start model is any Hugging Face causal LM (`base_model.load_causal_lm`) with its tokenizer: this project's
+pretrained one (ChatML) or a base model's. A tokenizer without a chat template gets ChatML and its two special
+tokens, and the model's embeddings grow to match (`base_model.prepare_chat_model`). With `lora.rank` > 0 only
+LoRA adapters train; the export is always the merged, plain model.
 
-Output (in `out_dir`): the HF model + tokenizer (`AutoModelForCausalLM.from_pretrained(out_dir)` works; its
-generation config stops at `<|im_end|>`), `metrics.jsonl`, `rlhf_prompts.jsonl`, `sft_val.jsonl`,
-`sft_train.jsonl` (the rows trained on; build_prefs can mine negatives from them), `rejected.jsonl` (file names
-in zero_chatgpt.stage_files).
+Output (in `out_dir`): the HF model + tokenizer with its chat template (`AutoModelForCausalLM.from_pretrained(out_dir)`
+works; its generation config stops at the template's end-of-turn token), `metrics.jsonl`, `rlhf_prompts.jsonl`,
+`sft_val.jsonl`, `sft_train.jsonl` (the rows trained on; build_prefs can mine negatives from them),
+`rejected.jsonl` (file names in zero_chatgpt.stage_files).
 
 Several ranks (`parallel`, from `model.launch`): every rank reads and splits the same rows, draws the same
 global batches and trains on its slice of each; the loss is normalised by the global batch's supervised
@@ -29,19 +31,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from zero_chatgpt.config import DemoCorpusConfig, SftConfig, SftSource
+from zero_chatgpt.data_process.conversations import conversation, prompt_messages
 from zero_chatgpt.data_process.sources import read_all_rows
 from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
+from zero_chatgpt.model.base_model import load_causal_lm, prepare_chat_model
 from zero_chatgpt.model.batching import ShuffledBatches, hash_fraction
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
-from zero_chatgpt.model.generation import chat_prompt_ids
+from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_count
 from zero_chatgpt.model.losses import IGNORE_INDEX, token_cross_entropy
 from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
 from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
-from zero_chatgpt.tokenizer.chat import IM_END
-from zero_chatgpt.tokenizer.coverage import BYTE_FALLBACK_WARN_SHARE, ByteFallbackReport, byte_fallback_report
+from zero_chatgpt.tokenizer.chat_encoding import EncodedConversation, TrainOn, encode_conversation, pad_id, stop_ids
+from zero_chatgpt.tokenizer.coverage import (
+    BYTE_FALLBACK_WARN_SHARE,
+    ByteFallbackReport,
+    byte_fallback_report,
+    byte_piece_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,59 +96,26 @@ def split_sft_rows(
 
 # --------------------------------------------------------------------------------------------- encoding
 
-
-@dataclass
-class SftExample:
-    """One tokenized row: `input_ids` and `labels` of equal length (labels -100 off the response)."""
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
+# One tokenized row: `input_ids` and `labels` of equal length (labels -100 off the assistant's tokens).
+SftExample = EncodedConversation
 
 
-def truncate_pair(prompt_ids: list[int], response_ids: list[int], max_seq_len: int) -> tuple[list[int], list[int]]:
-    """Fit prompt + response into `max_seq_len` tokens: the prompt keeps its end, the response its start.
+def encode_rows(
+    tokenizer, rows: list[dict[str, Any]], max_seq_len: int, train_on: TrainOn = "all"
+) -> tuple[list[SftExample], int, int]:
+    """(examples, dropped rows, truncated rows) for SFT rows `{"prompt", "response"}` (see `encode_conversation`).
 
-    The response gets what the full prompt leaves, but never less than half the window (or all of itself
-    when shorter): a long prompt cannot squeeze the answer out, which was Zero-Chatgpt's bug (it cut the
-    answer by the prompt's length). The prompt's end is kept because it holds the generation prompt and
-    usually the question itself.
+    A row's prompt is one user turn or a multi-turn message list; the loss falls on the assistant turns `train_on`
+    picks, each through its end-of-turn token. A row with no supervised token left after truncation is dropped.
     """
-    if len(prompt_ids) + len(response_ids) <= max_seq_len:
-        return prompt_ids, response_ids
-    response_budget = max(max_seq_len - len(prompt_ids), min(len(response_ids), max_seq_len // 2))
-    response_ids = response_ids[:response_budget]
-    prompt_budget = max_seq_len - len(response_ids)
-    prompt_ids = prompt_ids[len(prompt_ids) - prompt_budget :] if prompt_budget > 0 else []
-    return prompt_ids, response_ids
-
-
-def encode_sft_example(tokenizer, prompt: str, response: str, max_seq_len: int) -> SftExample | None:
-    """Tokenize one chat turn for SFT; None when no response token survives truncation.
-
-    The response is `response + <|im_end|>` encoded on its own; labels equal input_ids on those tokens
-    and -100 on the prompt and template tokens. The labels are not shifted (position t labels token t);
-    the loss shifts them.
-    """
-    (prompt_ids,) = chat_prompt_ids(tokenizer, [prompt])
-    response_ids = list(tokenizer(response + IM_END, add_special_tokens=False)["input_ids"])
-    kept_prompt, kept_response = truncate_pair(prompt_ids, response_ids, max_seq_len)
-    # A label at position 0 can never be predicted (nothing precedes it), so it does not count.
-    supervised = len(kept_response) - (1 if not kept_prompt else 0)
-    if supervised <= 0:
-        return None
-    return SftExample(
-        input_ids=kept_prompt + kept_response,
-        labels=[IGNORE_INDEX] * len(kept_prompt) + kept_response,
-        truncated=len(kept_prompt) + len(kept_response) < len(prompt_ids) + len(response_ids),
-    )
-
-
-def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tuple[list[SftExample], int, int]:
-    """(examples, dropped rows, truncated rows) for SFT rows `{"prompt", "response"}`."""
     examples, dropped, truncated = [], 0, 0
     for row in rows:
-        example = encode_sft_example(tokenizer, row["prompt"], row["response"], max_seq_len)
+        try:
+            example = encode_conversation(
+                tokenizer, conversation(row["prompt"], row["response"]), max_seq_len, train_on
+            )
+        except ValueError as err:
+            raise ValueError(f"sft: row {row['id']} ({row.get('source', '?')}): {err}") from err
         if example is None:
             dropped += 1
             logger.warning("dropping SFT row %s: no response token fits in %d tokens", row["id"], max_seq_len)
@@ -149,19 +125,30 @@ def encode_rows(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> tupl
     return examples, dropped, truncated
 
 
-def check_tokenizer_coverage(tokenizer, rows: list[dict[str, Any]]) -> tuple[ByteFallbackReport, ByteFallbackReport]:
-    """Byte-fallback reports of the rows' prompts and responses; a warning naming the characters when either
-    share is above `BYTE_FALLBACK_WARN_SHARE` (see `tokenizer.coverage` for why that matters)."""
+def check_tokenizer_coverage(
+    tokenizer, rows: list[dict[str, Any]]
+) -> tuple[ByteFallbackReport | None, ByteFallbackReport | None]:
+    """Byte-fallback reports of the rows' prompts (every turn's text) and responses; a warning naming the characters
+    when either share is above `BYTE_FALLBACK_WARN_SHARE` (see `tokenizer.coverage` for why that matters).
+
+    (None, None) for a tokenizer without byte-fallback pieces (`<0x..>`): a byte-level BPE (GPT-2, Llama-3, Qwen)
+    spells every text with its byte alphabet, which its base model was trained on, so there is nothing to report.
+    """
+    if not byte_piece_ids(tokenizer):
+        logger.info("sft: the tokenizer has no byte-fallback pieces (byte-level BPE): no coverage report")
+        return None, None
     reports = (
-        byte_fallback_report(tokenizer, (row["prompt"] for row in rows)),
+        byte_fallback_report(
+            tokenizer, (message["content"] for row in rows for message in prompt_messages(row["prompt"]))
+        ),
         byte_fallback_report(tokenizer, (row["response"] for row in rows)),
     )
     for side, report in zip(("prompt", "response"), reports):
         if report.share > BYTE_FALLBACK_WARN_SHARE:
             logger.warning(
-                "sft: %.0f%% of the SFT %s tokens are byte-fallback pieces: the tokenizer, trained on the "
-                "pretraining corpus, has no piece for %s, and pretraining never trained their bytes. "
-                "Pretraining text that uses these characters (or fewer such rows) fixes it",
+                "sft: %.0f%% of the SFT %s tokens are byte-fallback pieces: the tokenizer has no piece for %s. "
+                "A tokenizer trained on a pretraining corpus without them leaves their byte pieces untrained; "
+                "pretraining text that uses these characters (or fewer such rows) fixes it",
                 100 * report.share,
                 side,
                 report.most_common(),
@@ -267,16 +254,23 @@ def sft(
     device: str = "auto",
     checkpoint_dir: Path | None = None,
     parallel: Parallel | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune the model in `pretrain_dir` on the SFT rows; write model, tokenizer, splits and metrics to `out_dir`.
+    """Fine-tune the causal LM in `pretrain_dir` on the SFT rows; write model, tokenizer, splits and metrics to
+    `out_dir`.
 
+    `pretrain_dir` holds any Hugging Face causal LM and its tokenizer (the pretrain stage's, or a base model's),
+    loaded in `dtype` (`base_model.load_dtype`), running shipped model code only with `trust_remote_code`.
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`) and are deleted at the end.
     `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each global
     batch, evaluates the same val rows and joins the export; rank 0 alone writes `out_dir`.
-    Returns metrics: val_loss, base_val_loss (the pretrained model on the same val set, before training),
+    Returns metrics: val_loss, base_val_loss (the start model on the same val set, before training),
     train_loss, train_rows, val_rows (val_scored_rows of them scored), rlhf_prompts, quarantined,
-    dropped_too_long, truncated, prompt_byte_fallback_share and response_byte_fallback_share (see
-    `check_tokenizer_coverage`), steps, tokens_seen, tokens_per_s, params, resumed_from.
+    dropped_too_long, truncated, supervised_tokens (train tokens with a loss), prompt_byte_fallback_share and
+    response_byte_fallback_share (see `check_tokenizer_coverage`; null for a byte-level tokenizer), chat_template
+    (`tokenizer`: its own; `chatml-added`), added_tokens, lora_rank, trainable_params, steps, tokens_seen,
+    tokens_per_s, params, resumed_from.
     """
     pretrain_dir, out_dir = Path(pretrain_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +279,11 @@ def sft(
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     is_main_process = rank == 0
     optim = cfg.optim
+    if cfg.lora.rank > 0 and getattr(parallel, "zero_stage", 0) == 3:
+        raise ValueError(
+            "sft with lora.rank > 0 cannot run under DeepSpeed ZeRO 3: merging the adapters for the export needs "
+            "whole weights on every rank. Set resources.zero_stage to 2 (or 0 / 1), or sft.lora.rank to 0"
+        )
     seed_everything(seed)
 
     rows, quarantined = read_all_rows(sft_sources, demo, seed)
@@ -304,18 +303,25 @@ def sft(
         write_jsonl(out_dir / SFT_VAL, map(_public_row, splits.val))
         write_jsonl(out_dir / SFT_TRAIN, map(_public_row, splits.train))
 
-    tokenizer = AutoTokenizer.from_pretrained(pretrain_dir)
-    model = AutoModelForCausalLM.from_pretrained(pretrain_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(pretrain_dir, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(pretrain_dir, dtype, torch_device.type, trust_remote_code)
+    template = prepare_chat_model(model, tokenizer)
+    if template.origin == "chatml-added":
+        logger.info(
+            "sft: the tokenizer has no chat template: using ChatML, with %s added and the embeddings grown to %d",
+            ", ".join(template.added_tokens) or "no new token",
+            template.vocab_size,
+        )
     max_seq_len = cfg.max_seq_len
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and max_seq_len > context:
         logger.warning("sft.max_seq_len %d exceeds the pretrained context %d: using %d", max_seq_len, context, context)
         max_seq_len = context
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padding = pad_id(tokenizer)
 
     prompt_coverage, response_coverage = check_tokenizer_coverage(tokenizer, splits.train)
-    train_examples, dropped_train, truncated_train = encode_rows(tokenizer, splits.train, max_seq_len)
-    val_examples, dropped_val, truncated_val = encode_rows(tokenizer, splits.val, max_seq_len)
+    train_examples, dropped_train, truncated_train = encode_rows(tokenizer, splits.train, max_seq_len, cfg.train_on)
+    val_examples, dropped_val, truncated_val = encode_rows(tokenizer, splits.val, max_seq_len, cfg.train_on)
     if not train_examples or not val_examples:
         raise ValueError(
             f"sft: no {'train' if not train_examples else 'val'} example fits in max_seq_len "
@@ -325,29 +331,40 @@ def sft(
     # Periodic eval reads at most eval_batches global batches (every rank scores the same rows, so 1 rank x B
     # and 2 ranks x B/2 share a val set); the whole set stays in sft_val.jsonl for `evaluate`.
     val_examples = val_examples[: optim.eval_batches * optim.batch_size * world_size]
-    supervised = sum(sum(label != IGNORE_INDEX for label in ex.labels) for ex in train_examples)
+    supervised = sum(example.supervised_tokens for example in train_examples)
     logger.info(
         "sft: %d train / %d val rows, %d RLHF prompts held out, %d quarantined, %d dropped as too long; "
-        "%s supervised train tokens",
+        "%s supervised train tokens (train_on %s)",
         len(train_examples),
         val_rows,
         len(splits.rlhf),
         len(quarantined),
         dropped_train + dropped_val,
         f"{supervised:,}",
+        cfg.train_on,
     )
 
     params = count_parameters(model)  # before training: ZeRO 3 leaves empty partitions in `model`
     model.to(torch_device)
-    val_loss_fn = make_val_loss_fn(val_examples, optim.batch_size, pad_id, torch_device)
+    val_loss_fn = make_val_loss_fn(val_examples, optim.batch_size, padding, torch_device)
     base_val_loss = evaluate(model, val_loss_fn, torch_device, autocast_dtype(optim.precision, torch_device))[
         "val_loss"
     ]
-    logger.info("sft: base val loss %.4f (the pretrained model on the SFT val set)", base_val_loss)
+    logger.info("sft: base val loss %.4f (the start model on the SFT val set)", base_val_loss)
+
+    model = apply_lora(model, cfg.lora)
+    trainable = trainable_parameter_count(model)
+    if cfg.lora.rank > 0:
+        logger.info("sft: LoRA rank %d, %s of %s parameters train", cfg.lora.rank, f"{trainable:,}", f"{params:,}")
+        if template.added_tokens:
+            logger.warning(
+                "sft: LoRA leaves the embeddings frozen, so the added tokens %s keep their initial embeddings",
+                ", ".join(template.added_tokens),
+            )
 
     result = train(
         model,
-        sft_batches(train_examples, optim.batch_size, pad_id, seed, rank, world_size),
+        sft_batches(train_examples, optim.batch_size, padding, seed, rank, world_size),
         sft_loss,
         optim,
         device=torch_device,
@@ -357,12 +374,11 @@ def sft(
         parallel=parallel,
     )
 
-    # Chat generation must end at the assistant's <|im_end|>, not only at <|endoftext|>.
-    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
-    model.generation_config.eos_token_id = [im_end_id] + (
-        [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    )
-    model.generation_config.pad_token_id = pad_id
+    # The export is plain weights (adapters folded in). Chat generation must end at the template's end-of-turn
+    # token, not only at the end-of-text token.
+    model = merged(model)
+    model.generation_config.eos_token_id = stop_ids(tokenizer)
+    model.generation_config.pad_token_id = padding
     export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process)
 
     metrics: dict[str, Any] = {
@@ -376,8 +392,13 @@ def sft(
         "quarantined": len(quarantined),
         "dropped_too_long": dropped_train + dropped_val,
         "truncated": truncated_train + truncated_val,
-        "prompt_byte_fallback_share": prompt_coverage.share,
-        "response_byte_fallback_share": response_coverage.share,
+        "supervised_tokens": supervised,
+        "prompt_byte_fallback_share": prompt_coverage.share if prompt_coverage is not None else None,
+        "response_byte_fallback_share": response_coverage.share if response_coverage is not None else None,
+        "chat_template": template.origin,
+        "added_tokens": list(template.added_tokens),
+        "lora_rank": cfg.lora.rank,
+        "trainable_params": trainable,
         "steps": result.steps,
         "tokens_seen": result.tokens_seen,
         "tokens_per_s": result.tokens_per_s,

@@ -10,14 +10,18 @@ from zero_chatgpt.model.build_prefs import build_prefs
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
 BUILD_PREFS = StageSpec(
-    "build_prefs", version="3", config_keys=("build_prefs", "data.pref_sources", "data.demo"), upstream=("sft",)
+    "build_prefs",
+    version="4",
+    config_keys=("build_prefs", "data.pref_sources", "data.demo", "base_model.dtype"),
+    upstream=("sft",),
 )
 
 
 @stage_task(BUILD_PREFS)
 def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs; split them
-    into training and held-out pairs and mine extra negatives for the training side."""
+    """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs (or user pairs
+    alone: `samples_per_prompt: 0`); split them into training and held-out pairs and mine extra negatives for the
+    training side."""
     cfg = PipelineConfig.model_validate(config)
     return run_stage(
         BUILD_PREFS,
@@ -33,5 +37,7 @@ def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: st
             out_dir,
             cfg.run.seed,
             cfg.run.device,
+            dtype=cfg.base_model.dtype,
+            trust_remote_code=cfg.base_model.trust_remote_code,
         ),
     )

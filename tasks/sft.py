@@ -10,16 +10,23 @@ from zero_chatgpt.model.sft import sft
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
-SFT = StageSpec("sft", version="4", config_keys=("sft", "data.sft_sources", "data.demo"), upstream=("pretrain",))
+SFT = StageSpec(
+    "sft",
+    version="5",
+    config_keys=("sft", "data.sft_sources", "data.demo", "base_model.dtype"),
+    upstream=("pretrain",),
+)
 
 
 @stage_task(SFT)
 def sft_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
-    """Fine-tune the pretrained model on chat rows, loss on the response tokens only."""
+    """Fine-tune the pretrained model on chat conversations, loss on the assistant's tokens only."""
     cfg = PipelineConfig.model_validate(config)
     inputs = {
         "sft_sources": cfg.data.sft_sources,
         "demo": cfg.data.demo,
         "pretrain_dir": Path(upstream["pretrain"]["path"]),
+        "dtype": cfg.base_model.dtype,
+        "trust_remote_code": cfg.base_model.trust_remote_code,
     }
     return run_training_stage(SFT, config, upstream, root, force, sft, cfg.sft, inputs)
