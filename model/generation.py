@@ -20,8 +20,6 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from zero_chatgpt.tokenizer.chat import render_chat
-
 logger = logging.getLogger(__name__)
 
 
@@ -210,10 +208,4 @@ def response_texts(tokenizer, rollout: Rollout) -> list[str]:
     return texts
 
 
-def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids of single-turn chat prompts, ending in the `<|im_start|>assistant\\n` generation prompt."""
-    texts = [render_chat([{"role": "user", "content": prompt}], add_generation_prompt=True) for prompt in prompts]
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-__all__ = ["Rollout", "left_pad", "positions_from_mask", "sample", "response_texts", "chat_prompt_ids"]
+__all__ = ["Rollout", "left_pad", "positions_from_mask", "sample", "response_texts"]

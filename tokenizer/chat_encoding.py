@@ -106,7 +106,7 @@ def encode_conversation(
     spans, text = assistant_spans(tokenizer, messages, train_on)
     # What the template writes after the last reply (a newline, say) is never trained on: dropping it keeps the
     # rows exactly what a model sees when it generates the reply and stops.
-    ids, offsets = _ids_and_offsets(tokenizer, text[: spans[-1][1]])
+    ids, offsets = _reply_aligned_ids(tokenizer, text[: spans[-1][1]], spans[-1][0])
     labels = [
         token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
         for token, (begin, _) in zip(ids, offsets)
@@ -124,6 +124,20 @@ def encode_conversation(
     if not any(label != IGNORE_INDEX for label in labels):
         return None
     return EncodedConversation(input_ids=ids, labels=labels, truncated=truncated)
+
+
+def _reply_aligned_ids(tokenizer, text: str, reply_start: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and offsets of `text` whose first `reply_start` characters (the conversation up to the last reply, with
+    the generation prompt) encode exactly as `encode_prompt` encodes them, so a model trains on the prompt it will
+    be given. Encoded in one pass when that holds; otherwise (a reply starting with a newline that would merge with
+    the template's last newline) the prompt and the reply are encoded apart and joined."""
+    ids, offsets = _ids_and_offsets(tokenizer, text)
+    prompt_ids, prompt_offsets = _ids_and_offsets(tokenizer, text[:reply_start])
+    if ids[: len(prompt_ids)] == prompt_ids:
+        return ids, offsets
+    reply_ids, reply_offsets = _ids_and_offsets(tokenizer, text[reply_start:])
+    shifted = [(begin + reply_start, end + reply_start) for begin, end in reply_offsets]
+    return prompt_ids + reply_ids, prompt_offsets + shifted
 
 
 def encode_prompt(tokenizer, messages: list[dict[str, str]], max_prompt_tokens: int) -> list[int]:
