@@ -1,8 +1,10 @@
 """The scalar-head reward model as its users see it: load it, and score token sequences with it.
 
 train_rm trains it, ppo reads rewards (and initialises its critic) from it, evaluate judges answers with it.
-A sequence is the chat prompt followed by the answer and `<|im_end|>`; its score is the head's output at the
-last real token.
+A sequence is the chat prompt (under the policy tokenizer's own template) followed by the answer and its
+end-of-turn token; its score is the head's output at the last real token. Any family Hugging Face gives a
+`*ForSequenceClassification` class works (LLaMA, Qwen2, GPT-2, BLOOM, OPT, ...): all of them keep the
+transformer in `base_model` and the scalar head in `score`.
 """
 
 from __future__ import annotations
@@ -10,21 +12,78 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from zero_chatgpt.model.generation import positions_from_mask
-from zero_chatgpt.tokenizer.chat import PAD_ID
+from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
+from zero_chatgpt.tokenizer.chat_encoding import end_of_turn_id, pad_id
 
 
-def load_reward_model(model_dir: Path, pad_id: int = PAD_ID) -> torch.nn.Module:
-    """A one-label sequence-classification model from `model_dir` (an SFT causal LM or a saved reward model).
+def reward_pad_id(tokenizer) -> int:
+    """The id a reward model's batches are right-padded with, and the one its config holds.
 
-    From a causal LM the score head is new (randomly initialised) and the LM head is dropped. The pad id
-    is set so Hugging Face's own forward also pools at the last real token.
+    The tokenizer's pad id (`chat_encoding.pad_id`), unless that is also the end-of-turn token every scored
+    sequence ends with (a tokenizer without a pad token whose end-of-text token closes turns): Hugging Face's
+    own pooling reads the last token that is not the pad id, so then another id that never ends a sequence
+    stands in. Pads are masked out, so which id it is changes nothing else.
     """
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, pad_token_id=pad_id)
-    model.config.pad_token_id = pad_id
+    end = end_of_turn_id(tokenizer)
+    try:
+        first = pad_id(tokenizer)
+    except ValueError:
+        first = None
+    for candidate in (first, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id, 0, 1):
+        if candidate is not None and int(candidate) != end:
+            return int(candidate)
+    raise AssertionError("unreachable: 0 and 1 cannot both be the end-of-turn id")
+
+
+def saved_pad_id(model_dir: Path) -> int:
+    """The pad id a model dir declares: its config's (train_rm writes the reward model's there), else that of the
+    tokenizer saved beside it."""
+    config = AutoConfig.from_pretrained(model_dir)
+    value = getattr(config.get_text_config(), "pad_token_id", None)
+    if value is not None:
+        return int(value)
+    from transformers import AutoTokenizer
+
+    try:
+        return reward_pad_id(AutoTokenizer.from_pretrained(model_dir))
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{model_dir}: neither its config nor a tokenizer saved beside it gives a pad token id; pass pad_id"
+        ) from err
+
+
+def load_reward_model(
+    model_dir: Path, pad_id: int | None = None, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """A one-label sequence-classification model from `model_dir` (a causal LM or a saved reward model).
+
+    From a causal LM the score head is new (randomly initialised) and the LM head is dropped. `pad_id` (from
+    the tokenizer: `reward_pad_id`; None: the one `model_dir` declares, see `saved_pad_id`) is set so Hugging
+    Face's own forward also pools at the last real token. `dtype`: as `from_pretrained` takes it (None: its
+    default); remote model code runs only with `trust_remote_code`.
+    """
+    pad = saved_pad_id(model_dir) if pad_id is None else int(pad_id)
+    options = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=1, pad_token_id=pad, trust_remote_code=trust_remote_code, **options
+    )
+    model.config.pad_token_id = pad
     return model
+
+
+def backbone_and_head(reward_model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(transformer, scalar head) of a `*ForSequenceClassification` model, also one wrapped with LoRA adapters
+    (peft's wrapper hides the model; the adapters themselves live inside the transformer's layers)."""
+    model = reward_model.get_base_model() if hasattr(reward_model, "get_base_model") else reward_model
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no scalar head `score`: a reward model must be a Hugging Face "
+            "*ForSequenceClassification model of a decoder family (LLaMA, Qwen2, GPT-2, BLOOM, OPT, ...)"
+        )
+    return model.base_model, head
 
 
 def per_token_scores(
@@ -32,12 +91,13 @@ def per_token_scores(
 ) -> torch.Tensor:
     """The scalar head at every position: (B, L) ids and mask -> (B, L) fp32 scores.
 
-    Position ids follow the mask, so left-padded (rollouts) and right-padded (pairs) rows score alike.
+    Position ids follow the mask (where the family takes them), so left-padded (rollouts) and right-padded
+    (pairs) rows score alike.
     """
     hidden = backbone(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
+        **position_kwargs(backbone, positions_from_mask(attention_mask)),
         use_cache=False,
     ).last_hidden_state
     return head(hidden).squeeze(-1).float()
@@ -57,5 +117,5 @@ def sequence_scores(
     Pooling by the mask rather than by the pad id (as the model's own forward does) stays right when a
     sampled response happens to contain the pad token.
     """
-    scores = per_token_scores(reward_model.base_model, reward_model.score, input_ids, attention_mask)
+    scores = per_token_scores(*backbone_and_head(reward_model), input_ids, attention_mask)
     return scores.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

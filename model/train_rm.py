@@ -1,22 +1,30 @@
-"""The `train_rm` stage: scalar reward models initialised from the SFT model, trained on preference pairs.
+"""The `train_rm` stage: scalar reward models trained on preference pairs, for any causal LM family.
 
-Input: the sft artifact dir (HF causal LM + tokenizer) and the build_prefs dir: `TRAIN_PAIRS` (real and mined
-pairs) and `HELDOUT_PAIRS` (real pairs sharing no prompt or reference with them), rows `{prompt, chosen,
-rejected, source}` (see zero_chatgpt.stage_files). This stage only trains and measures; the split and the
-mined negatives are build_prefs' work. A sequence is the chat prompt (`<|im_start|>user ...
-<|im_start|>assistant\\n`) followed by the answer and `<|im_end|>`, exactly the tokens a PPO rollout
-produces, and its score is the head's output at that closing token (model/reward_model.py).
+Input: the sft artifact dir (HF causal LM + tokenizer with its chat template) and the build_prefs dir:
+`TRAIN_PAIRS` (real and mined pairs) and `HELDOUT_PAIRS` (real pairs sharing no prompt or reference with them),
+rows `{prompt, chosen, rejected, source}` where `prompt` is one user turn (a string) or a conversation ending in a
+user turn (see zero_chatgpt.stage_files). This stage only trains and measures; the split and the mined negatives
+are build_prefs' work. A sequence is the prompt rendered by the SFT tokenizer's chat template with the answer as
+the assistant's turn, through its end-of-turn token: exactly the tokens a PPO rollout produces
+(`chat_encoding.encode_answer`), and its score is the head's output at that closing token (model/reward_model.py).
+
+The reward model starts from `train_rm.init`: the SFT model, the base model, or any model directory whose
+vocabulary is the SFT tokenizer's (ids must agree: PPO scores the actor's samples and trains a critic made from
+the reward model, as DeepSpeed-Chat pairs a large actor with a small reward model of the same tokenizer). The
+tokenizer is always the SFT model's, and the start model's embeddings grow to its added tokens. With
+`train_rm.lora` only adapters (and the new head) train, merged into plain weights for the export.
 
 With `independent_judge` a second reward model is trained the same way on a disjoint part of the training
 pairs (see `judge_halves`): evaluate's second opinion, which PPO never optimised against.
 
-Output (in `out_dir`): `LlamaForSequenceClassification` (one label) + tokenizer, loadable with
+Output (in `out_dir`): a `*ForSequenceClassification` (one label, pad id set) + the SFT tokenizer, loadable with
 `AutoModelForSequenceClassification` / `AutoTokenizer`, `metrics.jsonl`, and the judge (the same files) in
 `INDEPENDENT_JUDGE_DIR`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from pathlib import Path
@@ -26,16 +34,19 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
-from zero_chatgpt.config import OptimConfig, TrainRmConfig
-from zero_chatgpt.model.artifact_io import export_trained_model
+from zero_chatgpt.config import LoraSettings, OptimConfig, TrainRmConfig
+from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
+from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
+from zero_chatgpt.model.base_model import load_dtype
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
-from zero_chatgpt.model.generation import positions_from_mask
+from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
+from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_count
 from zero_chatgpt.model.preference_pairs import split_pairs
-from zero_chatgpt.model.reward_model import load_reward_model
+from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id
 from zero_chatgpt.model.training import Parallel, train
-from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
-from zero_chatgpt.tokenizer.chat import PAD_ID, render_chat
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir
+from zero_chatgpt.tokenizer.chat_encoding import encode_answer
 
 logger = logging.getLogger(__name__)
 
@@ -47,35 +58,118 @@ Encoded = list[tuple[list[int], list[int]]]
 # ------------------------------------------------------------------------------------------- model
 
 
+def init_model_dir(init: str, sft_dir: Path, base_dir: Path | None) -> Path:
+    """The directory `train_rm.init` names: `sft` -> `sft_dir`, `base` -> `base_dir`, else a model directory."""
+    if init == "sft":
+        return Path(sft_dir)
+    if init == "base":
+        if base_dir is None:
+            raise ValueError(
+                "train_rm.init: base starts the reward model from the base model, but no base model is "
+                "configured (base_model.path is empty); set base_model.path, or train_rm.init to sft or a model dir"
+            )
+        return Path(base_dir)
+    path = Path(init).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"train_rm.init {init!r} is neither sft, base nor a Hugging Face model directory (no config.json there)"
+        )
+    return path
+
+
+def check_same_vocabulary(init_dir: Path, tokenizer, init: str, trust_remote_code: bool = False) -> None:
+    """Raise unless the tokenizer saved in `init_dir` gives every token the id the SFT `tokenizer` gives it, and
+    the SFT tokenizer has no other tokens than those added on top (a chat template's special tokens, say).
+
+    The reward model must read the policy's token ids: PPO scores the actor's sampled ids with it as they are and
+    trains a critic made from it.
+    """
+    try:
+        source = AutoTokenizer.from_pretrained(init_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"train_rm.init {init!r}: {init_dir} has no loadable tokenizer, so its vocabulary cannot be checked "
+            f"against the SFT model's ({err})"
+        ) from err
+    policy_vocab, source_vocab = tokenizer.get_vocab(), source.get_vocab()
+    added = set(tokenizer.get_added_vocab())
+    moved = sorted((token for token, index in source_vocab.items() if policy_vocab.get(token) != index), key=str)
+    unknown = sorted((token for token in policy_vocab if token not in source_vocab and token not in added), key=str)
+    if moved or unknown:
+        examples = ", ".join(
+            [f"{token!r} is {source_vocab[token]} there, {policy_vocab.get(token)} here" for token in moved[:2]]
+            + [f"{token!r} is missing there" for token in unknown[:2]]
+        )
+        raise ValueError(
+            f"train_rm.init {init!r}: the vocabulary of {init_dir} ({len(source_vocab)} tokens) differs from the "
+            f"SFT tokenizer's ({len(policy_vocab)} tokens, {len(added)} of them added): {len(moved)} tokens have "
+            f"other ids and {len(unknown)} are missing ({examples}). The reward model must read the policy's "
+            "token ids (PPO scores the actor's samples with it and trains its critic from it): start it from a "
+            "model of the same tokenizer, or set train_rm.init to sft or base"
+        )
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a `*ForSequenceClassification` or causal LM of any family (`layers` in
+    LLaMA and Qwen2, `h` in GPT-2 and BLOOM, `decoder.layers` in OPT): the first module list under the backbone
+    as long as the config's layer count."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    count = getattr(inner.config.get_text_config(), "num_hidden_layers", None)
+    for module in inner.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and count and len(module) == count:
+            return module
+    raise ValueError(
+        f"train_rm.freeze_fraction: cannot find the {count} transformer blocks of {type(inner).__name__} "
+        "(no module list of that length under its backbone); set train_rm.freeze_fraction to 0"
+    )
+
+
 def freeze_lower_layers(model: torch.nn.Module, fraction: float) -> int:
     """Freeze the embeddings and the lowest `round(fraction * num_layers)` blocks; returns that block count.
 
-    Lower layers hold generic language features the preference data is too small to improve.
+    Lower layers hold generic language features the preference data is too small to improve. The embeddings
+    are every `nn.Embedding` of the backbone outside the blocks (tokens, and learned positions where the
+    family has them). With LoRA the lower blocks' adapters are frozen too.
     """
-    layers = model.base_model.layers
+    if fraction == 0:
+        return 0
+    layers = transformer_blocks(model)
     count = round(fraction * len(layers))
     if count == 0:
         return 0
-    for param in model.base_model.embed_tokens.parameters():
-        param.requires_grad_(False)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    in_blocks = {id(module) for module in layers.modules()}
+    for module in inner.base_model.modules():
+        if isinstance(module, torch.nn.Embedding) and id(module) not in in_blocks:
+            module.requires_grad_(False)
     for layer in layers[:count]:
-        for param in layer.parameters():
-            param.requires_grad_(False)
+        layer.requires_grad_(False)
     return count
 
 
+def build_reward_model(
+    init_dir: Path,
+    tokenizer,
+    lora: LoraSettings,
+    freeze_fraction: float,
+    dtype: str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, int]:
+    """(the reward model to train, frozen block count): `init_dir`'s transformer with a new scalar head, its pad
+    id the tokenizer's (`reward_pad_id`), its embeddings grown to the SFT tokenizer, LoRA adapters when
+    `lora.rank > 0`, lower layers frozen per `freeze_fraction`. Seed the global generator first: the head's
+    initialisation (and the adapters') draws from it."""
+    model = load_reward_model(
+        init_dir, reward_pad_id(tokenizer), dtype=load_dtype(dtype, device), trust_remote_code=trust_remote_code
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model = apply_lora(model, lora, "SEQ_CLS")
+    return model, freeze_lower_layers(model, freeze_fraction)
+
+
 # ---------------------------------------------------------------------------------------------- data
-
-
-def encode_answer(tokenizer, prompt: str, answer: str, max_seq_len: int) -> list[int]:
-    """Ids of the chat rendering of (prompt, answer), ending at the answer's `<|im_end|>`; the end is kept if too long.
-
-    The whole text is encoded at once, as SFT encodes it, so the answer tokens look like what the SFT policy
-    writes in PPO rollouts.
-    """
-    text = render_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
-    ids = tokenizer(text.removesuffix("\n"), add_special_tokens=False)["input_ids"]
-    return list(ids)[-max_seq_len:]
 
 
 def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +183,49 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def pair_batch(encoded: list[tuple[list[int], list[int]]], pad_id: int = PAD_ID) -> dict[str, torch.Tensor]:
+def pair_batch(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Encoded (chosen, rejected) pairs -> {"input_ids", "attention_mask"}, both (2B, L): chosen rows first.
 
-    One forward pass scores both answers of every pair.
+    One forward pass scores both answers of every pair. `pad_id` is the reward model's (`reward_pad_id`).
     """
     ids, mask = right_pad([chosen for chosen, _ in encoded] + [rejected for _, rejected in encoded], pad_id)
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def read_pair_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a pairs file (`TRAIN_PAIRS` / `HELDOUT_PAIRS`) whose `prompt` is a string or a conversation ending
+    in a user turn (`prompt_messages`) and whose `chosen` / `rejected` are strings; anything else, and an empty
+    file, is an error naming the file and line."""
+    rows = []
+    for number, row in iter_jsonl(path):
+        for key in ("chosen", "rejected"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{number}: key {key!r} is missing or not a string")
+        if "prompt" not in row:
+            raise ValueError(f"{path}:{number}: key 'prompt' is missing")
+        try:
+            prompt_messages(row["prompt"])
+        except ConversationError as err:
+            raise ValueError(f"{path}:{number}: key 'prompt': {err}") from None
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no preference pairs")
+    return rows
+
+
+def encode_pairs(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> Encoded:
+    """(chosen, rejected) ids of each pair row: `encode_answer` of its prompt's messages and each answer under the
+    tokenizer's chat template."""
+    encoded = []
+    for row in rows:
+        messages = prompt_messages(row["prompt"])
+        encoded.append(
+            (
+                encode_answer(tokenizer, messages, row["chosen"], max_seq_len),
+                encode_answer(tokenizer, messages, row["rejected"], max_seq_len),
+            )
+        )
+    return encoded
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -105,13 +235,17 @@ def pairwise_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     """(chosen (B,), rejected (B,)) rewards of a `pair_batch`.
 
     Scored through the model's own forward, so a DDP or DeepSpeed wrapper sees the call (its gradient
-    sync hangs on it). For a pair batch this is `sequence_scores`: rows are right-padded and end in
-    `<|im_end|>`, so the head's pooling at the last non-pad token is the pooling at the last real token.
+    sync hangs on it). For a pair batch this is `sequence_scores`: rows are right-padded with the model's pad
+    id and end in the end-of-turn token, which is never that id (`reward_pad_id`), so the head's pooling at the
+    last non-pad token is the pooling at the last real token.
     """
     mask = batch["attention_mask"]
     scores = (
         model(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            **position_kwargs(model, positions_from_mask(mask)),
+            use_cache=False,
         )
         .logits.squeeze(-1)
         .float()
@@ -181,31 +315,41 @@ def judge_halves(
 
 
 def fit_reward_model(
-    sft_dir: Path,
+    init_dir: Path,
     tokenizer,
     train_encoded: Encoded,
     val_batches: list[dict[str, torch.Tensor]],
     optim: OptimConfig,
-    freeze_fraction: float,
+    cfg: TrainRmConfig,
     seed: int,
     device: torch.device,
     out_dir: Path,
     checkpoint_dir: Path,
     parallel: Parallel | None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Train one reward model from the SFT model in `sft_dir` on `train_encoded`, save it to `out_dir`.
+    """Train one reward model from the model in `init_dir` on `train_encoded`, save it to `out_dir`.
 
     Returns val_accuracy, val_loss, reward_margin (on `val_batches`), train_loss, steps, resumed_from,
-    frozen_layers, params.
+    frozen_layers, params, trainable_params.
     """
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
-    seed_everything(seed)  # the new score head's initialisation
-    model = load_reward_model(sft_dir)
-    frozen_layers = freeze_lower_layers(model, freeze_fraction)
-    params = count_parameters(model)
+    seed_everything(seed)  # the new score head's initialisation (and LoRA's)
+    model, frozen_layers = build_reward_model(
+        init_dir, tokenizer, cfg.lora, cfg.freeze_fraction, dtype, device.type, trust_remote_code
+    )
+    params, trainable = count_parameters(model), trainable_parameter_count(model)
     result = train(
         model,
-        ShuffledBatches(train_encoded, optim.batch_size, seed, collate=pair_batch, rank=rank, world_size=world_size),
+        ShuffledBatches(
+            train_encoded,
+            optim.batch_size,
+            seed,
+            collate=functools.partial(pair_batch, pad_id=reward_pad_id(tokenizer)),
+            rank=rank,
+            world_size=world_size,
+        ),
         pairwise_loss,
         optim,
         device=device,
@@ -214,6 +358,7 @@ def fit_reward_model(
         metrics_path=out_dir / METRICS_LOG,
         parallel=parallel,
     )
+    model = merged(model)  # LoRA: a plain sequence classifier, loadable without peft
     for param in model.parameters():
         param.requires_grad_(True)  # frozen flags are a training choice, not part of the saved model
     export_trained_model(model, tokenizer, out_dir, checkpoint_dir, parallel, is_main_process=rank == 0)
@@ -224,6 +369,7 @@ def fit_reward_model(
         "resumed_from": result.resumed_from,
         "frozen_layers": frozen_layers,
         "params": params,
+        "trainable_params": trainable,
     }
 
 
@@ -236,43 +382,53 @@ def train_reward_model(
     device: str = "auto",
     checkpoint_dir: Path | None = None,
     parallel: Parallel | None = None,
+    base_dir: Path | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train the reward model (and with `cfg.independent_judge` the judge) on build_prefs' pairs in `prefs_dir`.
 
+    Both start from `cfg.init` (`init_model_dir`: the SFT model in `sft_dir`, the base model in `base_dir`, or a
+    model dir of the same vocabulary), loaded in `dtype` (`base_model.load_dtype`), running shipped model code
+    only with `trust_remote_code`; the tokenizer is always the SFT model's.
     `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each global
     batch of pairs, scores all held-out pairs and joins the export; rank 0 alone writes `out_dir`.
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`; the judge's to a `-judge` sibling),
     deleted at the end. Returns metrics: val_accuracy, val_loss, reward_margin (mean chosen - rejected score),
     length_baseline_accuracy (all on the held-out pairs), train_pairs, train_pairs_by_source, val_pairs,
-    frozen_layers, train_loss, steps, resumed_from, params; with the judge also judge_val_accuracy,
+    multi_turn_pairs (training and held-out pairs whose prompt has earlier turns), init, frozen_layers,
+    train_loss, steps, resumed_from, params, trainable_params; with the judge also judge_val_accuracy,
     judge_val_loss, judge_reward_margin, judge_train_pairs, judge_steps, judge_train_loss.
     """
     sft_dir, prefs_dir, out_dir = Path(sft_dir), Path(prefs_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
+    if cfg.lora.rank > 0 and getattr(parallel, "zero_stage", 0) == 3:
+        raise ValueError(
+            "train_rm with lora.rank > 0 cannot run under DeepSpeed ZeRO 3: merging the adapters for the export "
+            "needs whole weights on every rank. Set resources.zero_stage to 2 (or 0 / 1), or train_rm.lora.rank to 0"
+        )
 
-    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    train_pairs = read_pairs(prefs_dir / TRAIN_PAIRS)
-    heldout_pairs = read_pairs(prefs_dir / HELDOUT_PAIRS)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir, trust_remote_code=trust_remote_code)
+    init_dir = init_model_dir(cfg.init, sft_dir, base_dir)
+    if cfg.init != "sft":
+        check_same_vocabulary(init_dir, tokenizer, cfg.init, trust_remote_code)
+    pad = reward_pad_id(tokenizer)
+    train_pairs = read_pair_rows(prefs_dir / TRAIN_PAIRS)
+    heldout_pairs = read_pair_rows(prefs_dir / HELDOUT_PAIRS)
     rm_pairs, judge_pairs = train_pairs, []
     if cfg.independent_judge:
         rest, judge_pairs = judge_halves(train_pairs, cfg.judge_fraction, seed)
         # The reward model PPO optimises against is worth all the data; a disjoint judge costs it half.
         rm_pairs = rest if cfg.judge_disjoint else train_pairs
 
-    def encode(rows: list[dict[str, str]]) -> Encoded:
-        return [
-            (
-                encode_answer(tokenizer, row["prompt"], row["chosen"], cfg.max_seq_len),
-                encode_answer(tokenizer, row["prompt"], row["rejected"], cfg.max_seq_len),
-            )
-            for row in rows
-        ]
+    def encode(rows: list[dict[str, Any]]) -> Encoded:
+        return encode_pairs(tokenizer, rows, cfg.max_seq_len)
 
     heldout_encoded = encode(heldout_pairs)
     size = cfg.optim.batch_size
-    val_batches = [pair_batch(heldout_encoded[i : i + size]) for i in range(0, len(heldout_encoded), size)]
+    val_batches = [pair_batch(heldout_encoded[i : i + size], pad) for i in range(0, len(heldout_encoded), size)]
     by_source = dict(sorted(Counter(pair.get("source", "") for pair in rm_pairs).items()))
     logger.info(
         "train_rm: %d training pairs (%s), %d held out, %d for the independent judge",
@@ -282,18 +438,26 @@ def train_reward_model(
         len(judge_pairs),
     )
 
+    logger.info(
+        "train_rm: the reward model starts from %s (train_rm.init %s)%s",
+        init_dir,
+        cfg.init,
+        f", LoRA rank {cfg.lora.rank}" if cfg.lora.rank else "",
+    )
     rm_metrics = fit_reward_model(
-        sft_dir,
+        init_dir,
         tokenizer,
         encode(rm_pairs),
         val_batches,
         cfg.optim,
-        cfg.freeze_fraction,
+        cfg,
         seed,
         torch_device,
         out_dir,
         checkpoint_dir,
         parallel,
+        dtype,
+        trust_remote_code,
     )
     metrics: dict[str, Any] = {
         **rm_metrics,
@@ -301,26 +465,30 @@ def train_reward_model(
         "train_pairs": len(rm_pairs),
         "train_pairs_by_source": by_source,
         "val_pairs": len(heldout_pairs),
+        "multi_turn_pairs": sum(not isinstance(row["prompt"], str) for row in [*rm_pairs, *heldout_pairs]),
+        "init": cfg.init,
     }
     if judge_pairs:
         judge_dir = independent_judge_dir(out_dir)
         judge_dir.mkdir(parents=True, exist_ok=True)
         judge_val_batches = [
-            pair_batch(heldout_encoded[i : i + cfg.judge_optim.batch_size])
+            pair_batch(heldout_encoded[i : i + cfg.judge_optim.batch_size], pad)
             for i in range(0, len(heldout_encoded), cfg.judge_optim.batch_size)
         ]
         judge = fit_reward_model(
-            sft_dir,
+            init_dir,
             tokenizer,
             encode(judge_pairs),
             judge_val_batches,
             cfg.judge_optim,
-            cfg.freeze_fraction,
+            cfg,
             seed + 1,
             torch_device,
             judge_dir,
             checkpoint_dir.with_name(checkpoint_dir.name + "-judge"),
             parallel,
+            dtype,
+            trust_remote_code,
         )
         metrics.update(
             {

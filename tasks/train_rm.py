@@ -10,12 +10,22 @@ from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.tasks.stage import StageSpec, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
-TRAIN_RM = StageSpec("train_rm", version="5", config_keys=("train_rm",), upstream=("sft", "build_prefs"))
+# The base model is an optional upstream: the flow passes it when one is configured (`train_rm.init: base`).
+TRAIN_RM = StageSpec(
+    "train_rm", version="6", config_keys=("train_rm", "base_model.dtype"), upstream=("sft", "build_prefs")
+)
 
 
 @stage_task(TRAIN_RM)
 def train_rm_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Train the scalar-head reward model (and the independent judge) on the preference pairs."""
     cfg = PipelineConfig.model_validate(config)
-    inputs = {"sft_dir": Path(upstream["sft"]["path"]), "prefs_dir": Path(upstream["build_prefs"]["path"])}
+    base = upstream.get("base_model")
+    inputs = {
+        "sft_dir": Path(upstream["sft"]["path"]),
+        "prefs_dir": Path(upstream["build_prefs"]["path"]),
+        "base_dir": Path(base["path"]) if base else None,
+        "dtype": cfg.base_model.dtype,
+        "trust_remote_code": cfg.base_model.trust_remote_code,
+    }
     return run_training_stage(TRAIN_RM, config, upstream, root, force, train_reward_model, cfg.train_rm, inputs)

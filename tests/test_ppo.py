@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import zero_chatgpt.model.ppo.stage as ppo_stage
 from zero_chatgpt.config import OptimConfig, PpoConfig
-from zero_chatgpt.model.generation import chat_prompt_ids
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.rollout import RolloutSettings, ValueModel, collect_experience
 from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
@@ -22,6 +21,7 @@ from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.model.training import IteratorSource, make_backend
 from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
+from zero_chatgpt.tokenizer.chat_encoding import encode_prompt
 
 PPO_METRIC_KEYS = {
     "reward_before",
@@ -49,6 +49,11 @@ def dirs(tmp_path_factory) -> dict:
     rm = root / "rm"
     train_reward_model(rm_config(max_steps=15, eval_every=15), sft, prefs, rm, seed=0, device="cpu")
     return {"sft": sft, "rm": rm}
+
+
+def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """The ids the policy continues to answer each one-turn prompt."""
+    return [encode_prompt(tokenizer, [{"role": "user", "content": prompt}], 128) for prompt in prompts]
 
 
 def ppo_config(**values) -> PpoConfig:
@@ -207,12 +212,12 @@ def test_ppo_options_fail_clearly(dirs, tmp_path):
         import peft  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pip install peft"):
-            ppo(ppo_config(lora_rank=4), dirs["sft"], dirs["rm"], tmp_path / "lora", seed=0, device="cpu")
+            ppo(ppo_config(lora={"rank": 4}), dirs["sft"], dirs["rm"], tmp_path / "lora", seed=0, device="cpu")
 
 
 def test_lora_ppo_exports_a_merged_plain_model(dirs, tmp_path):
     pytest.importorskip("peft")
-    cfg = ppo_config(lora_rank=4, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=10))
+    cfg = ppo_config(lora={"rank": 4}, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=10))
     ppo(cfg, dirs["sft"], dirs["rm"], tmp_path / "lora", seed=0, device="cpu")
     actor = AutoModelForCausalLM.from_pretrained(tmp_path / "lora").state_dict()
     sft = AutoModelForCausalLM.from_pretrained(dirs["sft"]).state_dict()
@@ -261,10 +266,13 @@ def test_held_out_kl_estimates_the_per_sequence_kl(dirs):
     exact = sum(_exact_two_token_kl(actor, reference, prompt) for prompt in prompts) / len(prompts)
     cfg = ppo_config(max_new_tokens=2, rollout_batch_size=256, temperature=1.0, top_p=1.0)
     no_reward = lambda sequences, attention_mask: torch.zeros(sequences.size(0))  # noqa: E731
+    ids = {"eos_id": IM_END_ID, "pad_id": PAD_ID}
     estimate = ppo_stage.evaluate_policy(
-        actor, reference, no_reward, prompts * 128, cfg, torch.device("cpu"), None, seed=0
+        actor, reference, no_reward, prompts * 128, cfg, torch.device("cpu"), None, seed=0, **ids
     )
     assert exact > 0.1  # the check below would be vacuous for two near-identical policies
     assert estimate["kl"] == pytest.approx(exact, rel=0.15)
-    same = ppo_stage.evaluate_policy(reference, reference, no_reward, prompts[:2], cfg, torch.device("cpu"), None, 0)
+    same = ppo_stage.evaluate_policy(
+        reference, reference, no_reward, prompts[:2], cfg, torch.device("cpu"), None, 0, **ids
+    )
     assert same["kl"] == 0.0

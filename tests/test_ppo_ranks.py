@@ -258,7 +258,7 @@ def test_lora_ppo_on_zero2_ranks_exports_a_merged_plain_model(dirs, tmp_path):  
     """LoRA adapters trained by DeepSpeed engines (only matrices train), checkpointed, then merged: the output
     loads without peft and holds no adapter weights."""
     pytest.importorskip("peft")
-    cfg = ppo_config(lora_rank=4, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=1))
+    cfg = ppo_config(lora={"rank": 4}, optim=dict(lr=3e-2, warmup_steps=0, max_steps=2, checkpoint_every=1))
     out = tmp_path / "out"
     metrics = launch_stage(
         "ppo",

@@ -16,12 +16,14 @@ from model_fixtures import make_tokenizer_dir
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from zero_chatgpt.config import ModelConfig, TrainRmConfig
+from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.build import build_model
 from zero_chatgpt.model.preference_pairs import normalise_text, split_pairs
-from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
-from zero_chatgpt.model.train_rm import encode_answer, judge_halves, pair_batch, train_reward_model
+from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id, sequence_scores
+from zero_chatgpt.model.train_rm import judge_halves, pair_batch, train_reward_model
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
+from zero_chatgpt.tokenizer.chat_encoding import encode_answer
 
 GOOD_WORDS = "river bridge harbour lantern garden".split()
 BAD_WORDS = "winter stone merchant festival mountain".split()
@@ -45,6 +47,11 @@ def make_sft_dir(root: Path, tokenizer_dir: Path, prompts: list[str], seed: int 
         for number, prompt in enumerate(prompts):
             handle.write(json.dumps({"id": f"p{number}", "prompt": prompt, "response": "ok"}) + "\n")
     return out
+
+
+def answer_ids(tokenizer, prompt, answer: str, max_seq_len: int = 64) -> list[int]:
+    """What the reward model scores: the prompt (a string or messages) answered by `answer`, through end of turn."""
+    return encode_answer(tokenizer, prompt_messages(prompt), answer, max_seq_len)
 
 
 def toy_prompts(count: int) -> list[str]:
@@ -118,10 +125,10 @@ def test_score_is_read_at_the_closing_token_whatever_the_padding(toy_dirs):
     """Right padding and left padding of the same sequence give the same score."""
     tokenizer = AutoTokenizer.from_pretrained(toy_dirs["sft"])
     model = load_reward_model(toy_dirs["sft"]).eval()
-    short = encode_answer(tokenizer, "hi", "river", 64)
-    long = encode_answer(tokenizer, "a much longer prompt here", "stone stone stone", 64)
+    short = answer_ids(tokenizer, "hi", "river")
+    long = answer_ids(tokenizer, "a much longer prompt here", "stone stone stone")
     assert short[-1] == long[-1] == 4  # <|im_end|>
-    batch = pair_batch([(short, long)])
+    batch = pair_batch([(short, long)], reward_pad_id(tokenizer))
     right = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
     alone = sequence_scores(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
     width = len(long)
@@ -147,9 +154,9 @@ def test_reward_model_learns_the_preference_and_beats_length(trained_rm, toy_dir
     # The artifact loads with the Auto classes and prefers a fresh good answer to a bad one.
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    good = encode_answer(tokenizer, "Tell me about place 999.", "garden lantern river", 64)
-    bad = encode_answer(tokenizer, "Tell me about place 999.", "winter stone merchant", 64)
-    batch = pair_batch([(good, bad)])
+    good = answer_ids(tokenizer, "Tell me about place 999.", "garden lantern river")
+    bad = answer_ids(tokenizer, "Tell me about place 999.", "winter stone merchant")
+    batch = pair_batch([(good, bad)], reward_pad_id(tokenizer))
     with torch.no_grad():
         scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
         hf_scores = model(**batch).logits.squeeze(-1)  # HF's own pooling agrees (right padding, pad id set)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from zero_chatgpt.model.distributed import all_gather_objects
-from zero_chatgpt.model.generation import Rollout, positions_from_mask, sample
+from zero_chatgpt.model.generation import Rollout, position_kwargs, positions_from_mask, sample
 from zero_chatgpt.model.ppo.maths import gae_advantages, kl_shaped_rewards, whiten
-from zero_chatgpt.model.reward_model import per_token_scores, sequence_scores
+from zero_chatgpt.model.reward_model import backbone_and_head, per_token_scores, sequence_scores
 
 # scores(sequences (B, P + T), attention_mask (B, P + T)) -> (B,) float: the reward of each whole sequence
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,9 +25,9 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class ValueModel(torch.nn.Module):
     """The critic: a transformer backbone plus a scalar head read at every position.
 
-    Built from a reward model (`*ForSequenceClassification` with one label): the same backbone and score
-    head, but the score is kept per token instead of pooled at the last one, so training starts from
-    the reward model's judgement.
+    Built from a reward model (`*ForSequenceClassification` with one label, of any family, possibly with LoRA
+    adapters): the same backbone and score head, but the score is kept per token instead of pooled at the last
+    one, so training starts from the reward model's judgement.
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module) -> None:
@@ -37,7 +37,7 @@ class ValueModel(torch.nn.Module):
 
     @classmethod
     def from_reward_model(cls, reward_model: torch.nn.Module) -> ValueModel:
-        return cls(reward_model.base_model, reward_model.score)
+        return cls(*backbone_and_head(reward_model))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids and mask -> (B, L) values (fp32)."""
@@ -60,7 +60,7 @@ def response_logits(
     logits = model(
         input_ids=sequences,
         attention_mask=attention_mask,
-        position_ids=positions_from_mask(attention_mask),
+        **position_kwargs(model, positions_from_mask(attention_mask)),
         use_cache=False,
     ).logits
     return logits[:, prompt_length - 1 : -1]

@@ -1,11 +1,15 @@
 """The `ppo` stage: RLHF of the SFT model against the reward model, with a frozen reference for the KL penalty.
 
-Inputs: the sft dir (HF causal LM + tokenizer + `rlhf_prompts.jsonl` with `{id, prompt, response}` rows),
-the train_rm dir (one-label sequence classifier), and for PPO-ptx a shard dir. Models: actor (trained,
+Inputs: the sft dir (HF causal LM of any family + tokenizer with its chat template + `rlhf_prompts.jsonl` with
+`{id, prompt, response}` rows, `prompt` one user turn or a conversation ending in one), the train_rm dir
+(one-label sequence classifier over the same token ids), and for PPO-ptx a shard dir. Models: actor (trained,
 from SFT), reference (frozen SFT), reward model (frozen), critic (the reward model's backbone and head,
-trained, read per token). Each PPO step samples `rollout_batch_size` prompts, scores the rollouts
-(`rollout.py`) and runs `ppo_epochs` clipped updates over them (`update.py`).
-Output (in `out_dir`): the actor as an HF checkpoint + tokenizer and `metrics.jsonl` (one record per step).
+trained, read per token). With `ppo.lora` the actor and the critic train LoRA adapters (the critic's head in
+full) instead of all weights. Prompts are rendered by the tokenizer's chat template (`encode_prompt`), answers
+stop at its end-of-turn token and batches pad with its pad id. Each PPO step samples `rollout_batch_size`
+prompts, scores the rollouts (`rollout.py`) and runs `ppo_epochs` clipped updates over them (`update.py`).
+Output (in `out_dir`): the actor as a plain HF checkpoint (adapters merged) + tokenizer and `metrics.jsonl`
+(one record per step).
 
 On several ranks (`model.launch`) PPO is data-parallel: every rank samples its own slice of each global
 rollout batch. The actor and the critic train through the training core's backends (`make_backend`): DDP
@@ -23,11 +27,13 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from zero_chatgpt.config import PpoConfig
+from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
+from zero_chatgpt.model.base_model import load_causal_lm, load_dtype
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import resolve_device, seed_everything
 from zero_chatgpt.model.checkpoint import restore_rng_states, rng_states
@@ -39,8 +45,8 @@ from zero_chatgpt.model.distributed import (
     mean_over_ranks,
     per_rank_count,
 )
-from zero_chatgpt.model.generation import chat_prompt_ids, sample
-from zero_chatgpt.model.lora import merged, with_lora
+from zero_chatgpt.model.generation import sample
+from zero_chatgpt.model.lora import apply_lora, merged
 from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
 from zero_chatgpt.model.ppo.rollout import (
     RewardFn,
@@ -57,7 +63,7 @@ from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
 from zero_chatgpt.progress import report_progress
 from zero_chatgpt.stage_files import RLHF_PROMPTS
-from zero_chatgpt.tokenizer.chat import IM_END_ID, PAD_ID
+from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ LOG_EVERY_STEPS = 10
 STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
 # Rollouts sample from the bare actor token by token: its weights must be whole on every rank.
 DEEPSPEED_ZERO_STAGES = (0, 1, 2)
+NO_LIMIT = 1 << 62  # encode whole prompts, then cut them here (to count the cuts)
 
 
 def check_parallel(parallel: DdpParallel | DeepSpeedParallel | None) -> None:
@@ -80,20 +87,30 @@ def check_parallel(parallel: DdpParallel | DeepSpeedParallel | None) -> None:
         )
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The `prompt` of each row of `rlhf_prompts.jsonl`; a bad line is an error naming file and line."""
+Prompt = str | list[dict[str, str]]
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    """The `prompt` of each row of `rlhf_prompts.jsonl`: a string (one user turn) or a conversation ending in a
+    user turn (`prompt_messages`); a bad line is an error naming file and line."""
     prompts = []
     for line_number, row in iter_jsonl(path):
         prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}:{line_number}: key 'prompt' is missing, empty or not a string")
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ValueError(f"{path}:{line_number}: key 'prompt' is empty")
+        if prompt is None:
+            raise ValueError(f"{path}:{line_number}: key 'prompt' is missing")
+        try:
+            prompt_messages(prompt)
+        except ConversationError as err:
+            raise ValueError(f"{path}:{line_number}: key 'prompt': {err}") from None
         prompts.append(prompt)
     if len(prompts) < 2:
         raise ValueError(f"{path}: {len(prompts)} prompts; PPO needs at least 2 (training and held-out)")
     return prompts
 
 
-def split_prompts(prompts: list[str], num_eval: int, seed: int) -> tuple[list[str], list[str]]:
+def split_prompts(prompts: list[Prompt], num_eval: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
     """(train, held-out): a seeded shuffle; at most half of the prompts are held out, at least one."""
     order = np.random.default_rng(seed).permutation(len(prompts))
     num_eval = max(1, min(num_eval, len(prompts) // 2))
@@ -120,9 +137,50 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> list[list[int]]:
-    """Chat prompt ids; a longer prompt keeps its end, where the generation prompt is."""
-    return [ids[-max_prompt_tokens:] for ids in chat_prompt_ids(tokenizer, prompts)]
+def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_tokens: int) -> tuple[list[list[int]], int]:
+    """(chat prompt ids, how many were cut): each prompt rendered by the tokenizer's chat template with its
+    generation prompt (`encode_prompt`); a longer one than `max_prompt_tokens` keeps its end, where the
+    question and the generation prompt are."""
+    encoded, cut = [], 0
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT)
+        if len(ids) > max_prompt_tokens:
+            ids, cut = ids[-max_prompt_tokens:], cut + 1
+        encoded.append(ids)
+    return encoded, cut
+
+
+def context_length(*models: torch.nn.Module) -> int | None:
+    """The shortest `max_position_embeddings` of `models` (None where a family has no such bound: BLOOM's ALiBi)."""
+    lengths = [getattr(model.config.get_text_config(), "max_position_embeddings", None) for model in models]
+    known = [length for length in lengths if isinstance(length, int)]
+    return min(known) if known else None
+
+
+def prompt_budget(cfg: PpoConfig, context: int | None) -> int:
+    """Prompt tokens a rollout may keep: `max_prompt_tokens`, and no more than the context leaves after
+    `max_new_tokens` (the actor's, the reference's and the reward model's positions)."""
+    if context is None:
+        return cfg.max_prompt_tokens
+    if context - cfg.max_new_tokens < 1:
+        raise ValueError(
+            f"ppo.max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the models' context of "
+            f"{context} positions; lower it"
+        )
+    return min(cfg.max_prompt_tokens, context - cfg.max_new_tokens)
+
+
+def check_vocabularies(tokenizer, actor: torch.nn.Module, reward_model: torch.nn.Module, rm_dir: Path) -> None:
+    """Raise when the actor or the reward model has fewer token embeddings than the SFT tokenizer has tokens: the
+    reward model scores the actor's ids as they are (train_rm resizes it to the SFT tokenizer)."""
+    for name, model in (("the SFT model", actor), (f"the reward model in {rm_dir}", reward_model)):
+        rows = model.get_input_embeddings().num_embeddings
+        if rows < len(tokenizer):
+            raise ValueError(
+                f"ppo: {name} has {rows} token embeddings but the SFT tokenizer {len(tokenizer)} tokens: the actor, "
+                "the reward model and the critic must share the SFT tokenizer's ids (train the reward model with "
+                "this sft artifact)"
+            )
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -142,23 +200,27 @@ def evaluate_policy(
     device: torch.device,
     dtype: torch.dtype | None,
     seed: int,
+    *,
+    eos_id: int,
+    pad_id: int,
 ) -> dict[str, float]:
     """Held-out figures of a policy: mean reward of its greedy answers, and mean per-sequence KL to the
     reference, estimated on sampled answers (sum over tokens of log pi - log pi_ref; greedy answers would
-    bias it). Also the mean length of the sampled answers. The same seed gives the same draws."""
+    bias it). Also the mean length of the sampled answers. The same seed gives the same draws. Answers stop
+    at `eos_id` (the template's end-of-turn token); batches pad with `pad_id`."""
     generator = torch.Generator(device=device).manual_seed(seed)
     rewards, kls, lengths = [], [], []
     with autocast(device, dtype):
         for start in range(0, len(prompts), cfg.rollout_batch_size):
             batch = prompts[start : start + cfg.rollout_batch_size]
-            greedy = sample(actor, batch, cfg.max_new_tokens, IM_END_ID, PAD_ID, temperature=0.0)
+            greedy = sample(actor, batch, cfg.max_new_tokens, eos_id, pad_id, temperature=0.0)
             rewards.append(reward_fn(greedy.sequences, greedy.attention_mask).float())
             drawn = sample(
                 actor,
                 batch,
                 cfg.max_new_tokens,
-                IM_END_ID,
-                PAD_ID,
+                eos_id,
+                pad_id,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 generator=generator,
@@ -191,8 +253,15 @@ def ppo(
     shard_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     parallel: DdpParallel | DeepSpeedParallel | None = None,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Run `cfg.optim.max_steps` PPO steps from the SFT model against the reward model; save the actor.
+
+    The models load in `dtype` (`base_model.load_dtype`), running shipped model code only with
+    `trust_remote_code`. `shard_dir` (the token shards, for PPO-ptx) may be None when `ptx_coef` is 0: a base
+    model aligned without continued pretraining has none. Prompts keep their last `max_prompt_tokens` tokens,
+    and no more than the models' context leaves after `max_new_tokens` (`prompt_budget`).
 
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`, deleted at the end) every
     `cfg.optim.checkpoint_every` steps: the actor's and the critic's backends each save theirs (`actor/`,
@@ -209,33 +278,61 @@ def ppo(
 
     Returns metrics: reward_before / reward_after (mean reward of the greedy answers of the SFT model / the
     trained actor on held-out prompts), kl (mean per-sequence KL of the actor to the reference there),
-    kl_bound (= target_kl), steps, resumed_from, train/eval prompt counts, and `mean_<name>` of each
-    per-step metric (reward, kl, entropy, response_length, clip_fraction, value_loss, policy_loss).
+    kl_bound (= target_kl), steps, resumed_from, train/eval prompt counts, prompts_cut (prompts that kept only
+    their end), trainable_params (the actor's; with LoRA its adapters), and `mean_<name>` of each per-step
+    metric (reward, kl, entropy, response_length, clip_fraction, value_loss, policy_loss).
     """
     check_parallel(parallel)
     sft_dir, rm_dir, out_dir = Path(sft_dir), Path(rm_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
-    dtype = autocast_dtype(cfg.optim.precision, torch_device)
+    amp_dtype = autocast_dtype(cfg.optim.precision, torch_device)
     if cfg.ptx_coef > 0 and shard_dir is None:
-        raise ValueError("ppo.ptx_coef > 0 mixes in the pretraining loss: pass the shard dir (shard_dir)")
+        raise ValueError(
+            f"ppo.ptx_coef {cfg.ptx_coef} mixes in the pretraining loss on the corpus' token shards, but this run "
+            "has no shard dir (a base model aligned without base_model.continue_pretraining tokenises no corpus): "
+            "set ppo.ptx_coef to 0, or base_model.continue_pretraining to true"
+        )
     rank, world_size = (parallel.rank, parallel.world_size) if parallel is not None else (0, 1)
     is_main_process = rank == 0
     seed_everything(seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir, trust_remote_code=trust_remote_code)
+    stop_id, padding = end_of_turn_id(tokenizer), pad_id(tokenizer)
     train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / RLHF_PROMPTS), cfg.num_eval_prompts, seed)
-    train_ids = encode_prompts(tokenizer, train_prompts, cfg.max_prompt_tokens)
-    eval_ids = encode_prompts(tokenizer, eval_prompts, cfg.max_prompt_tokens)
 
-    actor = AutoModelForCausalLM.from_pretrained(sft_dir).to(torch_device)
-    reference = _frozen(AutoModelForCausalLM.from_pretrained(sft_dir).to(torch_device))
-    reward_model = _frozen(load_reward_model(rm_dir).to(torch_device))
-    critic = ValueModel.from_reward_model(load_reward_model(rm_dir)).to(torch_device)
+    def causal_lm() -> torch.nn.Module:
+        return load_causal_lm(sft_dir, dtype, torch_device.type, trust_remote_code).to(torch_device)
+
+    def reward_model_copy() -> torch.nn.Module:
+        weights = load_dtype(dtype, torch_device.type)
+        return load_reward_model(rm_dir, dtype=weights, trust_remote_code=trust_remote_code).to(torch_device)
+
+    actor = causal_lm()
+    reference = _frozen(causal_lm())
+    reward_model = _frozen(reward_model_copy())
+    check_vocabularies(tokenizer, actor, reward_model, rm_dir)
+    critic_source = reward_model_copy()
     reward_fn = reward_model_scores(reward_model)
-    if cfg.lora_rank > 0:
-        actor = with_lora(actor, cfg.lora_rank)
+    budget = prompt_budget(cfg, context_length(actor, reward_model))
+    train_ids, train_cut = encode_prompts(tokenizer, train_prompts, budget)
+    eval_ids, eval_cut = encode_prompts(tokenizer, eval_prompts, budget)
+    if is_main_process and train_cut + eval_cut:
+        logger.warning(
+            "ppo: %d of %d prompts are longer than %d tokens (ppo.max_prompt_tokens %d, and the context left after "
+            "max_new_tokens %d): they keep their last %d tokens",
+            train_cut + eval_cut,
+            len(train_ids) + len(eval_ids),
+            budget,
+            cfg.max_prompt_tokens,
+            cfg.max_new_tokens,
+            budget,
+        )
+    actor = apply_lora(actor, cfg.lora, "CAUSAL_LM")
+    # The critic is the reward model read per token: with LoRA, adapters on its backbone and its head in full.
+    critic = ValueModel.from_reward_model(apply_lora(critic_source, cfg.lora, "SEQ_CLS"))
+    trainable_params = sum(p.numel() for p in actor.parameters() if p.requires_grad)
     actor.eval()  # no dropout anywhere in PPO (see ppo_update); gradients still flow
     critic.eval()
     if world_size > 1:
@@ -271,8 +368,8 @@ def ppo(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        eos_id=IM_END_ID,
-        pad_id=PAD_ID,
+        eos_id=stop_id,
+        pad_id=padding,
         gamma=cfg.gamma,
         gae_lambda=cfg.gae_lambda,
         reward_clip=cfg.reward_clip,
@@ -288,7 +385,16 @@ def ppo(
     def evaluate(policy: torch.nn.Module) -> dict[str, float]:
         if eval_share:
             figures = evaluate_policy(
-                policy, reference, reward_fn, eval_share, cfg, torch_device, dtype, rank_seed(seed + 1, rank)
+                policy,
+                reference,
+                reward_fn,
+                eval_share,
+                cfg,
+                torch_device,
+                amp_dtype,
+                rank_seed(seed + 1, rank),
+                eos_id=stop_id,
+                pad_id=padding,
             )
         else:  # more ranks than held-out prompts: this rank only joins the all-reduce
             figures = {"reward": 0.0, "kl": 0.0, "response_length": 0.0}
@@ -338,7 +444,7 @@ def ppo(
     )
     for step in range(start_step, cfg.optim.max_steps):
         started = time.perf_counter()
-        with autocast(torch_device, dtype):
+        with autocast(torch_device, amp_dtype):
             experience, generate_seconds = collect_experience(
                 prompt_batches.next_batch(),
                 actor,
@@ -422,8 +528,7 @@ def ppo(
     progress.close()
 
     policy = ema.module if ema is not None else actor
-    if cfg.lora_rank > 0:
-        policy = merged(policy)  # a plain causal LM: loading the output needs no peft
+    policy = merged(policy)  # LoRA: a plain causal LM, loading the output needs no peft
     after = evaluate(policy)
     export_trained_model(policy, tokenizer, out_dir, checkpoint_dir, parallel=parallel, is_main_process=is_main_process)
 
@@ -439,6 +544,8 @@ def ppo(
         "resumed_from": start_step,
         "train_prompts": len(train_ids),
         "eval_prompts": len(eval_ids),
+        "prompts_cut": train_cut + eval_cut,
+        "trainable_params": trainable_params,
         "final_kl_coef": kl_coef,
     }
     for name in STEP_METRICS:
