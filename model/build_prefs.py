@@ -39,9 +39,9 @@ import torch
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
-from zero_chatgpt.data_process.conversations import ConversationError, prompt_key, prompt_messages
+from zero_chatgpt.data_process.conversations import prompt_key, prompt_messages
 from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
-from zero_chatgpt.model.artifact_io import iter_jsonl, write_jsonl
+from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
@@ -53,35 +53,13 @@ from zero_chatgpt.model.preference_pairs import (
     split_pairs,
     states_the_answer,
 )
-from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
 
 SAMPLED_SOURCE = "sft_sample"
 NO_LIMIT = 1 << 62  # `encode_prompt`'s token budget when the whole prompt is wanted
-
-
-def read_prompt_rows(sft_dir: Path, name: str) -> list[dict[str, Any]]:
-    """The rows of one of the sft artifact's split files (`RLHF_PROMPTS`, `SFT_TRAIN`): `response` a string,
-    `prompt` a string or a message list ending with a user turn (multi-turn).
-
-    A missing file is an error saying `sft_dir` is not an sft artifact; a bad row is an error naming the file and
-    line. (`stage_files.read_chat_rows` does the same for string prompts only.)
-    """
-    path = Path(sft_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
-    rows = []
-    for number, row in iter_jsonl(path):
-        if not isinstance(row.get("response"), str):
-            raise ValueError(f"{path}:{number}: key 'response' is missing or not a string")
-        try:
-            prompt_messages(row.get("prompt"))
-        except ConversationError as err:
-            raise ValueError(f"{path}:{number}: key 'prompt' is not a prompt: {err}") from None
-        rows.append(row)
-    return rows
 
 
 def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: int) -> list[dict[str, Any]]:
@@ -238,7 +216,7 @@ def mine_negatives(
     """
     sft_references: list[dict[str, str]] = []
     if cfg.from_sft_rows and (cfg.mismatched_per_prompt or cfg.same_subject_per_prompt):
-        sft_references = sft_reference_pairs(read_prompt_rows(sft_dir, SFT_TRAIN), heldout_pairs)
+        sft_references = sft_reference_pairs(read_chat_rows(sft_dir, SFT_TRAIN), heldout_pairs)
     references = train_pairs + sft_references
     look_alike = mismatched_pairs(references, cfg.mismatched_per_prompt, seed)
     same_subject = same_subject_pairs(references, cfg.same_subject_per_prompt, seed)
@@ -285,7 +263,7 @@ def build_prefs(
 
     prompt_rows: list[dict[str, Any]] = []
     if cfg.samples_per_prompt > 0:
-        prompt_rows = select_prompts(read_prompt_rows(sft_dir, RLHF_PROMPTS), cfg.max_prompts, seed)
+        prompt_rows = select_prompts(read_chat_rows(sft_dir, RLHF_PROMPTS), cfg.max_prompts, seed)
     user_pairs, quarantined = read_user_pairs(pref_sources, demo, seed)
     write_jsonl(out_dir / REJECTED, quarantined)
 

@@ -70,9 +70,9 @@ from transformers import AutoTokenizer
 
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.config import DemoCorpusConfig, EvaluateConfig
-from zero_chatgpt.data_process.conversations import ConversationError, prompt_key, prompt_messages
+from zero_chatgpt.data_process.conversations import prompt_key, prompt_messages
 from zero_chatgpt.data_process.sources import read_all_rows
-from zero_chatgpt.model.artifact_io import read_jsonl, write_jsonl
+from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
@@ -90,7 +90,7 @@ from zero_chatgpt.model.generation import Rollout, left_pad, sample
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
-from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir
+from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompt, end_of_turn_id, ensure_chat_template
 from zero_chatgpt.tokenizer.chat_encoding import pad_id as padding_id
 
@@ -361,25 +361,11 @@ def answer_scores(
 def heldout_prompt_rows(sft_dir: Path, max_prompts: int, seed: int) -> list[dict[str, Any]]:
     """A seeded subset of the sft artifact's `sft_val.jsonl` rows `{id, prompt, response}`; a prompt is a
     non-empty string or a message list ending with a user turn."""
-    path = sft_dir / SFT_VAL
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
-    rows = read_jsonl(path)
+    rows = read_chat_rows(sft_dir, SFT_VAL, require_response=False)
     for number, row in enumerate(rows, start=1):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError(f"{path}: row {number} has an empty `prompt`")
-        elif isinstance(prompt, list):
-            try:
-                prompt_messages(prompt)
-            except ConversationError as err:
-                raise ValueError(f"{path}: row {number}: bad `prompt` conversation: {err}") from None
-        else:
-            raise ValueError(f"{path}: row {number} has no `prompt` (a string or a list of role/content messages)")
         row.setdefault("id", f"{SFT_VAL}:{number}")
     if not rows:
-        raise ValueError(f"{path}: no held-out prompts")
+        raise ValueError(f"{sft_dir / SFT_VAL}: no held-out prompts")
     return seeded_subset(rows, max_prompts, seed, "evaluate")
 
 

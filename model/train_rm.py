@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import LoraSettings, OptimConfig, TrainRmConfig
-from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
-from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
+from zero_chatgpt.data_process.conversations import prompt_messages
+from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.base_model import load_dtype
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
@@ -45,7 +45,7 @@ from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_coun
 from zero_chatgpt.model.preference_pairs import split_pairs
 from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id
 from zero_chatgpt.model.training import Parallel, train
-from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, TRAIN_PAIRS, independent_judge_dir, read_pairs
 from zero_chatgpt.tokenizer.chat_encoding import encode_answer
 
 logger = logging.getLogger(__name__)
@@ -190,27 +190,6 @@ def pair_batch(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[
     """
     ids, mask = right_pad([chosen for chosen, _ in encoded] + [rejected for _, rejected in encoded], pad_id)
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def read_pair_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a pairs file (`TRAIN_PAIRS` / `HELDOUT_PAIRS`) whose `prompt` is a string or a conversation ending
-    in a user turn (`prompt_messages`) and whose `chosen` / `rejected` are strings; anything else, and an empty
-    file, is an error naming the file and line."""
-    rows = []
-    for number, row in iter_jsonl(path):
-        for key in ("chosen", "rejected"):
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{number}: key {key!r} is missing or not a string")
-        if "prompt" not in row:
-            raise ValueError(f"{path}:{number}: key 'prompt' is missing")
-        try:
-            prompt_messages(row["prompt"])
-        except ConversationError as err:
-            raise ValueError(f"{path}:{number}: key 'prompt': {err}") from None
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no preference pairs")
-    return rows
 
 
 def encode_pairs(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> Encoded:
@@ -415,8 +394,8 @@ def train_reward_model(
     if cfg.init != "sft":
         check_same_vocabulary(init_dir, tokenizer, cfg.init, trust_remote_code)
     pad = reward_pad_id(tokenizer)
-    train_pairs = read_pair_rows(prefs_dir / TRAIN_PAIRS)
-    heldout_pairs = read_pair_rows(prefs_dir / HELDOUT_PAIRS)
+    train_pairs = read_pairs(prefs_dir / TRAIN_PAIRS)
+    heldout_pairs = read_pairs(prefs_dir / HELDOUT_PAIRS)
     rm_pairs, judge_pairs = train_pairs, []
     if cfg.independent_judge:
         rest, judge_pairs = judge_halves(train_pairs, cfg.judge_fraction, seed)

@@ -26,8 +26,8 @@ from zero_chatgpt.model.base_model import prepare_chat_model
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.stage import read_prompts
 from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id, sequence_scores
-from zero_chatgpt.model.train_rm import pair_batch, read_pair_rows, train_reward_model, transformer_blocks
-from zero_chatgpt.stage_files import HELDOUT_PAIRS, RLHF_PROMPTS, TRAIN_PAIRS
+from zero_chatgpt.model.train_rm import pair_batch, train_reward_model, transformer_blocks
+from zero_chatgpt.stage_files import HELDOUT_PAIRS, RLHF_PROMPTS, TRAIN_PAIRS, read_pairs
 from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompt, end_of_turn_id
 
 GOOD_WORDS = "river capital city blue green".split()
@@ -254,4 +254,4 @@ def test_prompts_that_are_no_conversation_ending_in_a_user_turn_name_their_line(
     pairs_file = tmp_path / TRAIN_PAIRS
     write_jsonl(pairs_file, [*pairs(range(3, 4)), {"prompt": ends_with_reply, "chosen": "a", "rejected": "b"}])
     with pytest.raises(ValueError, match=r"train_pairs.jsonl:2: key 'prompt': .*must end with a user turn"):
-        read_pair_rows(pairs_file)
+        read_pairs(pairs_file)

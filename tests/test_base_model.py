@@ -90,9 +90,9 @@ def test_an_encoder_decoder_is_refused_by_name(tmp_path):
     from zero_chatgpt.model.base_model import import_base_model
 
     t5 = tmp_path / "t5"
-    T5ForConditionalGeneration(T5Config(vocab_size=320, d_model=16, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(
-        t5
-    )
+    T5ForConditionalGeneration(
+        T5Config(vocab_size=320, d_model=16, d_ff=32, num_layers=1, num_heads=2)
+    ).save_pretrained(t5)
     gpt2_style_tokenizer().save_pretrained(t5)
     with pytest.raises(BaseModelError, match="encoder-decoder"):
         import_base_model(BaseModelConfig(path=str(t5)), tmp_path / "out")

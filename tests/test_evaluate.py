@@ -287,7 +287,7 @@ def test_heldout_rows_take_conversations_and_name_a_bad_row(tmp_path):
     )
     ending_with_the_answer = conversation[:2]
     (tmp_path / "sft_val.jsonl").write_text(json.dumps({"prompt": ending_with_the_answer}) + "\n")
-    with pytest.raises(ValueError, match="row 1: bad `prompt` conversation"):
+    with pytest.raises(ValueError, match=r"sft_val.jsonl:1: key 'prompt': .*must end with a user turn"):
         heldout_prompt_rows(tmp_path, 10, seed=0)
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.artifacts import MANIFEST  # noqa: F401  (every artifact: written last, see artifacts.py)
+from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
 from zero_chatgpt.data_process.token_shards import META as SHARD_META  # noqa: F401  (read with TokenShards)
-from zero_chatgpt.model.artifact_io import read_jsonl
+from zero_chatgpt.model.artifact_io import iter_jsonl, read_jsonl
 from zero_chatgpt.tokenizer.files import HF_TOKENIZER_FILE, SP_MODEL_FILE  # noqa: F401  (train_tokenizer)
 
 # ------------------------------------------------------------------ base_model: an existing model as input
@@ -40,22 +41,46 @@ PAIR_KEYS = ("prompt", "chosen", "rejected")
 INDEPENDENT_JUDGE_DIR = "independent_judge"
 
 
-def read_chat_rows(sft_dir: Path, name: str) -> list[dict[str, Any]]:
-    """The rows of one of the sft artifact's split files (`RLHF_PROMPTS`, `SFT_VAL`, `SFT_TRAIN`).
+def read_chat_rows(sft_dir: Path, name: str, require_response: bool = True) -> list[dict[str, Any]]:
+    """The rows of one of the sft artifact's split files (`RLHF_PROMPTS`, `SFT_VAL`, `SFT_TRAIN`), in file order.
 
-    A missing file is an error saying `sft_dir` is not an sft artifact; a row without `prompt` / `response`
-    strings is an error naming the file and line.
+    A row's `prompt` is a non-empty string or a message list ending with a user turn (`prompt_messages`), its
+    `response` a string (unless `require_response` is false). A missing file is an error saying `sft_dir` is not an
+    sft artifact; a bad row is an error naming the file and line.
     """
     path = Path(sft_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {sft_dir} is not an sft artifact")
-    return read_jsonl(path, required_str_keys=("prompt", "response"))
+    rows = []
+    for number, row in iter_jsonl(path):
+        if require_response and not isinstance(row.get("response"), str):
+            raise ValueError(f"{path}:{number}: key 'response' is missing or not a string")
+        check_prompt(row, path, number)
+        rows.append(row)
+    return rows
+
+
+def check_prompt(row: dict[str, Any], path: Path, number: int) -> None:
+    """Raise, naming the file and line, unless `row["prompt"]` is a non-empty string or a message list ending with
+    a user turn."""
+    prompt = row.get("prompt")
+    if prompt is None:
+        raise ValueError(f"{path}:{number}: key 'prompt' is missing")
+    if isinstance(prompt, str) and not prompt.strip():
+        raise ValueError(f"{path}:{number}: key 'prompt' is empty")
+    try:
+        prompt_messages(prompt)
+    except ConversationError as err:
+        raise ValueError(f"{path}:{number}: key 'prompt': {err}") from None
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
-    """Rows of a pairs file (`TRAIN_PAIRS` / `HELDOUT_PAIRS`); a malformed line or a missing / non-string key is
-    an error naming the file and line, and so is an empty file."""
-    pairs = read_jsonl(path, required_str_keys=PAIR_KEYS)
+    """Rows of a pairs file (`TRAIN_PAIRS` / `HELDOUT_PAIRS`): `chosen` and `rejected` strings, a `prompt` as
+    `check_prompt` wants it; a malformed line or a bad key is an error naming the file and line, and so is an
+    empty file."""
+    pairs = read_jsonl(path, required_str_keys=("chosen", "rejected"))
+    for number, row in enumerate(pairs, start=1):
+        check_prompt(row, path, number)
     if not pairs:
         raise ValueError(f"{path}: no preference pairs")
     return pairs

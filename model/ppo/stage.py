@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import PpoConfig
-from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
+from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.data_process.token_shards import TokenShards
-from zero_chatgpt.model.artifact_io import export_trained_model, iter_jsonl
+from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.base_model import load_causal_lm, load_dtype
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import resolve_device, seed_everything
@@ -62,7 +62,7 @@ from zero_chatgpt.model.pretrain import RandomWindows
 from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
 from zero_chatgpt.progress import report_progress
-from zero_chatgpt.stage_files import RLHF_PROMPTS
+from zero_chatgpt.stage_files import RLHF_PROMPTS, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
@@ -93,18 +93,7 @@ Prompt = str | list[dict[str, str]]
 def read_prompts(path: Path) -> list[Prompt]:
     """The `prompt` of each row of `rlhf_prompts.jsonl`: a string (one user turn) or a conversation ending in a
     user turn (`prompt_messages`); a bad line is an error naming file and line."""
-    prompts = []
-    for line_number, row in iter_jsonl(path):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str) and not prompt.strip():
-            raise ValueError(f"{path}:{line_number}: key 'prompt' is empty")
-        if prompt is None:
-            raise ValueError(f"{path}:{line_number}: key 'prompt' is missing")
-        try:
-            prompt_messages(prompt)
-        except ConversationError as err:
-            raise ValueError(f"{path}:{line_number}: key 'prompt': {err}") from None
-        prompts.append(prompt)
+    prompts = [row["prompt"] for row in read_chat_rows(path.parent, path.name, require_response=False)]
     if len(prompts) < 2:
         raise ValueError(f"{path}: {len(prompts)} prompts; PPO needs at least 2 (training and held-out)")
     return prompts
