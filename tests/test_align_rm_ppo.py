@@ -1,10 +1,10 @@
-"""train_rm and ppo on the families users align (LLaMA, Qwen2, GPT-2, BLOOM, OPT), each with a tokenizer of its own
-kind and chat template (ChatML added where it has none), multi-turn prompts, LoRA on some, and the reward model
-started from the SFT model, the base model or a model dir: tiny random models, CPU, no downloads.
+"""sft -> train_rm -> ppo on the families users align (LLaMA, Qwen2, GPT-2, BLOOM, OPT), each with a tokenizer of
+its own kind and chat template (ChatML added where it has none), multi-turn conversations, LoRA on some, and the
+reward model started from the SFT model, the base model or a model dir: tiny random models, CPU, no downloads.
 
-Per family: a "base" dir (model + tokenizer as a hub checkpoint ships them), an "SFT-like" dir made from it with
-`prepare_chat_model` (template and its tokens added, embeddings grown), a few preference pairs (some multi-turn) and
-RLHF prompts; the reward model trains a few steps, then PPO runs two steps against it.
+Per family: a "base" dir (model + tokenizer as a hub checkpoint ships them), the sft stage run on it for a few
+steps over multi-turn conversations (template and its tokens added, embeddings grown, RLHF prompts split off), a
+few preference pairs (some multi-turn); the reward model trains a few steps, then PPO runs two steps against it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from tests.foreign_models import FAMILIES, tiny_causal_lm
 from tests.foreign_tokenizers import gpt2_style_tokenizer, llama3_style_tokenizer, qwen_style_tokenizer
-from zero_chatgpt.config import PpoConfig, TrainRmConfig
+from zero_chatgpt.config import DemoCorpusConfig, PpoConfig, SftConfig, SftSource, TrainRmConfig
 from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.model.artifact_io import write_jsonl
-from zero_chatgpt.model.base_model import prepare_chat_model
 from zero_chatgpt.model.ppo import ppo
 from zero_chatgpt.model.ppo.stage import read_prompts
 from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id, sequence_scores
+from zero_chatgpt.model.sft import sft as sft_stage
 from zero_chatgpt.model.train_rm import pair_batch, train_reward_model, transformer_blocks
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, RLHF_PROMPTS, TRAIN_PAIRS, read_pairs
 from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompt, end_of_turn_id
@@ -100,22 +100,23 @@ def ppo_config(lora_rank: int) -> PpoConfig:
 
 
 def make_family_dirs(root: Path, family: str) -> dict[str, Path]:
-    """base (model + tokenizer as shipped), sft (chat-ready: template, added tokens, grown embeddings, RLHF
-    prompts) and prefs (train / held-out pairs) dirs."""
+    """base (model + tokenizer as shipped), sft (the sft stage run on it for a few steps: template and any added
+    tokens, grown embeddings, RLHF prompts) and prefs (train / held-out pairs) dirs."""
     tokenizer = make_tokenizer(SETUPS[family]["tokenizer"])
-    model = tiny_causal_lm(family, vocab_size=len(tokenizer))
     base = root / "base"
-    model.save_pretrained(base)
+    tiny_causal_lm(family, vocab_size=len(tokenizer)).save_pretrained(base)
     tokenizer.save_pretrained(base)
 
-    prepare_chat_model(model, tokenizer)
-    with torch.no_grad():  # fine-tuned: the SFT weights are not the base's
-        for param in model.parameters():
-            param.add_(0.01 * torch.randn_like(param))
+    conversations = root / "chat.jsonl"
+    reply = {"role": "assistant", "content": "A river city, blue and green."}
+    write_jsonl(conversations, [{"messages": [*prompt_messages(prompt(n)), reply]} for n in range(100, 148)])
+    sft_config = SftConfig.model_validate(
+        {"max_seq_len": 64, "optim": dict(lr=1e-2, warmup_steps=0, max_steps=8, batch_size=8, eval_every=8)}
+    )
+    source = SftSource(kind="jsonl", path=str(conversations), format="messages")
     sft = root / "sft"
-    model.save_pretrained(sft)
-    tokenizer.save_pretrained(sft)
-    write_jsonl(sft / RLHF_PROMPTS, [{"id": f"p{n}", "prompt": prompt(n), "response": "ok"} for n in range(100, 112)])
+    tuned = sft_stage(sft_config, [source], DemoCorpusConfig(), base, sft, seed=0, device="cpu")
+    assert tuned["val_loss"] < tuned["base_val_loss"], tuned
 
     prefs = root / "prefs"
     prefs.mkdir()
@@ -182,10 +183,11 @@ def test_ppo_steps_and_exports_a_plain_causal_lm(trained, tmp_path):
     family = trained["family"]
     lora_rank = SETUPS[family]["ppo_lora"]
     metrics = ppo(ppo_config(lora_rank), trained["sft"], trained["rm"], tmp_path / "ppo", seed=0, device="cpu")
-    assert metrics["steps"] == 2 and metrics["train_prompts"] == 10 and metrics["eval_prompts"] == 2
+    rlhf_prompts = read_prompts(trained["sft"] / RLHF_PROMPTS)  # the prompts sft held out
+    assert metrics["steps"] == 2 and metrics["train_prompts"] == len(rlhf_prompts) - 2 and metrics["eval_prompts"] == 2
 
     tokenizer = AutoTokenizer.from_pretrained(trained["sft"])
-    lengths = [len(encode_prompt(tokenizer, prompt_messages(prompt(n)), 10_000)) for n in range(100, 112)]
+    lengths = [len(encode_prompt(tokenizer, prompt_messages(p), 10_000)) for p in rlhf_prompts]
     assert metrics["prompts_cut"] == sum(length > MAX_PROMPT_TOKENS for length in lengths) > 0
 
     actor = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo").state_dict()
