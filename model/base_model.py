@@ -161,22 +161,30 @@ def _hidden(relative: Path) -> bool:
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-def load_dtype(dtype: str, device: str):
+def load_dtype(dtype: str, device: str, trains_all_weights: bool = False):
     """The torch dtype a model loads in: float32 on CPU whatever is asked (CPU kernels for half types are slow and
-    some are missing); on GPU the asked dtype, `auto` meaning the checkpoint's own."""
+    some are missing), and float32 for a model whose every weight trains (AdamW steps on bf16/fp16 weights lose
+    updates smaller than their precision; autocast does the half-precision math); otherwise — a frozen model, or
+    one trained through LoRA adapters — on GPU the asked dtype, `auto` meaning the checkpoint's own."""
     import torch
 
-    if device == "cpu":
+    if device == "cpu" or trains_all_weights:
         return torch.float32
     return "auto" if dtype == "auto" else getattr(torch, TORCH_DTYPES[dtype])
 
 
-def load_causal_lm(model_dir: Path, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False):
+def load_causal_lm(
+    model_dir: Path,
+    dtype: str = "auto",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    trains_all_weights: bool = False,
+):
     """`AutoModelForCausalLM` from `model_dir` in the dtype `load_dtype` picks; remote code only when asked."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=load_dtype(dtype, device), trust_remote_code=trust_remote_code
+        model_dir, dtype=load_dtype(dtype, device, trains_all_weights), trust_remote_code=trust_remote_code
     )
 
 

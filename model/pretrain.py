@@ -170,7 +170,7 @@ def pretrain(
             pad_token_id=tokenizer.pad_token_id,
         )
     else:
-        model = load_causal_lm(Path(init_dir), dtype, torch_device.type, trust_remote_code)
+        model = load_causal_lm(Path(init_dir), dtype, torch_device.type, trust_remote_code, trains_all_weights=True)
         context = getattr(model.config, "max_position_embeddings", None)
         if context is not None and seq_len > context:
             logger.warning("pretrain.model.max_seq_len %d exceeds the base model's context %d", seq_len, context)

@@ -304,7 +304,7 @@ def sft(
         write_jsonl(out_dir / SFT_TRAIN, map(_public_row, splits.train))
 
     tokenizer = AutoTokenizer.from_pretrained(pretrain_dir, trust_remote_code=trust_remote_code)
-    model = load_causal_lm(pretrain_dir, dtype, torch_device.type, trust_remote_code)
+    model = load_causal_lm(pretrain_dir, dtype, torch_device.type, trust_remote_code, cfg.lora.rank == 0)
     template = prepare_chat_model(model, tokenizer)
     if template.origin == "chatml-added":
         logger.info(

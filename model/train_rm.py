@@ -161,7 +161,10 @@ def build_reward_model(
     `lora.rank > 0`, lower layers frozen per `freeze_fraction`. Seed the global generator first: the head's
     initialisation (and the adapters') draws from it."""
     model = load_reward_model(
-        init_dir, reward_pad_id(tokenizer), dtype=load_dtype(dtype, device), trust_remote_code=trust_remote_code
+        init_dir,
+        reward_pad_id(tokenizer),
+        dtype=load_dtype(dtype, device, trains_all_weights=lora.rank == 0),
+        trust_remote_code=trust_remote_code,
     )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

@@ -96,3 +96,14 @@ def test_an_encoder_decoder_is_refused_by_name(tmp_path):
     gpt2_style_tokenizer().save_pretrained(t5)
     with pytest.raises(BaseModelError, match="encoder-decoder"):
         import_base_model(BaseModelConfig(path=str(t5)), tmp_path / "out")
+
+
+def test_weights_that_all_train_load_in_float32_frozen_or_adapted_ones_as_asked():
+    import torch
+
+    from zero_chatgpt.model.base_model import load_dtype
+
+    assert load_dtype("bfloat16", "cuda") == torch.bfloat16  # frozen (reference, reward) or under LoRA adapters
+    assert load_dtype("auto", "cuda") == "auto"  # the checkpoint's own
+    assert load_dtype("bfloat16", "cuda", trains_all_weights=True) == torch.float32  # AdamW keeps fp32 weights
+    assert load_dtype("float16", "cpu") == torch.float32

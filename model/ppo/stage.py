@@ -291,18 +291,20 @@ def ppo(
     stop_id, padding = end_of_turn_id(tokenizer), pad_id(tokenizer)
     train_prompts, eval_prompts = split_prompts(read_prompts(sft_dir / RLHF_PROMPTS), cfg.num_eval_prompts, seed)
 
-    def causal_lm() -> torch.nn.Module:
-        return load_causal_lm(sft_dir, dtype, torch_device.type, trust_remote_code).to(torch_device)
+    trains_all_weights = cfg.lora.rank == 0  # the actor and the critic; the reference and reward model are frozen
 
-    def reward_model_copy() -> torch.nn.Module:
-        weights = load_dtype(dtype, torch_device.type)
+    def causal_lm(trains: bool) -> torch.nn.Module:
+        return load_causal_lm(sft_dir, dtype, torch_device.type, trust_remote_code, trains).to(torch_device)
+
+    def reward_model_copy(trains: bool) -> torch.nn.Module:
+        weights = load_dtype(dtype, torch_device.type, trains)
         return load_reward_model(rm_dir, dtype=weights, trust_remote_code=trust_remote_code).to(torch_device)
 
-    actor = causal_lm()
-    reference = _frozen(causal_lm())
-    reward_model = _frozen(reward_model_copy())
+    actor = causal_lm(trains_all_weights)
+    reference = _frozen(causal_lm(False))
+    reward_model = _frozen(reward_model_copy(False))
     check_vocabularies(tokenizer, actor, reward_model, rm_dir)
-    critic_source = reward_model_copy()
+    critic_source = reward_model_copy(trains_all_weights)
     reward_fn = reward_model_scores(reward_model)
     budget = prompt_budget(cfg, context_length(actor, reward_model))
     train_ids, train_cut = encode_prompts(tokenizer, train_prompts, budget)
