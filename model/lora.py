@@ -22,9 +22,11 @@ def with_lora(
     dropout: float = 0.0,
     target_modules: list[str] | str = "all-linear",
     task_type: TaskType = "CAUSAL_LM",
+    trainable_tokens: list[int] | None = None,
 ) -> torch.nn.Module:
     """`model` wrapped with trainable LoRA adapters of `rank` (alpha defaults to 2 x rank); all other weights are
-    frozen, except a scalar head (`SEQ_CLS`), which stays trainable."""
+    frozen, except a scalar head (`SEQ_CLS`), which stays trainable, and the embeddings of `trainable_tokens`
+    (tokens added to the vocabulary, whose embeddings would otherwise keep their random initialisation)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
@@ -42,6 +44,7 @@ def with_lora(
         target_modules=target_modules,
         task_type=task_type,
         fan_in_fan_out=transposed,
+        trainable_token_indices=list(trainable_tokens) if trainable_tokens else None,
     )
     try:
         return get_peft_model(model, config)
@@ -61,8 +64,13 @@ def trainable_parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def apply_lora(model: torch.nn.Module, settings, task_type: TaskType = "CAUSAL_LM") -> torch.nn.Module:
-    """`model` with the adapters a stage's `lora` section asks for (a `LoraSettings`); rank 0: `model` unchanged."""
+def apply_lora(
+    model: torch.nn.Module, settings, task_type: TaskType = "CAUSAL_LM", trainable_tokens: list[int] | None = None
+) -> torch.nn.Module:
+    """`model` with the adapters a stage's `lora` section asks for (a `LoraSettings`), the embeddings of
+    `trainable_tokens` training too; rank 0: `model` unchanged (all of it trains)."""
     if settings.rank == 0:
         return model
-    return with_lora(model, settings.rank, settings.alpha, settings.dropout, settings.target_modules, task_type)
+    return with_lora(
+        model, settings.rank, settings.alpha, settings.dropout, settings.target_modules, task_type, trainable_tokens
+    )

@@ -352,15 +352,12 @@ def sft(
     ]
     logger.info("sft: base val loss %.4f (the start model on the SFT val set)", base_val_loss)
 
-    model = apply_lora(model, cfg.lora)
+    # The chat tokens added to a template-less tokenizer start random: under LoRA their embeddings train too.
+    added_ids = tokenizer.convert_tokens_to_ids(list(template.added_tokens))
+    model = apply_lora(model, cfg.lora, trainable_tokens=added_ids)
     trainable = trainable_parameter_count(model)
     if cfg.lora.rank > 0:
         logger.info("sft: LoRA rank %d, %s of %s parameters train", cfg.lora.rank, f"{trainable:,}", f"{params:,}")
-        if template.added_tokens:
-            logger.warning(
-                "sft: LoRA leaves the embeddings frozen, so the added tokens %s keep their initial embeddings",
-                ", ".join(template.added_tokens),
-            )
 
     result = train(
         model,

@@ -166,9 +166,11 @@ def build_reward_model(
         dtype=load_dtype(dtype, device, trains_all_weights=lora.rank == 0),
         trust_remote_code=trust_remote_code,
     )
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    grown = list(range(model.get_input_embeddings().num_embeddings, len(tokenizer)))
+    if grown:
         model.resize_token_embeddings(len(tokenizer))
-    model = apply_lora(model, lora, "SEQ_CLS")
+    # Tokens the SFT tokenizer added (a base or another model as the start) start random: under LoRA they train too.
+    model = apply_lora(model, lora, "SEQ_CLS", trainable_tokens=grown)
     return model, freeze_lower_layers(model, freeze_fraction)
 
 

@@ -215,6 +215,22 @@ def test_lora_sft_exports_merged_plain_weights(llama_dir, chat_source, tmp_path)
     check_exported(out, "<|eot_id|>")
 
 
+def test_lora_sft_trains_the_embeddings_of_the_chat_tokens_it_added(gpt2_dir, chat_source, tmp_path):
+    out = tmp_path / "lora-gpt2"
+    cfg = sft_config(max_steps=10, lora={"rank": 4})
+    run_sft(cfg, chat_source, gpt2_dir, out)
+    base_vocab = AutoModelForCausalLM.from_pretrained(gpt2_dir).get_input_embeddings().weight
+    tuned = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    added = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert min(added) >= base_vocab.shape[0]
+    assert torch.equal(tuned[: base_vocab.shape[0]], base_vocab)  # the base's own rows stay frozen
+    fresh = AutoModelForCausalLM.from_pretrained(gpt2_dir)
+    fresh.resize_token_embeddings(len(tokenizer))
+    # Whatever the resize initialised them to, training moved them.
+    assert not torch.allclose(tuned[added], fresh.get_input_embeddings().weight[added])
+
+
 # ---------------------------------------------------------------------------------------------- build_prefs
 
 
