@@ -106,6 +106,11 @@ def pick_next_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> torch.LongTensor:
     """(B, V) logits -> (B,) token ids; argmax when `temperature == 0`, else a draw from the filtered softmax."""
+    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()):
+        raise FloatingPointError(
+            "the model's next-token logits are NaN or infinite (a diverged model, or half-precision overflow: try "
+            "base_model.dtype float32 / optim.precision fp32); sampling cannot go on"
+        )
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     probs = next_token_distribution_filter(logits, temperature, top_p)

@@ -276,3 +276,28 @@ def test_held_out_kl_estimates_the_per_sequence_kl(dirs):
         reference, reference, no_reward, prompts[:2], cfg, torch.device("cpu"), None, 0, **ids
     )
     assert same["kl"] == 0.0
+
+
+def test_a_reward_model_that_returns_nan_stops_ppo_with_its_name(dirs, tmp_path):
+    import shutil
+
+    from zero_chatgpt.model.ppo.maths import NonFiniteError
+
+    broken = tmp_path / "rm-nan"
+    shutil.copytree(dirs["rm"], broken)
+    model = load_reward_model(broken)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    with pytest.raises(NonFiniteError, match="reward model's scores are NaN or infinite; check the train_rm"):
+        ppo(ppo_config(), dirs["sft"], broken, tmp_path / "ppo", seed=0, device="cpu")
+
+
+def test_sampling_from_a_model_with_nan_weights_names_the_cause(dirs):
+    from zero_chatgpt.model.generation import sample
+
+    model = AutoModelForCausalLM.from_pretrained(dirs["sft"])
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="next-token logits are NaN or infinite"):
+        sample(model, [[5, 6, 7]], 4, eos_id=IM_END_ID, pad_id=PAD_ID)

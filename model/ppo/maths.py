@@ -158,3 +158,16 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
     return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+class NonFiniteError(FloatingPointError):
+    """A PPO quantity that became NaN or infinite; the message names it and what usually causes it."""
+
+
+def require_finite(name: str, values: torch.Tensor, hint: str) -> None:
+    """Raise `NonFiniteError` naming `name` (and `hint`) when any of `values` is NaN or infinite: one bad number
+    would otherwise spread through the advantages into every weight, or crash sampling far from its cause."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(f"ppo: {bad} of {values.numel()} values of the {name} are NaN or infinite; {hint}")

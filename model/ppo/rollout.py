@@ -15,7 +15,7 @@ import torch
 
 from zero_chatgpt.model.distributed import all_gather_objects
 from zero_chatgpt.model.generation import Rollout, position_kwargs, positions_from_mask, sample
-from zero_chatgpt.model.ppo.maths import gae_advantages, kl_shaped_rewards, whiten
+from zero_chatgpt.model.ppo.maths import gae_advantages, kl_shaped_rewards, require_finite, whiten
 from zero_chatgpt.model.reward_model import backbone_and_head, per_token_scores, sequence_scores
 
 # scores(sequences (B, P + T), attention_mask (B, P + T)) -> (B,) float: the reward of each whole sequence
@@ -143,6 +143,12 @@ def score_rollout(
     # values[:, t] is read at the position that predicts response token t: the state before choosing it.
     values = critic(sequences, attention_mask)[:, prompt_length - 1 : -1] * mask
     scores = reward_fn(sequences, attention_mask).float()
+    require_finite("reward model's scores", scores, "check the train_rm artifact (a NaN val_loss) or its dtype")
+    # Checked on response tokens only: past a row's end the positions are padding, masked out below.
+    real = rollout.response_mask
+    require_finite("actor's log-probabilities", logprobs[real], "the policy diverged: lower ppo.optim.lr")
+    require_finite("reference's log-probabilities", ref_logprobs[real], "check the sft artifact and base_model.dtype")
+    require_finite("critic's values", values[real], "the critic diverged: lower ppo.critic_lr")
     rewards, kl = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, settings.reward_clip)
     advantages, returns = gae_advantages(rewards, values, mask, settings.gamma, settings.gae_lambda)
     return Experience(

@@ -16,7 +16,7 @@ import torch
 from zero_chatgpt.config import PpoConfig
 from zero_chatgpt.model.distributed import per_rank_count
 from zero_chatgpt.model.losses import causal_lm_window_loss
-from zero_chatgpt.model.ppo.maths import masked_mean, policy_loss, token_entropy, value_loss
+from zero_chatgpt.model.ppo.maths import masked_mean, policy_loss, require_finite, token_entropy, value_loss
 from zero_chatgpt.model.ppo.rollout import Experience, response_logits, token_logprobs
 from zero_chatgpt.model.training import BatchSource, TrainBackend, autocast
 
@@ -107,6 +107,7 @@ def ppo_update(
                         ptx_loss, _ = causal_lm_window_loss(actor.module, windows)
                         actor_loss = actor_loss + settings.ptx_coef * ptx_loss
                         stats["ptx_loss"] = ptx_loss.detach()
+                require_finite("policy loss", actor_loss.detach(), "lower ppo.optim.lr or raise ppo.kl_coef")
                 actor.backward(actor_loss)
             actor.step()
             with critic.micro_batch(last=True):
@@ -115,6 +116,7 @@ def ppo_update(
                     critic_loss, value_stats = value_loss(
                         values, batch.values, batch.returns, batch.response_mask, settings.value_clip_range, token_count
                     )
+                require_finite("value loss", critic_loss.detach(), "lower ppo.critic_lr")
                 critic.backward(critic_loss)
             critic.step()
             with torch.no_grad():
