@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], choices=sorted(TEMPLATE_STYLE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1234, 7, 99])
+    parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE settings for every run")
     args = parser.parse_args()
     if not shared_data_present():
         print("../shared/data is not present: nothing to measure", file=sys.stderr)
@@ -52,7 +53,7 @@ def main() -> int:
             base.parent.mkdir(parents=True, exist_ok=True)
             build_base(args.root, family, TEMPLATE_STYLE[family])
         for seed in args.seeds:
-            stages = run_align(args.root / f"{family}-{seed}", base, seed=seed)
+            stages = run_align(args.root / f"{family}-{seed}", base, seed=seed, extra=tuple(args.set))
             figures = {f"{stage}.{key}": stages[stage]["metrics"].get(key) for stage, key in FIGURES}
             figures.update({f"seconds.{stage}": entry["seconds"] for stage, entry in stages.items()})
             results.setdefault(family, {})[seed] = figures

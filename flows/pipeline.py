@@ -16,9 +16,10 @@ from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
-from zero_chatgpt.config import STAGES, ConfigError, load_config, route_stages
+from zero_chatgpt.config import STAGES, ConfigError, PipelineConfig, load_config, route_stages
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
+from zero_chatgpt.flow_runs import watched_flow_run
 from zero_chatgpt.model.base_model import resolve_configured_base_model
 from zero_chatgpt.tasks.base_model import base_model_task
 from zero_chatgpt.tasks.build_prefs import build_prefs_task
@@ -123,8 +124,14 @@ def zero_chatgpt(
     run = PipelineRun(
         config, Path(root).resolve(), until_names[0] if until_names else None, set(_stage_names(force, "force"))
     )
-    print_table_header()
+    with watched_flow_run(run.root):
+        print_table_header()
+        _run_route(run, typed_config)
+    return run.latest
 
+
+def _run_route(run: PipelineRun, typed_config: PipelineConfig) -> None:
+    """The stages of this config's route, in order (see `config.route_stages`)."""
     # Three routes to the model SFT starts from: pretraining from scratch, a base model as it is, or a base
     # model pretrained further on the corpus (tokenised with its own tokenizer).
     base = run.stage(base_model_task) if typed_config.base_model.path else None
@@ -157,4 +164,3 @@ def zero_chatgpt(
     )
     if report is not None:
         publish_report_task(report["path"], run.latest)
-    return run.latest

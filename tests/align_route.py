@@ -62,8 +62,10 @@ def build_base(tmp_path: Path, family: str, style: str, seed: int = 0) -> Path:
     )
 
 
-def run_align(root: Path, base: Path, seed: int = 1234, sft_rows: int = 600) -> dict[str, dict]:
-    settings = [f"base_model.path={base}", f"run.seed={seed}", *shared_sources(sft_rows), *ALIGN_SETTINGS]
+def run_align(
+    root: Path, base: Path, seed: int = 1234, sft_rows: int = 600, extra: tuple[str, ...] = ()
+) -> dict[str, dict]:
+    settings = [f"base_model.path={base}", f"run.seed={seed}", *shared_sources(sft_rows), *ALIGN_SETTINGS, *extra]
     assert main(["run", "--preset", "align", "--root", str(root), *[f"--set={s}" for s in settings]]) == 0
     latest = json.loads((root / "latest.json").read_text(encoding="utf-8"))
     return {

@@ -46,6 +46,7 @@ def test_swapping_the_base_model_reruns_the_stages_after_it_and_nothing_before(t
     pretrain = json.loads((root / "latest.json").read_text())["pretrain"]["path"]
     metrics = json.loads((Path(pretrain) / "manifest.json").read_text())["metrics"]
     assert metrics["val_loss"] < metrics["base_val_loss"]  # it continued the base, and learned
+    assert (root / ".flow-runs").is_dir() and not list((root / ".flow-runs").iterdir())  # a finished run forgets itself
 
     assert run(root, first, *CONTINUE, until="pretrain") == dict.fromkeys(
         ["base_model", "clean", "dedup", "shard", "pretrain"], "cached"
