@@ -7,7 +7,7 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.build_prefs import build_prefs
-from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, run_stage, stage_task
 
 BUILD_PREFS = StageSpec(
     "build_prefs",
@@ -37,7 +37,6 @@ def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: st
             out_dir,
             cfg.run.seed,
             cfg.run.device,
-            dtype=cfg.base_model.dtype,
-            trust_remote_code=cfg.base_model.trust_remote_code,
+            **model_loading(cfg),
         ),
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.ppo.stage import ppo
-from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
 # The token shards are an optional upstream: PPO-ptx reads them, and a base model aligned without continued
@@ -24,7 +24,6 @@ def ppo_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force
         "sft_dir": Path(upstream["sft"]["path"]),
         "rm_dir": Path(upstream["train_rm"]["path"]),
         "shard_dir": Path(shard["path"]) if shard else None,
-        "dtype": cfg.base_model.dtype,
-        "trust_remote_code": cfg.base_model.trust_remote_code,
+        **model_loading(cfg),
     }
     return run_training_stage(PPO, config, upstream, root, force, ppo, cfg.ppo, inputs)

@@ -7,7 +7,7 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.pretrain import pretrain
-from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
 # `base_model` joins the upstream for continued pretraining: the model then starts from its weights.
@@ -21,9 +21,5 @@ def pretrain_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
     cfg = PipelineConfig.model_validate(config)
     inputs = {"shard_dir": Path(upstream["shard"]["path"]), "tokenizer_dir": Path(upstream["train_tokenizer"]["path"])}
     if upstream.get("base_model") is not None:
-        inputs.update(
-            init_dir=Path(upstream["base_model"]["path"]),
-            dtype=cfg.base_model.dtype,
-            trust_remote_code=cfg.base_model.trust_remote_code,
-        )
+        inputs.update(init_dir=Path(upstream["base_model"]["path"]), **model_loading(cfg))
     return run_training_stage(PRETRAIN, config, upstream, root, force, pretrain, cfg.pretrain, inputs)

@@ -7,7 +7,7 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.sft import sft
-from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
 SFT = StageSpec(
@@ -26,7 +26,6 @@ def sft_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force
         "sft_sources": cfg.data.sft_sources,
         "demo": cfg.data.demo,
         "pretrain_dir": Path(upstream["pretrain"]["path"]),
-        "dtype": cfg.base_model.dtype,
-        "trust_remote_code": cfg.base_model.trust_remote_code,
+        **model_loading(cfg),
     }
     return run_training_stage(SFT, config, upstream, root, force, sft, cfg.sft, inputs)

@@ -226,6 +226,12 @@ def _progress_artifact(stage: str, min_step: float = 0.02, min_seconds: float = 
     return listen
 
 
+def model_loading(config: PipelineConfig) -> dict[str, Any]:
+    """How stages that load a model load it: the base model's `dtype` and `trust_remote_code` (keyword arguments
+    of every stage function that loads one)."""
+    return {"dtype": config.base_model.dtype, "trust_remote_code": config.base_model.trust_remote_code}
+
+
 def stage_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a task (lines show in the UI), else a plain logger."""
     try:

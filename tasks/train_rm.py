@@ -7,7 +7,7 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.train_rm import train_reward_model
-from zero_chatgpt.tasks.stage import StageSpec, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
 # The base model is an optional upstream: the flow passes it when one is configured (`train_rm.init: base`).
@@ -25,7 +25,6 @@ def train_rm_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
         "sft_dir": Path(upstream["sft"]["path"]),
         "prefs_dir": Path(upstream["build_prefs"]["path"]),
         "base_dir": Path(base["path"]) if base else None,
-        "dtype": cfg.base_model.dtype,
-        "trust_remote_code": cfg.base_model.trust_remote_code,
+        **model_loading(cfg),
     }
     return run_training_stage(TRAIN_RM, config, upstream, root, force, train_reward_model, cfg.train_rm, inputs)

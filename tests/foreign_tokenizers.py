@@ -33,14 +33,14 @@ QWEN_TEMPLATE = (
 )
 
 
-def _byte_level_bpe(special_tokens: list[str], vocab_size: int = 400) -> Tokenizer:
+def _byte_level_bpe(special_tokens: list[str], vocab_size: int = 400, texts: list[str] = TRAINING_TEXT) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator(TRAINING_TEXT, trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     return tokenizer
 
 
@@ -82,14 +82,7 @@ def trained_tokenizer(style: str, texts: list[str], vocab_size: int = 1024) -> P
         names = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|end_of_text|>"}
     else:
         raise ValueError(f"unknown tokenizer style {style!r}")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **names)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(specials, vocab_size, texts), **names)
     if style == "llama3":
         tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
