@@ -125,6 +125,7 @@ class Generations:
     texts: list[str]
     token_ids: list[list[int]]
     batches: list[tuple[list[int], Rollout]] = field(default_factory=list)
+    prompts_cut: int = 0  # prompts that kept only their end to leave room for the answer in the context
 
 
 def fit_prompts(prompts: list[list[int]], context: int | None, max_new_tokens: int) -> list[list[int]]:
@@ -155,7 +156,18 @@ def generate(
 
     Rows stop at `eos_id`; padding is the tokenizer's pad id (`pad_id`)."""
     device = next(model.parameters()).device
-    prompts = fit_prompts(prompts, _context(model), max_new_tokens)
+    fitted = fit_prompts(prompts, _context(model), max_new_tokens)
+    prompts_cut = sum(len(fit) < len(prompt) for fit, prompt in zip(fitted, prompts))
+    if prompts_cut:
+        logger.warning(
+            "evaluate: %d of %d prompts are longer than the model's context %s leaves after %d new tokens: they "
+            "keep their end",
+            prompts_cut,
+            len(prompts),
+            _context(model),
+            max_new_tokens,
+        )
+    prompts = fitted
     generator = torch.Generator(device=device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts, token_ids = [""] * len(prompts), [[] for _ in prompts]
@@ -184,7 +196,7 @@ def generate(
                 token_ids[index] = kept
                 texts[index] = tokenizer.decode(kept, skip_special_tokens=True)
             batches.append((indices, rollout))
-    return Generations(texts, token_ids, batches)
+    return Generations(texts, token_ids, batches, prompts_cut)
 
 
 def greedy_texts(
@@ -692,6 +704,7 @@ def evaluate(
         "independent_judge": str(judge_dir) if judge_dir is not None else None,
         "pretrain_prompted_in_chat": in_chat["pretrain"],
         "prompts": len(prompt_rows),
+        "prompts_cut": {name: judged[name].prompts_cut for name in MODELS},
         "multi_turn_prompts": sum(_user_turns(p) > 1 for p in prompts),
         "questions": len(questions),
         "seconds": time.perf_counter() - started,

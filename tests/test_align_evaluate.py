@@ -317,3 +317,15 @@ def test_chat_generation_and_task_scoring_work_on_every_family(family, tmp_path)
             float(torch.log_softmax(logits[len(context) + k - 1], -1)[token]) for k, token in enumerate(continuation)
         )
         assert count == len(continuation) and total == pytest.approx(expected, abs=1e-4), family
+
+
+def test_prompts_longer_than_the_context_keep_their_end_and_are_counted():
+    from tests.foreign_models import tiny_causal_lm
+    from tests.foreign_tokenizers import llama3_style_tokenizer
+    from zero_chatgpt.model.evaluate import generate
+
+    tokenizer = llama3_style_tokenizer()
+    model = tiny_causal_lm("llama", vocab_size=len(tokenizer))  # 128 positions
+    long, short = list(range(10, 210)), [10, 11, 12]
+    result = generate(model, tokenizer, [long, short], 8, eos_id=-1, temperature=0.0, top_p=1.0, seed=0, batch_size=2)
+    assert result.prompts_cut == 1 and len(result.token_ids[0]) == 8
