@@ -34,6 +34,8 @@ def test_align_a_base_model_on_real_chat_data(tmp_path, family, style):
 
     ppo = stages["ppo"]["metrics"]
     assert ppo["kl"] <= ppo["kl_bound"]
+    if family == "llama":  # holds at seeds 1234, 7 and 99; the GPT-2 base's reward model barely learns (docs)
+        assert ppo["reward_after"] > ppo["reward_before"]
 
     for stage in ("sft", "ppo"):
         AutoModelForCausalLM.from_pretrained(stages[stage]["path"])
