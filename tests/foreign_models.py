@@ -39,7 +39,16 @@ def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
             max_position_embeddings=max_positions,
         )
     if family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=max_positions)
+        # GPT-2's default special ids (50256) lie outside a test vocabulary: the tokenizer says which ids they are.
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=max_positions,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
     if family == "bloom":
         return BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4)
     if family == "opt":
@@ -63,6 +72,8 @@ def tiny_causal_lm(family: str, vocab_size: int = 320, seed: int = 0) -> torch.n
 def save_base_model(path, family: str, tokenizer, seed: int = 0, max_positions: int = 128):
     """A random-weight `family` model sized for `tokenizer`, saved with it as a Hugging Face base model dir."""
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer), max_positions)).save_pretrained(path)
+    config = tiny_config(family, len(tokenizer), max_positions)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
