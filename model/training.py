@@ -26,6 +26,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -203,6 +205,10 @@ class TrainResult:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
+# The metrics records kept with each resume checkpoint (see `MetricsLog.keep_with`).
+HISTORY = "metrics_history.jsonl"
+
+
 class MetricsLog:
     """Append-only `metrics.jsonl`: one JSON object per training step or eval, each with its `step`."""
 
@@ -227,6 +233,27 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def keep_with(self, checkpoint_dir: Path) -> None:
+        """Copy the records so far beside a checkpoint: a stage rebuilt after a crash writes into a new dir, and
+        its curves must still start at step 1."""
+        if self.path is None or not self.path.is_file():
+            return
+        copy = Path(checkpoint_dir) / HISTORY
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_name(f".{HISTORY}.tmp")
+        shutil.copyfile(self.path, tmp)
+        os.replace(tmp, copy)
+
+    def resume_from(self, checkpoint_dir: Path, step: int) -> None:
+        """Start from the records kept with the checkpoint (when this dir has none of its own), up to `step`."""
+        if self.path is None:
+            return
+        kept = Path(checkpoint_dir) / HISTORY
+        if kept.is_file() and not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kept, self.path)
+        self.truncate_after(step)
 
 
 def _as_float(value: Any) -> float:
@@ -438,7 +465,7 @@ def train(
         source.load_state_dict(state["data"])
         restore_rng_states(state["rng"])
         start_step, tokens_seen = int(state["step"]), int(state["tokens_seen"])
-        log.truncate_after(start_step)
+        log.resume_from(Path(checkpoint_dir), start_step)
         logger.info("resuming from step %d (%s tokens seen) in %s", start_step, f"{tokens_seen:,}", checkpoint_dir)
     elif is_main_process and log.path is not None and log.path.exists():
         log.path.unlink()  # a fresh run: old records would mix two runs in one plot
@@ -508,6 +535,8 @@ def train(
             if is_main_process:
                 logger.info("step %d eval %s", step + 1, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
         if checkpoint_dir is not None and (step + 1) % optim.checkpoint_every == 0 and not last:
+            # History first: killed in between, the resumed run drops the records past the older checkpoint.
+            log.keep_with(Path(checkpoint_dir))
             backend.save(
                 Path(checkpoint_dir),
                 {

@@ -232,6 +232,22 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path, caplog
     steps = [json.loads(line)["step"] for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # records past the checkpoint were replaced, not duplicated
 
+    # A stage rebuilt after a crash writes into a new dir: the history kept with the checkpoint comes along.
+    train(
+        tiny_model(seed=2),
+        pattern_batches(),
+        causal_lm_window_loss,
+        optim,
+        "cpu",
+        tmp_path / "ckpt",
+        None,
+        tmp_path / "c.jsonl",
+    )
+    straight_records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    rebuilt = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rebuilt] == list(range(1, 13))
+    assert [r["loss"] for r in rebuilt[:10]] == [r["loss"] for r in straight_records[:10]]
+
 
 def test_plain_iterables_and_callables_are_resumable_by_replay():
     from zero_chatgpt.model.training import as_batch_source
