@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--families", nargs="+", default=["gpt2", "llama"], choices=sorted(TEMPLATE_STYLE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1234, 7, 99])
     parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE settings for every run")
+    parser.add_argument("--width", type=int, default=32, help="hidden size of the tiny base models")
     args = parser.parse_args()
     if not shared_data_present():
         print("../shared/data is not present: nothing to measure", file=sys.stderr)
@@ -51,7 +52,7 @@ def main() -> int:
         base = args.root / f"{family}-base"
         if not base.is_dir():
             base.parent.mkdir(parents=True, exist_ok=True)
-            build_base(args.root, family, TEMPLATE_STYLE[family])
+            build_base(args.root, family, TEMPLATE_STYLE[family], width=args.width)
         for seed in args.seeds:
             stages = run_align(args.root / f"{family}-{seed}", base, seed=seed, extra=tuple(args.set))
             figures = {f"{stage}.{key}": stages[stage]["metrics"].get(key) for stage, key in FIGURES}

@@ -59,9 +59,9 @@ def tokenizer_texts(limit: int = 3000) -> list[str]:
     return texts
 
 
-def build_base(tmp_path: Path, family: str, style: str, seed: int = 0) -> Path:
+def build_base(tmp_path: Path, family: str, style: str, seed: int = 0, width: int = 32) -> Path:
     return save_base_model(
-        tmp_path / f"{family}-base", family, trained_tokenizer(style, tokenizer_texts()), seed, max_positions=256
+        tmp_path / f"{family}-base", family, trained_tokenizer(style, tokenizer_texts()), seed, 256, width
     )
 
 

@@ -14,6 +14,9 @@ atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from zero_chatgpt.prefect_settings import apply_prefect_defaults  # noqa: E402  (no Prefect import)
+
+apply_prefect_defaults()  # what the CLI sets, before any test imports Prefect
 # Tiny test models run ~10x slower on 2 torch threads than on 1 when anything else uses the other core.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -16,13 +16,13 @@ from transformers import (
 FAMILIES = ("llama", "qwen2", "gpt2", "bloom", "opt")
 
 
-def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
-    """A 2-layer, width-32 config of `family` for a tokenizer of `vocab_size` ids."""
+def tiny_config(family: str, vocab_size: int, max_positions: int = 128, width: int = 32):
+    """A 2-layer config of `family` (`width` wide) for a tokenizer of `vocab_size` ids."""
     if family == "llama":
         return LlamaConfig(
             vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=width,
+            intermediate_size=2 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -31,8 +31,8 @@ def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
     if family == "qwen2":
         return Qwen2Config(
             vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=width,
+            intermediate_size=2 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
@@ -42,7 +42,7 @@ def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
         # GPT-2's default special ids (50256) lie outside a test vocabulary: the tokenizer says which ids they are.
         return GPT2Config(
             vocab_size=vocab_size,
-            n_embd=32,
+            n_embd=width,
             n_layer=2,
             n_head=4,
             n_positions=max_positions,
@@ -50,16 +50,16 @@ def tiny_config(family: str, vocab_size: int, max_positions: int = 128):
             eos_token_id=None,
         )
     if family == "bloom":
-        return BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4)
+        return BloomConfig(vocab_size=vocab_size, hidden_size=width, n_layer=2, n_head=4)
     if family == "opt":
         return OPTConfig(
             vocab_size=vocab_size,
-            hidden_size=32,
-            ffn_dim=64,
+            hidden_size=width,
+            ffn_dim=2 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=max_positions,
-            word_embed_proj_dim=32,
+            word_embed_proj_dim=width,
         )
     raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
 
@@ -69,10 +69,10 @@ def tiny_causal_lm(family: str, vocab_size: int = 320, seed: int = 0) -> torch.n
     return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size))
 
 
-def save_base_model(path, family: str, tokenizer, seed: int = 0, max_positions: int = 128):
+def save_base_model(path, family: str, tokenizer, seed: int = 0, max_positions: int = 128, width: int = 32):
     """A random-weight `family` model sized for `tokenizer`, saved with it as a Hugging Face base model dir."""
     torch.manual_seed(seed)
-    config = tiny_config(family, len(tokenizer), max_positions)
+    config = tiny_config(family, len(tokenizer), max_positions, width)
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+from prefect.logging.handlers import APILogWorker
 
 from tests.foreign_models import tiny_causal_lm
 from tests.foreign_tokenizers import llama3_style_tokenizer
@@ -15,6 +19,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 CONTINUE = [
     "base_model.continue_pretraining=true",
+    # Longer than the base's 128 positions: pretrain warns (a library logger) and uses 128.
+    "pretrain.model.max_seq_len=256",
     "pretrain.optim.max_steps=4",
     "pretrain.optim.eval_every=2",
     "pretrain.optim.checkpoint_every=4",
@@ -47,6 +53,10 @@ def test_swapping_the_base_model_reruns_the_stages_after_it_and_nothing_before(t
     metrics = json.loads((Path(pretrain) / "manifest.json").read_text())["metrics"]
     assert metrics["val_loss"] < metrics["base_val_loss"]  # it continued the base, and learned
     assert (root / ".flow-runs").is_dir() and not list((root / ".flow-runs").iterdir())  # a finished run forgets itself
+    APILogWorker.drain_all(timeout=10)  # logs go to the API in batches
+    with get_client(sync_client=True) as client:  # library warnings reach the run's logs in the Prefect API
+        warnings = client.read_logs(log_filter=LogFilter(level=LogFilterLevel(ge_=logging.WARNING)))
+    assert any("exceeds the base model's context" in log.message for log in warnings), [w.message for w in warnings]
 
     assert run(root, first, *CONTINUE, until="pretrain") == dict.fromkeys(
         ["base_model", "clean", "dedup", "shard", "pretrain"], "cached"

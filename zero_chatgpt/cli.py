@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zero_chatgpt.config import ConfigError, config_to_yaml, load_config, overrides_from_set_options, preset_names
+from zero_chatgpt.prefect_settings import apply_prefect_defaults
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -232,10 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `zero-chatgpt` command."""
-    # Prefect's temporary server gets 20 s to start by default; a busy 2-core laptop can need more.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    # Runs are often offline (clusters, CI); telemetry would only log a failed DNS lookup.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    apply_prefect_defaults()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
