@@ -301,3 +301,12 @@ def test_sampling_from_a_model_with_nan_weights_names_the_cause(dirs):
         model.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="next-token logits are NaN or infinite"):
         sample(model, [[5, 6, 7]], 4, eos_id=IM_END_ID, pad_id=PAD_ID)
+
+
+def test_ppo_at_an_absurd_learning_rate_stops_naming_what_went_non_finite(dirs, tmp_path):
+    """lr 1e9 (grad clipping off) blows the weights up within a step or two: the run stops with a named
+    non-finite quantity and what to change, never trains on NaN or dies inside torch's sampler."""
+    optim = dict(lr=1e9, warmup_steps=0, max_steps=4, min_lr_ratio=1.0, weight_decay=0.0, grad_clip=0.0)
+    with pytest.raises(FloatingPointError, match="NaN or infinite") as failure:
+        ppo(ppo_config(optim=optim), dirs["sft"], dirs["rm"], tmp_path / "ppo", seed=0, device="cpu")
+    assert "ppo." in str(failure.value) or "dtype" in str(failure.value)  # it names a key to change
