@@ -56,7 +56,7 @@ from transformers import PreTrainedModel
 
 from zero_chatgpt.model.artifact_io import iter_jsonl
 from zero_chatgpt.model.eval_templates import BUILTIN_TASKS
-from zero_chatgpt.model.generation import left_pad, position_kwargs, positions_from_mask
+from zero_chatgpt.model.generation import cache_kwargs, left_pad, position_kwargs, positions_from_mask
 from zero_chatgpt.tokenizer.chat_encoding import pad_id
 
 logger = logging.getLogger(__name__)
@@ -436,7 +436,7 @@ def _shared_context_logprobs(
         input_ids=ids,
         attention_mask=mask,
         **position_kwargs(model, positions),
-        past_key_values=cache,
+        **cache_kwargs(cache),
         use_cache=True,
     ).logits  # (G, Lk, V)
     rest = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)

@@ -75,6 +75,19 @@ def position_kwargs(model: torch.nn.Module, position_ids: torch.Tensor) -> dict[
     return {"position_ids": position_ids} if _takes_positions(type(model)) else {}
 
 
+def cache_kwargs(cache) -> dict:
+    """The keyword a forward takes its key/value cache by: `cache` in transformers >= 5.2x (`past_key_values` is
+    deprecated there and warns on every call), `past_key_values` before."""
+    return {_cache_keyword(): cache}
+
+
+@functools.cache
+def _cache_keyword() -> str:
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
 @functools.cache
 def _takes_positions(model_class: type) -> bool:
     forward = getattr(model_class, "forward", None)
@@ -133,7 +146,7 @@ def sample(
 
     `temperature=0.0` is greedy decoding (argmax). A seeded `generator` (on the model's device) makes the
     draws reproducible. The model runs in eval mode (no dropout) and is put back in its previous mode; it must
-    accept Hugging Face causal-LM arguments (`past_key_values`, `position_ids`, `logits_to_keep`).
+    accept Hugging Face causal-LM arguments (a key/value cache, `position_ids`, `logits_to_keep`).
     Returns a `Rollout` whose T is the number of generated columns (< max_new_tokens when all rows hit EOS).
     `on_tokens`, if given, receives each step's (B,) new tokens as they are chosen (streaming output).
     """
@@ -172,7 +185,7 @@ def sample(
                 input_ids=step_ids,
                 attention_mask=attention_mask,
                 **position_kwargs(model, step_positions),
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
