@@ -536,11 +536,12 @@ def _chat_fields(record: dict[str, Any], source: SftSource | PrefSource) -> dict
             fields = {"prompt": _prompt_field(record, source.prompt_field, hh=False)}
             fields["response"] = _string_field(record, source.response_field)
         else:
-            turns = record.get(source.conversation_field)
             if hh:
                 turns = parse_hh_transcript(_string_field(record, source.conversation_field))
-            elif turns is None:
+            elif record.get(source.conversation_field) is None:
                 raise _FieldProblem("missing_field", f"no {source.conversation_field!r} field")
+            else:
+                turns = record[source.conversation_field]
             prompt, reply = split_last_reply(normalise_messages(turns))
             fields = {"prompt": compact_prompt(prompt), "response": reply}
         if source.answer_field:

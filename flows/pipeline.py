@@ -31,7 +31,7 @@ from zero_chatgpt.tasks.pretrain import pretrain_task
 from zero_chatgpt.tasks.report import publish_report_task, report_task
 from zero_chatgpt.tasks.sft import sft_task
 from zero_chatgpt.tasks.shard import shard_task
-from zero_chatgpt.tasks.stage import needs_refresh
+from zero_chatgpt.tasks.stage import needs_refresh, source_hashes
 from zero_chatgpt.tasks.train_rm import train_rm_task
 from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
 
@@ -114,7 +114,9 @@ def zero_chatgpt(
     # Every data source is opened and sampled now, so a wrong field or an unreadable file fails in seconds.
     check_configured_sources(typed_config)
     if typed_config.base_model.path:  # a missing model dir or an offline hub id fails now, naming it
-        resolve_configured_base_model(typed_config.base_model)
+        # With the root's hash cache: the stages' fingerprints then reuse these hashes instead of reading
+        # a multi-GB checkpoint a second time.
+        resolve_configured_base_model(typed_config.base_model, source_hashes(str(Path(root).resolve())))
     config = typed_config.model_dump(mode="json")
     until_names = _stage_names(until, "until")
     route = route_stages(typed_config)

@@ -158,9 +158,6 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def load_dtype(dtype: str, device: str, trains_all_weights: bool = False):
     """The torch dtype a model loads in: float32 on CPU whatever is asked (CPU kernels for half types are slow and
     some are missing), and float32 for a model whose every weight trains (AdamW steps on bf16/fp16 weights lose
@@ -170,7 +167,7 @@ def load_dtype(dtype: str, device: str, trains_all_weights: bool = False):
 
     if device == "cpu" or trains_all_weights:
         return torch.float32
-    return "auto" if dtype == "auto" else getattr(torch, TORCH_DTYPES[dtype])
+    return "auto" if dtype == "auto" else getattr(torch, dtype)  # float32 / bfloat16 / float16, as the config allows
 
 
 def load_causal_lm(

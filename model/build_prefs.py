@@ -39,13 +39,13 @@ import torch
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import BuildPrefsConfig, DemoCorpusConfig, MinedNegativesConfig, PrefSource
-from zero_chatgpt.data_process.conversations import prompt_key, prompt_messages
+from zero_chatgpt.data_process.conversations import prompt_key
 from zero_chatgpt.data_process.sources import is_quarantined, read_pref_rows
 from zero_chatgpt.model.artifact_io import write_jsonl
 from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.batching import seeded_subset
 from zero_chatgpt.model.build import resolve_device
-from zero_chatgpt.model.generation import response_texts, sample
+from zero_chatgpt.model.generation import context_length, response_texts, sample
 from zero_chatgpt.model.preference_pairs import (
     mismatched_pairs,
     same_subject_pairs,
@@ -54,12 +54,11 @@ from zero_chatgpt.model.preference_pairs import (
     states_the_answer,
 )
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
-from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
+from zero_chatgpt.tokenizer.chat_encoding import encode_prompts, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
 
 SAMPLED_SOURCE = "sft_sample"
-NO_LIMIT = 1 << 62  # `encode_prompt`'s token budget when the whole prompt is wanted
 
 
 def select_prompts(rows: list[dict[str, Any]], max_prompts: int | None, seed: int) -> list[dict[str, Any]]:
@@ -71,16 +70,9 @@ def prompt_ids(tokenizer, prompts: list[Any], max_prompt_tokens: int | None) -> 
     """(the ids a model continues to answer each prompt, how many distinct prompts were cut): each prompt (a string
     or a message list) rendered with the chat template's generation prompt (`encode_prompt`); one longer than
     `max_prompt_tokens` keeps its end. A prompt asked several times is encoded once."""
-    by_key: dict[str, list[int]] = {}
-    cut = 0
-    for prompt in prompts:
-        key = prompt_key(prompt)
-        if key not in by_key:
-            ids = encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT)
-            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-                ids = ids[-max_prompt_tokens:]
-                cut += 1
-            by_key[key] = ids
+    distinct = {prompt_key(prompt): prompt for prompt in prompts}
+    encoded, cut = encode_prompts(tokenizer, list(distinct.values()), max_prompt_tokens)
+    by_key = dict(zip(distinct, encoded))
     return [by_key[prompt_key(prompt)] for prompt in prompts], cut
 
 
@@ -97,7 +89,7 @@ def generate_answers(
     """
     stop_id = end_of_turn_id(tokenizer)
     padding = pad_id(tokenizer)
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model)
     room = max(1, context - cfg.max_new_tokens) if context is not None else None
     encoded, prompts_cut = prompt_ids(tokenizer, prompts, room)
     if prompts_cut:

@@ -18,12 +18,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
 from zero_chatgpt.model.artifact_io import iter_jsonl
 from zero_chatgpt.model.build import resolve_device
-from zero_chatgpt.model.generation import sample
+from zero_chatgpt.model.generation import context_length, sample
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, ensure_chat_template, pad_id, stop_ids
 
 # A prompt: one user turn as text, or `{"role", "content"}` messages ending with a user turn.
 Prompt = str | list[dict[str, str]]
-NO_LIMIT = 1 << 30
 
 
 def load_chat_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
@@ -54,12 +53,6 @@ def load_chat_model(model_dir: str | Path, device: str = "auto"):
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(resolve_device(device))
     model.eval()
     return model, tokenizer
-
-
-def context_length(model) -> int | None:
-    """The model's longest sequence when its config states one (BLOOM's ALiBi has none)."""
-    value = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) else None
 
 
 class _Stopped(Exception):
@@ -106,7 +99,7 @@ class ChatSession:
         history = list(self.messages)
         budget = self.context_tokens - self.max_new_tokens
         while True:
-            ids = encode_prompt(self.tokenizer, system + history, NO_LIMIT)
+            ids = encode_prompt(self.tokenizer, system + history)
             # Drop the oldest exchange first (the history stays user-first); a single over-long message keeps its end.
             if len(ids) <= budget or len(history) <= 1:
                 return ids[-budget:]
@@ -194,7 +187,8 @@ def generate_replies(
     """
     prompts = list(prompts)
     stop_id, stops = end_of_turn_id(tokenizer), set(stop_ids(tokenizer))
-    room = max(1, (context_length(model) or NO_LIMIT) - max_new_tokens)
+    context = context_length(model)
+    room = None if context is None else max(1, context - max_new_tokens)
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     rows = []
     for start in range(0, len(prompts), batch_size):

@@ -86,12 +86,12 @@ from zero_chatgpt.model.eval_tasks import (
     task_summary,
 )
 from zero_chatgpt.model.eval_text import contains_answer, exact_match_rate, pairwise_outcomes, text_statistics
-from zero_chatgpt.model.generation import Rollout, left_pad, sample
+from zero_chatgpt.model.generation import Rollout, context_length, left_pad, sample
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
 from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir, read_chat_rows
-from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompt, end_of_turn_id, ensure_chat_template
+from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompts, end_of_turn_id, ensure_chat_template
 from zero_chatgpt.tokenizer.chat_encoding import pad_id as padding_id
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,6 @@ SAMPLES_MD = "samples.md"
 JUDGED_JSONL = "judged.jsonl"
 QUESTIONS_JSONL = "questions.jsonl"
 TEXT_METRICS = ("response_tokens", "response_chars", "distinct_1", "distinct_2", "repeated_3gram_rate", "refusal_rate")
-# encode_prompt's cut; prompts are fitted to each model's context by `fit_prompts` instead.
-NO_LIMIT = 1 << 30
 # A stop id no token has: generation then runs to max_new_tokens (a tokenizer without an end-of-text token).
 NEVER = -1
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -136,11 +134,6 @@ def fit_prompts(prompts: list[list[int]], context: int | None, max_new_tokens: i
     return [ids[-room:] for ids in prompts]
 
 
-def _context(model: torch.nn.Module) -> int | None:
-    value = getattr(model.config, "max_position_embeddings", None)
-    return value if isinstance(value, int) else None
-
-
 def generate(
     model: torch.nn.Module,
     tokenizer,
@@ -156,7 +149,7 @@ def generate(
 
     Rows stop at `eos_id`; padding is the tokenizer's pad id (`pad_id`)."""
     device = next(model.parameters()).device
-    fitted = fit_prompts(prompts, _context(model), max_new_tokens)
+    fitted = fit_prompts(prompts, context_length(model), max_new_tokens)
     prompts_cut = sum(len(fit) < len(prompt) for fit, prompt in zip(fitted, prompts))
     if prompts_cut:
         logger.warning(
@@ -164,7 +157,7 @@ def generate(
             "keep their end",
             prompts_cut,
             len(prompts),
-            _context(model),
+            context_length(model),
             max_new_tokens,
         )
     prompts = fitted
@@ -210,7 +203,7 @@ def greedy_texts(
 
 def chat_prompt_ids(tokenizer, prompts: Sequence[Any]) -> list[list[int]]:
     """Ids of prompts (text or messages) in the tokenizer's chat template, ending in its generation prompt."""
-    return [encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT) for prompt in prompts]
+    return encode_prompts(tokenizer, list(prompts))[0]
 
 
 def plain_text(prompt: Any) -> str:
@@ -271,7 +264,7 @@ def kl_to_reference(
     if model is reference:
         return 0.0
     device = next(model.parameters()).device
-    prompts = fit_prompts(prompts, _context(model), max_new_tokens)
+    prompts = fit_prompts(prompts, context_length(model), max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed)
     per_sequence = []
     model.eval()
@@ -318,7 +311,7 @@ def judge_scores(reward_model: torch.nn.Module, generations: Generations) -> lis
 
 
 def reencoded(
-    tokenizer, prompts: Sequence[Any], texts: list[str], max_len: int, pad: int, batch_size: int
+    tokenizer, prompts: Sequence[Any], texts: list[str], max_len: int | None, pad: int, batch_size: int
 ) -> Generations:
     """Answers given as text, encoded as a reward model trained under `tokenizer`'s template reads them
     (`encode_answer`: the prompt, the answer and its end-of-turn token), batched for `judge_scores`."""
@@ -360,7 +353,7 @@ def answer_scores(
     if own_tokenizer is None and in_chat:
         return judge_scores(reward_model, generations)
     tokenizer = own_tokenizer or chat_tokenizer
-    max_len = _context(reward_model) or NO_LIMIT
+    max_len = context_length(reward_model)
     return judge_scores(
         reward_model,
         reencoded(tokenizer, prompts, generations.texts, max_len, padding_id(tokenizer), batch_size),

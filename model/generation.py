@@ -69,6 +69,19 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def context_length(*models: torch.nn.Module) -> int | None:
+    """The shortest context (`max_position_embeddings`) of `models`; None when none states one (BLOOM's ALiBi)."""
+    lengths = []
+    for model in models:
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        value = getattr(config, "max_position_embeddings", None)
+        if isinstance(value, int):
+            lengths.append(value)
+    return min(lengths) if lengths else None
+
+
 def position_kwargs(model: torch.nn.Module, position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """`{"position_ids": ...}` for a model whose forward takes them; `{}` for one that has no positions to pass
     (BLOOM's ALiBi reads distances from the attention mask, so left padding needs nothing more)."""
@@ -160,7 +173,7 @@ def sample(
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     batch, prompt_length = prompt_ids.shape
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = context_length(model)
     if limit is not None and prompt_length + max_new_tokens > limit:
         logger.warning(
             "sampling up to %d positions, beyond the model's max_position_embeddings %d",

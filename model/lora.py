@@ -60,6 +60,11 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a LoRA wrapper, adapters still in place (a model without adapters is returned as it is)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def trainable_parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -20,6 +20,7 @@ from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.base_model import load_causal_lm
 from zero_chatgpt.model.build import build_model, count_parameters, resolve_device, seed_everything
+from zero_chatgpt.model.generation import context_length
 from zero_chatgpt.model.losses import causal_lm_window_loss, token_cross_entropy
 from zero_chatgpt.model.throughput import peak_flops_per_s, training_flops_per_token
 from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
@@ -171,7 +172,7 @@ def pretrain(
         )
     else:
         model = load_causal_lm(Path(init_dir), dtype, torch_device.type, trust_remote_code, trains_all_weights=True)
-        context = getattr(model.config, "max_position_embeddings", None)
+        context = context_length(model)
         if context is not None and seq_len > context:
             logger.warning("pretrain.model.max_seq_len %d exceeds the base model's context %d", seq_len, context)
             seq_len = context

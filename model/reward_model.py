@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
+from zero_chatgpt.model.lora import unwrapped
 from zero_chatgpt.tokenizer.chat_encoding import end_of_turn_id, pad_id
 
 
@@ -76,7 +77,7 @@ def load_reward_model(
 def backbone_and_head(reward_model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(transformer, scalar head) of a `*ForSequenceClassification` model, also one wrapped with LoRA adapters
     (peft's wrapper hides the model; the adapters themselves live inside the transformer's layers)."""
-    model = reward_model.get_base_model() if hasattr(reward_model, "get_base_model") else reward_model
+    model = unwrapped(reward_model)
     head = getattr(model, "score", None)
     if head is None:
         raise ValueError(

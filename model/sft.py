@@ -40,6 +40,7 @@ from zero_chatgpt.model.artifact_io import export_trained_model, write_jsonl
 from zero_chatgpt.model.base_model import load_causal_lm, prepare_chat_model
 from zero_chatgpt.model.batching import ShuffledBatches, hash_fraction
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
+from zero_chatgpt.model.generation import context_length
 from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_count
 from zero_chatgpt.model.losses import IGNORE_INDEX, token_cross_entropy
 from zero_chatgpt.model.training import Parallel, autocast_dtype, evaluate, train
@@ -313,7 +314,7 @@ def sft(
             template.vocab_size,
         )
     max_seq_len = cfg.max_seq_len
-    context = getattr(model.config, "max_position_embeddings", None)
+    context = context_length(model)
     if context is not None and max_seq_len > context:
         logger.warning("sft.max_seq_len %d exceeds the pretrained context %d: using %d", max_seq_len, context, context)
         max_seq_len = context

@@ -41,7 +41,7 @@ from zero_chatgpt.model.base_model import load_dtype
 from zero_chatgpt.model.batching import ShuffledBatches
 from zero_chatgpt.model.build import count_parameters, resolve_device, seed_everything
 from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
-from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_count
+from zero_chatgpt.model.lora import apply_lora, merged, trainable_parameter_count, unwrapped
 from zero_chatgpt.model.preference_pairs import split_pairs
 from zero_chatgpt.model.reward_model import load_reward_model, reward_pad_id
 from zero_chatgpt.model.training import Parallel, train
@@ -113,7 +113,7 @@ def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of transformer blocks of a `*ForSequenceClassification` or causal LM of any family (`layers` in
     LLaMA and Qwen2, `h` in GPT-2 and BLOOM, `decoder.layers` in OPT): the first module list under the backbone
     as long as the config's layer count."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     count = getattr(inner.config.get_text_config(), "num_hidden_layers", None)
     for module in inner.base_model.modules():
         if isinstance(module, torch.nn.ModuleList) and count and len(module) == count:
@@ -137,7 +137,7 @@ def freeze_lower_layers(model: torch.nn.Module, fraction: float) -> int:
     count = round(fraction * len(layers))
     if count == 0:
         return 0
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrapped(model)
     in_blocks = {id(module) for module in layers.modules()}
     for module in inner.base_model.modules():
         if isinstance(module, torch.nn.Embedding) and id(module) not in in_blocks:

@@ -7,13 +7,13 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.model.evaluate import evaluate
-from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
+from zero_chatgpt.tasks.stage import StageSpec, model_loading, run_stage, stage_task
 
 # `pretrain` is the model SFT started from: the pretrain artifact, or the base_model one when pretraining is skipped.
 EVALUATE = StageSpec(
     "evaluate",
     version="4",
-    config_keys=("evaluate", "data.demo", "base_model"),
+    config_keys=("evaluate", "data.demo", "base_model.dtype"),
     upstream=("pretrain", "sft", "train_rm", "ppo"),
 )
 
@@ -24,8 +24,6 @@ def evaluate_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
     likelihood tasks."""
     cfg = PipelineConfig.model_validate(config)
     dirs = {name: Path(upstream[name]["path"]) for name in EVALUATE.upstream}
-    # A base model loads as its config says; the project's own models in float32, as they always have.
-    dtype = cfg.base_model.dtype if cfg.base_model.path else "float32"
     return run_stage(
         EVALUATE,
         config,
@@ -42,7 +40,6 @@ def evaluate_task(config: dict[str, Any], upstream: dict[str, dict], root: str, 
             out_dir,
             cfg.run.seed,
             cfg.run.device,
-            dtype=dtype,
-            trust_remote_code=cfg.base_model.trust_remote_code,
+            **model_loading(cfg),
         ),
     )

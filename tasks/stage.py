@@ -61,7 +61,7 @@ class StageSpec:
 
     def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
-        upstream_fps = {name: upstream_key(record) for name, record in upstream.items() if record is not None}
+        upstream_fps = {name: upstream_key(record) for name, record in upstream.items()}
         return fingerprint(
             self.name, self.version, self.config_section(config, root), upstream_fps, int(config["run"]["seed"])
         )
@@ -173,7 +173,6 @@ def run_stage(
     missing = set(spec.upstream) - set(upstream)
     if missing:
         raise ValueError(f"stage {spec.name} needs upstream artifacts {sorted(missing)}")
-    upstream = {name: record for name, record in upstream.items() if record is not None}
     logger = stage_logger()
     threads = config.get("resources", {}).get("torch_threads")
     if threads:

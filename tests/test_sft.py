@@ -28,7 +28,7 @@ from zero_chatgpt.model.sft import (
 )
 from zero_chatgpt.stage_files import REJECTED, RLHF_PROMPTS, SFT_TRAIN, SFT_VAL
 from zero_chatgpt.tokenizer.chat import IM_END, IM_END_ID, render_chat
-from zero_chatgpt.tokenizer.chat_encoding import encode_conversation, encode_prompt
+from zero_chatgpt.tokenizer.chat_encoding import encode_conversation, encode_prompts
 from zero_chatgpt.tokenizer.toy_corpus import write_corpus_parts
 from zero_chatgpt.tokenizer.train import train_tokenizer
 
@@ -38,7 +38,7 @@ SEED = 5
 
 def chat_prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     """What generation feeds the model for single-turn prompts (the chat template's generation prompt)."""
-    return [encode_prompt(tokenizer, [{"role": "user", "content": prompt}], 1 << 30) for prompt in prompts]
+    return encode_prompts(tokenizer, prompts)[0]
 
 
 @pytest.fixture(scope="module")

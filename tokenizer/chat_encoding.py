@@ -12,8 +12,9 @@ be split this way and is refused with a message saying so, unless only the last 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.model.losses import IGNORE_INDEX
 from zero_chatgpt.tokenizer.chat import CHAT_TEMPLATE, IM_END, IM_START
 
@@ -140,20 +141,35 @@ def _reply_aligned_ids(tokenizer, text: str, reply_start: int) -> tuple[list[int
     return prompt_ids + reply_ids, prompt_offsets + shifted
 
 
-def encode_prompt(tokenizer, messages: list[dict[str, str]], max_prompt_tokens: int) -> list[int]:
+def encode_prompt(tokenizer, messages: list[dict[str, str]], max_prompt_tokens: int | None = None) -> list[int]:
     """The ids a model continues to answer `messages` (ending in a user turn): the conversation with the
-    template's generation prompt, cut from the left to `max_prompt_tokens` so the question's end is kept."""
+    template's generation prompt, cut from the left to `max_prompt_tokens` (None: whole) so the question's end is
+    kept."""
     ids, _ = _ids_and_offsets(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
-    return ids[-max_prompt_tokens:]
+    return ids if max_prompt_tokens is None else ids[-max_prompt_tokens:]
 
 
-def encode_answer(tokenizer, prompt: list[dict[str, str]], answer: str, max_seq_len: int) -> list[int]:
+def encode_prompts(tokenizer, prompts: list[Any], max_prompt_tokens: int | None = None) -> tuple[list[list[int]], int]:
+    """(the `encode_prompt` ids of each row prompt — one user turn as text, or messages ending in a user turn —, how
+    many were longer than `max_prompt_tokens` and kept only their end): what build_prefs, ppo and evaluate sample
+    from, with the count their manifests report."""
+    encoded, cut = [], 0
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt_messages(prompt))
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            ids, cut = ids[-max_prompt_tokens:], cut + 1
+        encoded.append(ids)
+    return encoded, cut
+
+
+def encode_answer(tokenizer, prompt: list[dict[str, str]], answer: str, max_seq_len: int | None = None) -> list[int]:
     """Ids of `prompt` (messages ending in a user turn) answered by `answer`, through the answer's end-of-turn token
-    and no further: what a reward model scores (its head is read at the last token). Too long, the end is kept."""
+    and no further: what a reward model scores (its head is read at the last token). Longer than `max_seq_len`
+    (None: no limit), the end is kept."""
     messages = [*prompt, {"role": "assistant", "content": answer}]
     spans, text = assistant_spans(tokenizer, messages, "last")
     ids, _ = _ids_and_offsets(tokenizer, text[: spans[-1][1]])
-    return ids[-max_seq_len:]
+    return ids if max_seq_len is None else ids[-max_seq_len:]
 
 
 def pad_id(tokenizer) -> int:

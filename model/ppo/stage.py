@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import PpoConfig
-from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.data_process.token_shards import TokenShards
 from zero_chatgpt.model.artifact_io import export_trained_model
 from zero_chatgpt.model.base_model import load_causal_lm, load_dtype
@@ -45,7 +44,7 @@ from zero_chatgpt.model.distributed import (
     mean_over_ranks,
     per_rank_count,
 )
-from zero_chatgpt.model.generation import sample
+from zero_chatgpt.model.generation import context_length, sample
 from zero_chatgpt.model.lora import apply_lora, merged
 from zero_chatgpt.model.ppo.maths import adaptive_kl_coef
 from zero_chatgpt.model.ppo.rollout import (
@@ -63,7 +62,7 @@ from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
 from zero_chatgpt.progress import report_progress
 from zero_chatgpt.stage_files import RLHF_PROMPTS, read_chat_rows
-from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, pad_id
+from zero_chatgpt.tokenizer.chat_encoding import encode_prompts, end_of_turn_id, pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ LOG_EVERY_STEPS = 10
 STEP_METRICS = ("reward", "kl", "entropy", "response_length", "clip_fraction", "value_loss", "policy_loss")
 # Rollouts sample from the bare actor token by token: its weights must be whole on every rank.
 DEEPSPEED_ZERO_STAGES = (0, 1, 2)
-NO_LIMIT = 1 << 62  # encode whole prompts, then cut them here (to count the cuts)
 
 
 def check_parallel(parallel: DdpParallel | DeepSpeedParallel | None) -> None:
@@ -124,26 +122,6 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return seed
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def encode_prompts(tokenizer, prompts: list[Prompt], max_prompt_tokens: int) -> tuple[list[list[int]], int]:
-    """(chat prompt ids, how many were cut): each prompt rendered by the tokenizer's chat template with its
-    generation prompt (`encode_prompt`); a longer one than `max_prompt_tokens` keeps its end, where the
-    question and the generation prompt are."""
-    encoded, cut = [], 0
-    for prompt in prompts:
-        ids = encode_prompt(tokenizer, prompt_messages(prompt), NO_LIMIT)
-        if len(ids) > max_prompt_tokens:
-            ids, cut = ids[-max_prompt_tokens:], cut + 1
-        encoded.append(ids)
-    return encoded, cut
-
-
-def context_length(*models: torch.nn.Module) -> int | None:
-    """The shortest `max_position_embeddings` of `models` (None where a family has no such bound: BLOOM's ALiBi)."""
-    lengths = [getattr(model.config.get_text_config(), "max_position_embeddings", None) for model in models]
-    known = [length for length in lengths if isinstance(length, int)]
-    return min(known) if known else None
 
 
 def prompt_budget(cfg: PpoConfig, context: int | None) -> int:
