@@ -36,6 +36,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic_core import to_jsonable_python
 
 from zero_chatgpt.config import ResourcesConfig
+from zero_chatgpt.metric_streams import MetricStreams, current_streams, streaming_metrics
 from zero_chatgpt.model.distributed import (
     free_port,
     init_process_group,
@@ -281,6 +282,7 @@ def launch_stage(
             "engine": training_engine(resources),
             "zero_stage": resources.zero_stage,
             "result_path": str(work_dir / RESULT_FILE),
+            "metric_streams": streams.to_json() if (streams := current_streams()) else None,
         }
         spec_path = work_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
@@ -320,15 +322,18 @@ def run_rank(spec: dict[str, Any]) -> dict[str, Any]:
     info = init_process_group(spec["engine"], rank_device(spec["device"], int(os.environ.get("LOCAL_RANK", 0))))
     device = rank_device(spec["device"], info.local_rank)
     parallel = make_parallel(spec["engine"], info, int(spec["zero_stage"]))
-    metrics = stage_fn(
-        cfg,
-        **decode_inputs(stage_fn, spec["inputs"]),
-        out_dir=Path(spec["out_dir"]),
-        seed=int(spec["seed"]),
-        device=device,
-        checkpoint_dir=Path(spec["checkpoint_dir"]),
-        parallel=parallel,
-    )
+    # Rank 0 logs the metrics, so it alone streams them where the parent stage would have.
+    streams = MetricStreams.from_json(spec.get("metric_streams")) if info.is_main_process else None
+    with streaming_metrics(streams):
+        metrics = stage_fn(
+            cfg,
+            **decode_inputs(stage_fn, spec["inputs"]),
+            out_dir=Path(spec["out_dir"]),
+            seed=int(spec["seed"]),
+            device=device,
+            checkpoint_dir=Path(spec["checkpoint_dir"]),
+            parallel=parallel,
+        )
     if info.is_main_process:
         metrics = {**metrics, "ranks": info.world_size, "engine": spec["engine"], "zero_stage": spec["zero_stage"]}
         Path(spec["result_path"]).write_text(json.dumps(metrics), encoding="utf-8")

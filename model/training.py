@@ -38,6 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from zero_chatgpt.config import OptimConfig
+from zero_chatgpt.metric_streams import stream_metrics
 from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from zero_chatgpt.progress import report_progress
 
@@ -210,7 +211,8 @@ HISTORY = "metrics_history.jsonl"
 
 
 class MetricsLog:
-    """Append-only `metrics.jsonl`: one JSON object per training step or eval, each with its `step`."""
+    """Append-only `metrics.jsonl`: one JSON object per training step or eval, each with its `step`; each record
+    also streams to the stage's TensorBoard / W&B run (`metric_streams`)."""
 
     def __init__(self, path: str | Path | None, enabled: bool = True) -> None:
         self.path = Path(path) if path is not None and enabled else None
@@ -233,6 +235,7 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        stream_metrics(record)
 
     def keep_with(self, checkpoint_dir: Path) -> None:
         """Copy the records so far beside a checkpoint: a stage rebuilt after a crash writes into a new dir, and

@@ -28,6 +28,7 @@ from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is
 from zero_chatgpt.config import BaseModelConfig, PipelineConfig, Section, SourceBase
 from zero_chatgpt.data_process.sources import source_version
 from zero_chatgpt.file_hash import FileHashCache
+from zero_chatgpt.metric_streams import MetricStreams, streaming_metrics
 from zero_chatgpt.model.base_model import resolve_configured_base_model
 from zero_chatgpt.progress import listening_to_progress
 
@@ -179,7 +180,8 @@ def run_stage(
         import torch  # only stages that train or generate care, and they have torch loaded already
 
         torch.set_num_threads(int(threads))
-    with listening_to_progress(_progress_artifact(spec.name)):
+    streams = MetricStreams.for_stage(config, root, spec.name, spec.fingerprint(config, upstream, root))
+    with listening_to_progress(_progress_artifact(spec.name)), streaming_metrics(streams):
         result = build_artifact(
             stage=spec.name,
             version=spec.version,

@@ -242,6 +242,9 @@ def test_the_pretrain_task_routes_through_the_launcher_when_ranks_exceed_one(dat
     assert manifest["metrics"]["ranks"] == 2 and manifest["metrics"]["engine"] == "ddp"
     np.testing.assert_allclose(_records(Path(record["path"]), "loss"), _records(one_rank, "loss"), rtol=0, atol=1e-5)
     assert AutoModelForCausalLM.from_pretrained(record["path"]).config.num_hidden_layers == 2
+    # Rank 0 streams the metrics to the stage's TensorBoard run, as a one-process stage would.
+    (run_dir,) = (tmp_path / "root" / "tensorboard").iterdir()
+    assert run_dir.name == f"pretrain-{record['fingerprint'][:12]}" and any(run_dir.glob("events.out.tfevents.*"))
 
 
 def test_a_cancelled_zero2_run_converts_to_hf_and_resumes_from_its_checkpoint(data, one_rank, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -662,11 +663,35 @@ class ResourcesConfig(Section):
         return self.workers or max(1, os.cpu_count() or 1)
 
 
+class TrackingConfig(Section):
+    """Where training metrics stream while they are logged, besides each stage's metrics.jsonl. Not part of any
+    fingerprint: it changes what you can watch, not results."""
+
+    tensorboard: bool = Field(
+        True,
+        description="write every training stage's metrics as TensorBoard events under <root>/tensorboard/"
+        "<stage>-<fingerprint> (watch with `tensorboard --logdir <root>/tensorboard`)",
+    )
+    wandb_project: str | None = Field(
+        None,
+        description="also log to this Weights & Biases project (needs `pip install wandb`; WANDB_MODE=offline "
+        "keeps the runs local)",
+    )
+
+    @field_validator("wandb_project")
+    @classmethod
+    def _wandb_installed(cls, project: str | None) -> str | None:
+        if project and importlib.util.find_spec("wandb") is None:
+            raise ValueError("wandb is not installed: pip install wandb, or leave wandb_project unset")
+        return project
+
+
 class PipelineConfig(Section):
     """The whole resolved config of one pipeline run."""
 
     run: RunConfig = Field(default_factory=RunConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
