@@ -180,9 +180,33 @@ def load_causal_lm(
     """`AutoModelForCausalLM` from `model_dir` in the dtype `load_dtype` picks; remote code only when asked."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=load_dtype(dtype, device, trains_all_weights), trust_remote_code=trust_remote_code
     )
+    return check_finite_weights(model, model_dir)
+
+
+def check_finite_weights(model, model_dir: Path):
+    """`model`, after checking no weight loaded from `model_dir` holds NaN or inf.
+
+    A file overwritten in place keeps its size, so a cached artifact that was damaged after it was written passes
+    the default (sizes) check and would otherwise train and sample as NaN without a word. One pass over the
+    weights costs far less than loading them.
+    """
+    import torch
+
+    damaged = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if damaged:
+        raise BaseModelError(
+            f"{model_dir}: {len(damaged)} weight tensor(s) hold NaN or inf (first: {damaged[0]}), so a weight file "
+            "was damaged after it was written; `zero-chatgpt verify ROOT --deep` names damaged artifacts and "
+            "`--force STAGE` rebuilds one"
+        )
+    return model
 
 
 def prepare_chat_model(model, tokenizer):

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zero_chatgpt.data_process.conversations import ConversationError, prompt_messages
 from zero_chatgpt.model.artifact_io import iter_jsonl
+from zero_chatgpt.model.base_model import check_finite_weights
 from zero_chatgpt.model.build import resolve_device
 from zero_chatgpt.model.generation import context_length, sample
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompt, end_of_turn_id, ensure_chat_template, pad_id, stop_ids
@@ -50,7 +51,7 @@ def load_chat_model(model_dir: str | Path, device: str = "auto"):
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json — pass a pretrain, sft or ppo artifact dir")
     tokenizer = load_chat_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(resolve_device(device))
+    model = check_finite_weights(AutoModelForCausalLM.from_pretrained(model_dir), model_dir).to(resolve_device(device))
     model.eval()
     return model, tokenizer
 

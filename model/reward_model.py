@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from zero_chatgpt.model.base_model import check_finite_weights
 from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
 from zero_chatgpt.model.lora import unwrapped
 from zero_chatgpt.tokenizer.chat_encoding import end_of_turn_id, pad_id
@@ -71,7 +72,7 @@ def load_reward_model(
         model_dir, num_labels=1, pad_token_id=pad, trust_remote_code=trust_remote_code, **options
     )
     model.config.pad_token_id = pad
-    return model
+    return check_finite_weights(model, model_dir)
 
 
 def backbone_and_head(reward_model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
