@@ -26,11 +26,12 @@ from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import artifact_dir, build_artifact, fingerprint, is_complete, upstream_key
 from zero_chatgpt.config import BaseModelConfig, PipelineConfig, Section, SourceBase
+from zero_chatgpt.console import metrics_text
 from zero_chatgpt.data_process.sources import source_version
 from zero_chatgpt.file_hash import FileHashCache
 from zero_chatgpt.metric_streams import MetricStreams, streaming_metrics
 from zero_chatgpt.model.base_model import resolve_configured_base_model
-from zero_chatgpt.progress import listening_to_progress
+from zero_chatgpt.progress import ProgressReport, listening_to_progress
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def run_stage(
 
         torch.set_num_threads(int(threads))
     streams = MetricStreams.for_stage(config, root, spec.name, spec.fingerprint(config, upstream, root))
-    with listening_to_progress(_progress_artifact(spec.name)), streaming_metrics(streams):
+    with listening_to_progress(_ProgressArtifact(spec.name)), streaming_metrics(streams):
         result = build_artifact(
             stage=spec.name,
             version=spec.version,
@@ -196,35 +197,53 @@ def run_stage(
     if result.status == "cached":
         logger.info("%s: reusing artifact %s", spec.name, result.path)
     else:
-        logger.info("%s: built %s in %.1fs; metrics %s", spec.name, result.path, result.seconds, result.metrics)
+        logger.info("%s: built %s in %.1fs; %s", spec.name, result.path, result.seconds, metrics_text(result.metrics))
     return {**result.record(), "status": result.status}
 
 
-def _progress_artifact(stage: str, min_step: float = 0.02, min_seconds: float = 5.0) -> Callable[[float], None]:
-    """A listener that shows the stage's progress as a Prefect progress artifact, created on the first report
-    and updated at most every `min_seconds` or `min_step` of progress (each update is an API call)."""
-    state = {"id": None, "shown": 0.0, "at": 0.0, "broken": False}
+def progress_key(stage: str) -> str:
+    """The key of a stage's progress artifact (Prefect keys take lowercase letters, digits and dashes)."""
+    return f"progress-{stage.replace('_', '-')}"
 
-    def listen(fraction: float) -> None:
+
+class _ProgressArtifact:
+    """A progress listener that shows a stage's loops as one keyed Prefect progress artifact: the percent of the
+    current loop, and its step, figures, rate and ETA in the description (`ProgressReport.describe`).
+
+    Created on the first report; then updated at most every `min_seconds` (each update is an API call), but at
+    once when a new loop starts (the judge after the reward model, say) or a loop finishes.
+    """
+
+    def __init__(self, stage: str, min_seconds: float = 5.0) -> None:
+        self.stage, self.min_seconds = stage, min_seconds
+        self.artifact_id = None
+        self.phase: str | None = None
+        self.shown_at = 0.0
+        self.broken = False
+
+    def __call__(self, report: ProgressReport) -> None:
         now = time.monotonic()
-        if state["broken"] or (
-            state["id"] is not None
-            and fraction < 1.0
-            and (fraction - state["shown"] < min_step or now - state["at"] < min_seconds)
-        ):
+        due = (
+            self.artifact_id is None
+            or report.phase != self.phase
+            or report.fraction >= 1.0
+            or now - self.shown_at >= self.min_seconds
+        )
+        if self.broken or not due:
             return
+        percent, description = 100.0 * report.fraction, f"{self.stage}: {report.describe()}"
         try:
-            if state["id"] is None:
-                state["id"] = create_progress_artifact(progress=100.0 * fraction, description=f"{stage} progress")
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(
+                    progress=percent, key=progress_key(self.stage), description=description
+                )
             else:
-                update_progress_artifact(state["id"], progress=100.0 * fraction)
+                update_progress_artifact(self.artifact_id, progress=percent, description=description)
         except Exception as err:  # progress is a nicety: say once that it stopped, never fail the stage for it
-            stage_logger().warning("%s: progress artifact not updated, giving up on it: %s", stage, err)
-            state["broken"] = True
+            stage_logger().warning("%s: progress artifact not updated, giving up on it: %s", self.stage, err)
+            self.broken = True
             return
-        state["shown"], state["at"] = fraction, now
-
-    return listen
+        self.phase, self.shown_at = report.phase, now
 
 
 def model_loading(config: PipelineConfig) -> dict[str, Any]:

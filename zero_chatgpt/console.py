@@ -31,9 +31,29 @@ def key_metric_text(stage: str, metrics: dict[str, Any]) -> str:
     name = KEY_METRICS.get(stage)
     if name is None or name not in metrics:
         return ""
-    value = metrics[name]
-    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f"{name}={shown}"
+    return f"{name}={figure_text(metrics[name])}"
+
+
+def figure_text(value: Any) -> str:
+    """A metric value as a log line shows it: floats to 4 significant digits, short lists inline, long ones
+    counted (their items are in the manifest)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(figure_text(item) for item in value)}]" if len(value) <= 4 else f"<{len(value)} items>"
+    return str(value)
+
+
+def metrics_text(metrics: dict[str, Any], prefix: str = "") -> str:
+    """`key=value` pairs of a metrics dict, nested keys joined with dots: `docs_in=846 dropped.empty=0 ...`."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            nested = metrics_text(value, f"{prefix}{key}.")
+            parts.append(nested or f"{prefix}{key}={{}}")
+        else:
+            parts.append(f"{prefix}{key}={figure_text(value)}")
+    return " ".join(parts)
 
 
 def print_table_header() -> None:
