@@ -21,6 +21,7 @@ from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
 from zero_chatgpt.flow_runs import watched_flow_run
 from zero_chatgpt.model.base_model import resolve_configured_base_model
+from zero_chatgpt.run_table import PrefectTableArtifact, StageTable, failures_recorded
 from zero_chatgpt.tasks.base_model import base_model_task
 from zero_chatgpt.tasks.build_prefs import build_prefs_task
 from zero_chatgpt.tasks.clean import clean_task
@@ -40,15 +41,24 @@ PIPELINE_STAGES = STAGES
 
 
 class PipelineRun:
-    """Runs stage tasks in order, skipping those after `until`, and keeps latest.json current."""
+    """Runs stage tasks in order, skipping those after `until`, and keeps latest.json and the Prefect stage
+    table (`run_table`) current."""
 
-    def __init__(self, config: dict[str, Any], root: Path, until: str | None, force: set[str]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        root: Path,
+        until: str | None,
+        force: set[str],
+        route: tuple[str, ...] = PIPELINE_STAGES,
+    ) -> None:
         self.config = config
         self.root = root
         self.force = force
-        self.planned = PIPELINE_STAGES[: PIPELINE_STAGES.index(until) + 1] if until else PIPELINE_STAGES
+        self.planned = route[: route.index(until) + 1] if until else route
         self.latest: dict[str, dict[str, Any]] = {}
         self.storage = _result_storage(root)
+        self.table = StageTable(self.planned, PrefectTableArtifact())
 
     def stage(self, stage_task: Any, **upstream: dict[str, str] | None) -> dict[str, str] | None:
         """Run one stage task (cached by fingerprint); returns its record, or None past `until`.
@@ -60,6 +70,7 @@ class PipelineRun:
         if name not in self.planned:
             return None
         upstream = {key: record for key, record in upstream.items() if record is not None}
+        self.table.start(name)
         started = time.perf_counter()
         force = name in self.force
         refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
@@ -77,6 +88,7 @@ class PipelineRun:
             "fingerprint": record["fingerprint"],
         }
         write_json_atomic(self.root / "latest.json", self.latest)
+        self.table.finish(name, status, record["path"])
         print_stage_row(name, status, seconds, metrics)
         get_run_logger().info("stage %s %s in %.1fs -> %s", name, status, seconds, record["path"])
         return record
@@ -124,9 +136,14 @@ def zero_chatgpt(
     if off_route:
         raise ConfigError(f"stage(s) {off_route} are not on this run's route: {list(route)}")
     run = PipelineRun(
-        config, Path(root).resolve(), until_names[0] if until_names else None, set(_stage_names(force, "force"))
+        config,
+        Path(root).resolve(),
+        until_names[0] if until_names else None,
+        set(_stage_names(force, "force")),
+        route,
     )
-    with watched_flow_run(run.root):
+    # A failed stage is shown failed in the stage table, with where its traceback is, before the error goes on.
+    with watched_flow_run(run.root), failures_recorded(run.table, run.root / "logs"):
         print_table_header()
         _run_route(run, typed_config)
     return run.latest
