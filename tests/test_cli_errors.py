@@ -42,3 +42,15 @@ def test_latest_stage_references_resolve_through_latest_json(tmp_path):
         cli.model_dir_of(f"{tmp_path}/latest:sft")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cli.model_dir_of(f"{tmp_path}/elsewhere/latest:ppo")
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failing_stage_prints_its_error_without_prefects_tracebacks(capfd, tmp_path):
+    """The stage's error in one line; Prefect's task and flow tracebacks stay in the file and the run's logs."""
+    argv = ["run", "--root", str(tmp_path), "--until", "train_tokenizer", "--set", "train_tokenizer.vocab_size=60000"]
+    assert cli.main(argv) == 1
+    out, err = capfd.readouterr()
+    assert "Traceback (most recent call last)" not in out + err
+    assert "zero-chatgpt: run failed: RuntimeError: sentencepiece training failed" in err
+    log = Path(err.split("full traceback: ")[1].split(" (")[0])
+    assert "Traceback (most recent call last)" in log.read_text()

@@ -41,6 +41,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.console import print_summary
     from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
+    from zero_chatgpt.prefect_settings import terminal_logs_without_tracebacks
+
+    terminal_logs_without_tracebacks()  # this command prints the failure in one line and keeps the traceback
 
     for name in [args.until, *args.force]:
         if name is not None and name not in PIPELINE_STAGES:

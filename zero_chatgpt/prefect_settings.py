@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 DEFAULTS = {
@@ -19,3 +20,30 @@ def apply_prefect_defaults() -> None:
     """Set every default the user has not set already."""
     for name, value in DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback (other handlers still get it)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def terminal_logs_without_tracebacks() -> None:
+    """Prefect's terminal handlers print one line per failure instead of Prefect's two long tracebacks (task and
+    flow). The tracebacks still reach the run's logs in the UI, and the CLI writes the whole one to a file."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
