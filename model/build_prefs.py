@@ -53,6 +53,7 @@ from zero_chatgpt.model.preference_pairs import (
     split_pairs,
     states_the_answer,
 )
+from zero_chatgpt.progress import ProgressBar
 from zero_chatgpt.stage_files import HELDOUT_PAIRS, REJECTED, RLHF_PROMPTS, SFT_TRAIN, TRAIN_PAIRS, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompts, end_of_turn_id, pad_id
 
@@ -106,25 +107,28 @@ def generate_answers(
     generator = torch.Generator(device=device).manual_seed(seed)
     answers: list[str] = [""] * len(encoded)
     generated, unfinished, seconds = 0, 0, 0.0
-    for start in range(0, len(order), cfg.batch_size):
-        batch = order[start : start + cfg.batch_size]
-        started = time.perf_counter()
-        rollout = sample(
-            model,
-            [encoded[i] for i in batch],
-            cfg.max_new_tokens,
-            eos_id=stop_id,
-            pad_id=padding,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            generator=generator,
-        )
-        seconds += time.perf_counter() - started
-        generated += int(rollout.response_mask.sum())
-        ended = (rollout.responses == stop_id) & rollout.response_mask
-        unfinished += int((~ended.any(dim=1)).sum())
-        for index, text in zip(batch, response_texts(tokenizer, rollout)):
-            answers[index] = text
+    with ProgressBar("sampling answers", len(order), unit="prompt") as progress:
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            started = time.perf_counter()
+            rollout = sample(
+                model,
+                [encoded[i] for i in batch],
+                cfg.max_new_tokens,
+                eos_id=stop_id,
+                pad_id=padding,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                generator=generator,
+            )
+            seconds += time.perf_counter() - started
+            batch_tokens = int(rollout.response_mask.sum())
+            generated += batch_tokens
+            ended = (rollout.responses == stop_id) & rollout.response_mask
+            unfinished += int((~ended.any(dim=1)).sum())
+            for index, text in zip(batch, response_texts(tokenizer, rollout)):
+                answers[index] = text
+            progress.update(len(batch), tokens=batch_tokens)
     stats = {
         "tokens_per_s": generated / seconds if seconds > 0 else 0.0,
         "generated_tokens": generated,

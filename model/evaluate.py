@@ -90,6 +90,7 @@ from zero_chatgpt.model.generation import Rollout, context_length, left_pad, sam
 from zero_chatgpt.model.ppo.rollout import response_logits, token_logprobs
 from zero_chatgpt.model.reward_model import load_reward_model, sequence_scores
 from zero_chatgpt.model.training import autocast, autocast_dtype
+from zero_chatgpt.progress import ProgressBar
 from zero_chatgpt.stage_files import SFT_VAL, independent_judge_dir, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_answer, encode_prompts, end_of_turn_id, ensure_chat_template
 from zero_chatgpt.tokenizer.chat_encoding import pad_id as padding_id
@@ -144,10 +145,11 @@ def generate(
     top_p: float,
     seed: int,
     batch_size: int,
+    phase: str = "answers",
 ) -> Generations:
     """Batched answers to token-id prompts (sorted by length so batches pad little), from one seeded stream.
 
-    Rows stop at `eos_id`; padding is the tokenizer's pad id (`pad_id`)."""
+    Rows stop at `eos_id`; padding is the tokenizer's pad id (`pad_id`). Progress is shown as `phase`."""
     device = next(model.parameters()).device
     fitted = fit_prompts(prompts, context_length(model), max_new_tokens)
     prompts_cut = sum(len(fit) < len(prompt) for fit, prompt in zip(fitted, prompts))
@@ -165,7 +167,7 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     texts, token_ids = [""] * len(prompts), [[] for _ in prompts]
     batches = []
-    with autocast(device, autocast_dtype("auto", device)):
+    with autocast(device, autocast_dtype("auto", device)), ProgressBar(phase, len(order), unit="prompt") as progress:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             rollout = sample(
@@ -189,16 +191,23 @@ def generate(
                 token_ids[index] = kept
                 texts[index] = tokenizer.decode(kept, skip_special_tokens=True)
             batches.append((indices, rollout))
+            progress.update(len(indices), tokens=int(rollout.response_mask.sum()))
     return Generations(texts, token_ids, batches, prompts_cut)
 
 
 def greedy_texts(
-    model: torch.nn.Module, tokenizer, prompts: list[list[int]], cfg: EvaluateConfig, stop_id: int, seed: int
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[list[int]],
+    cfg: EvaluateConfig,
+    stop_id: int,
+    seed: int,
+    phase: str = "greedy answers",
 ) -> list[str]:
     """Greedy replies to `prompts`, each ending at `stop_id` or after `cfg.max_new_tokens`."""
     if not prompts:
         return []
-    return generate(model, tokenizer, prompts, cfg.max_new_tokens, stop_id, 0.0, 1.0, seed, cfg.batch_size).texts
+    return generate(model, tokenizer, prompts, cfg.max_new_tokens, stop_id, 0.0, 1.0, seed, cfg.batch_size, phase).texts
 
 
 def chat_prompt_ids(tokenizer, prompts: Sequence[Any]) -> list[list[int]]:
@@ -254,12 +263,13 @@ def kl_to_reference(
     *,
     eos_id: int,
     pad_id: int,
+    phase: str = "KL to reference",
 ) -> float:
     """Mean over prompts of sum_t [log p_model(y_t) - log p_ref(y_t)] on answers y sampled from `model` (ending
     at `eos_id`, padded with `pad_id`).
 
     Both distributions are taken at `temperature`, the one the answers were drawn at. 0.0 when `model` is
-    `reference`.
+    `reference`. Progress is shown as `phase`.
     """
     if model is reference:
         return 0.0
@@ -269,7 +279,7 @@ def kl_to_reference(
     per_sequence = []
     model.eval()
     reference.eval()
-    with autocast(device, autocast_dtype("auto", device)):
+    with autocast(device, autocast_dtype("auto", device)), ProgressBar(phase, len(prompts), unit="prompt") as progress:
         for start in range(0, len(prompts), batch_size):
             drawn = sample(
                 model,
@@ -290,6 +300,7 @@ def kl_to_reference(
                 for m in (model, reference)
             ]
             per_sequence.append(((logprobs[0] - logprobs[1]) * mask).sum(dim=1).float().cpu())
+            progress.update(len(drawn.sequences), tokens=int(drawn.response_mask.sum()))
     return float(torch.cat(per_sequence).mean())
 
 
@@ -567,6 +578,7 @@ def evaluate(
                 cfg.top_p,
                 seed,
                 cfg.batch_size,
+                phase=f"{name} answers",
             )
             kl[name] = kl_to_reference(
                 model,
@@ -578,6 +590,7 @@ def evaluate(
                 cfg.batch_size,
                 eos_id=chat_stop,
                 pad_id=padding_id(chat_tokenizer),
+                phase=f"{name} KL to sft",
             )
         else:
             logger.info(
@@ -595,6 +608,7 @@ def evaluate(
                 cfg.top_p,
                 seed,
                 cfg.batch_size,
+                phase=f"{name} answers",
             )
             kl[name] = float("nan")
         stats[name] = text_statistics(judged[name].texts, judged[name].token_ids)
@@ -612,8 +626,9 @@ def evaluate(
             question_ids, sample_ids = (
                 chat_prompt_ids(chat_tokenizer, texts) for texts in (question_prompts, sample_texts)
             )
-        replies[name] = greedy_texts(model, ask_tokenizer, question_ids, cfg, ask_stop, seed)
-        for row, answer in zip(sample_rows, greedy_texts(model, ask_tokenizer, sample_ids, cfg, ask_stop, seed)):
+        replies[name] = greedy_texts(model, ask_tokenizer, question_ids, cfg, ask_stop, seed, f"{name} questions")
+        samples = greedy_texts(model, ask_tokenizer, sample_ids, cfg, ask_stop, seed, f"{name} samples")
+        for row, answer in zip(sample_rows, samples):
             row["answers"][name] = answer
         if name in cfg.task_models:
             with torch.no_grad(), autocast(torch_device, autocast_dtype("auto", torch_device)):

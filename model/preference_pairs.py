@@ -19,6 +19,7 @@ import random
 from typing import Any
 
 from zero_chatgpt.data_process.conversations import prompt_key
+from zero_chatgpt.progress import progress_over
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def mismatched_pairs(
     keys = {prompt: _character_bigrams(prompt) for prompt in prompts}
     rng = random.Random(seed)
     extra = []
-    for prompt in prompts:
+    for prompt in progress_over(prompts, "mining look-alike negatives", unit="prompt"):
         own = references[prompt].strip()
         pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
         # Another reference that says the same thing (the same fact asked in other words) is not a wrong answer.
@@ -209,7 +210,7 @@ def same_subject_pairs(
             postings.setdefault(bigram, []).append(prompt)
     rng = random.Random(f"{seed}:same_subject")
     extra = []
-    for prompt in prompts:
+    for prompt in progress_over(prompts, "mining same-subject negatives", unit="prompt"):
         pool = prompts if len(prompts) <= candidates else rng.sample(prompts, candidates)
         look_alikes = _nearest_prompts(prompt, pool, keys, nearest)
         form = {

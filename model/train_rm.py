@@ -312,8 +312,10 @@ def fit_reward_model(
     parallel: Parallel | None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    phase: str = "reward model",
 ) -> dict[str, Any]:
-    """Train one reward model from the model in `init_dir` on `train_encoded`, save it to `out_dir`.
+    """Train one reward model from the model in `init_dir` on `train_encoded`, save it to `out_dir`; its
+    progress is shown as `phase`.
 
     Returns val_accuracy, val_loss, reward_margin (on `val_batches`), train_loss, steps, resumed_from,
     frozen_layers, params, trainable_params.
@@ -341,6 +343,7 @@ def fit_reward_model(
         eval_fn=make_pair_eval_fn(val_batches, device),
         metrics_path=out_dir / METRICS_LOG,
         parallel=parallel,
+        phase=phase,
     )
     model = merged(model)  # LoRA: a plain sequence classifier, loadable without peft
     for param in model.parameters():
@@ -473,6 +476,7 @@ def train_reward_model(
             parallel,
             dtype,
             trust_remote_code,
+            phase="judge",
         )
         metrics.update(
             {

@@ -40,7 +40,7 @@ import torch
 from zero_chatgpt.config import OptimConfig
 from zero_chatgpt.metric_streams import stream_metrics
 from zero_chatgpt.model.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from zero_chatgpt.progress import report_progress
+from zero_chatgpt.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -441,6 +441,7 @@ def train(
     log_every: int = 10,
     is_main_process: bool = True,
     parallel: Parallel | None = None,
+    phase: str = "train",
 ) -> TrainResult:
     """Train `model` for `optim.max_steps` optimizer steps; resume from `checkpoint_dir` when it holds one.
 
@@ -451,6 +452,9 @@ def train(
     With `parallel` (one call per rank, all ranks together), `batches` must yield this rank's share of
     the global batch; the logged loss and metrics are means over ranks and token counts are global.
     `is_main_process` is then taken from `parallel`.
+
+    Progress (the terminal bar and the Prefect artifact, named `phase`) shows the loss, the last eval's
+    figures, tokens/s and an ETA.
     """
     device = torch.device(device)
     model.to(device)
@@ -475,7 +479,7 @@ def train(
 
     train_seconds, tokens_here, loss_value = 0.0, 0, float("nan")
     last_eval: dict[str, float] = {}
-    progress = _progress_bar(start_step, optim.max_steps, is_main_process)
+    progress = ProgressBar(phase, optim.max_steps, initial=start_step, enabled=is_main_process)
     for step in range(start_step, optim.max_steps):
         started = time.perf_counter()
         lr = backend.scheduler.get_last_lr()[0]
@@ -519,8 +523,6 @@ def train(
             record["grad_norm"] = _as_float(grad_norm)
         record.update({key: _as_float(value) / optim.grad_accum for key, value in metric_sums.items()})
         log.write(record)
-        progress.update(1)
-        report_progress(step + 1, optim.max_steps)
         if is_main_process and ((step + 1) % log_every == 0 or step == start_step):
             logger.info(
                 "step %d/%d loss %.4f lr %.2e %.0f tokens/s",
@@ -537,6 +539,7 @@ def train(
             log.write({"step": step + 1, **last_eval})
             if is_main_process:
                 logger.info("step %d eval %s", step + 1, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+        progress.update(1, tokens=step_tokens, loss=loss_value, **last_eval)
         if checkpoint_dir is not None and (step + 1) % optim.checkpoint_every == 0 and not last:
             # History first: killed in between, the resumed run drops the records past the older checkpoint.
             log.keep_with(Path(checkpoint_dir))
@@ -584,17 +587,3 @@ def _global_step_figures(
     )
     tokens = int(round(means.pop("tokens") * world_size))
     return means.pop("loss"), tokens, {key.removeprefix("metric."): value for key, value in means.items()}
-
-
-def _progress_bar(start_step: int, max_steps: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=max_steps,
-        initial=start_step,
-        desc="train",
-        unit="step",
-        disable=not enabled,
-        mininterval=2.0,
-        leave=False,
-    )

@@ -12,11 +12,11 @@ from prefect.cache_policies import NO_CACHE
 
 from zero_chatgpt.config import STAGES, PipelineConfig
 from zero_chatgpt.console import KEY_METRICS
-from zero_chatgpt.report import build_report, render_markdown
+from zero_chatgpt.report import build_report, render_markdown, round_figure
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
 # Every stage the route ran is upstream; which ones depends on the route (from scratch or from a base model).
-REPORT = StageSpec("report", version="2", config_keys=("report",))
+REPORT = StageSpec("report", version="3", config_keys=("report",))
 
 
 @stage_task(REPORT)
@@ -33,12 +33,10 @@ def report_task(config: dict[str, Any], upstream: dict[str, dict], root: str, fo
 def publish_report_task(report_dir: str, latest: dict[str, dict[str, Any]]) -> None:
     """Publish this run's report card and metric table as Prefect artifacts (every run, cached or not)."""
     report = json.loads((Path(report_dir) / "report.json").read_text(encoding="utf-8"))
-    markdown = render_markdown(report, statuses=latest)
-    # The UI cannot show local PNGs: point at them instead of embedding.
-    plots = "\n".join(f"- `{Path(report_dir) / name}`" for name in report["plots"])
+    # The UI cannot reach local files: the plots travel inside the markdown.
     create_markdown_artifact(
         key="zero-chatgpt-report-card",
-        markdown=markdown.split("## Curves")[0] + (f"## Curves (PNG files)\n\n{plots}\n" if plots else ""),
+        markdown=render_markdown(report, statuses=latest, plots_dir=Path(report_dir)),
         description="zero-chatgpt report card",
     )
     rows = []
@@ -49,9 +47,9 @@ def publish_report_task(report_dir: str, latest: dict[str, dict[str, Any]]) -> N
             {
                 "stage": stage,
                 "status": run.get("status", ""),
-                "seconds": run.get("seconds", ""),
+                "seconds": round_figure(run.get("seconds", "")),
                 "key_metric": key or "",
-                "value": entry["metrics"].get(key, "") if key else "",
+                "value": round_figure(entry["metrics"].get(key, "")) if key else "",
                 "fingerprint": entry["fingerprint"][:12],
             }
         )

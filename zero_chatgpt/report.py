@@ -1,14 +1,16 @@
 """The report card: built only from the artifacts' manifests and their `metrics.jsonl` curves.
 
-`build_report(stage_dirs, out_dir)` writes `report.json`, `report.md` and PNG plots (training loss curves,
-reward and KL over PPO steps). Nothing here imports Prefect; the `report` task publishes the markdown and a
-metric table to the Prefect UI.
+`build_report(stage_dirs, out_dir)` writes `report.json`, `report.md` and small PNG plots (training loss
+curves, the reward model's held-out accuracy, reward and KL over PPO steps). Nothing here imports Prefect;
+the `report` task publishes the markdown, its plots embedded, and a metric table to the Prefect UI.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,16 @@ from zero_chatgpt.console import KEY_METRICS
 logger = logging.getLogger(__name__)
 
 METRICS_LOG = "metrics.jsonl"
+# The curves each stage's plot shows, one panel each; stages not named here plot their training loss.
+CURVES = {
+    "ppo": ("reward", "kl"),
+    "train_rm": ("loss", "val_loss", "val_accuracy"),
+}
+DEFAULT_CURVES = ("loss", "val_loss")
+# Plots are embedded in the Prefect artifact as base64: small panels at a low dpi keep each a few KB.
+PANEL_INCHES = (4.0, 2.6)
+PLOT_DPI = 72
+SIGNIFICANT_DIGITS = 4
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -44,41 +56,64 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
 
 
 def plot_curves(stage: str, records: list[dict[str, Any]], out_dir: Path) -> list[str]:
-    """PNG plots of a stage's curves: train/val loss, or reward and KL for PPO. Returns file names."""
+    """A PNG of a stage's curves (`CURVES`), one panel per curve it logged. Returns the file names (none or one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
-    panels = [("reward", "kl")] if stage == "ppo" else [("loss", "val_loss")]
-    written = []
-    for keys in panels:
-        series = {key: _series(records, key) for key in keys}
-        series = {key: xy for key, xy in series.items() if xy[0]}
-        if not series:
-            continue
-        figure, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.2), squeeze=False)
-        for axis, (key, (steps, values)) in zip(axes[0], series.items()):
-            axis.plot(steps, values, marker="o" if len(steps) < 30 else None, linewidth=1.2)
-            axis.set_title(f"{stage}: {key}")
-            axis.set_xlabel("step")
-            axis.grid(alpha=0.3)
-        figure.tight_layout()
-        name = f"{stage}_{'_'.join(series)}.png"
-        figure.savefig(out_dir / name, dpi=110)
-        plt.close(figure)
-        written.append(name)
-    return written
+    series = {key: _series(records, key) for key in CURVES.get(stage, DEFAULT_CURVES)}
+    series = {key: xy for key, xy in series.items() if xy[0]}
+    if not series:
+        return []
+    width, height = PANEL_INCHES
+    figure, axes = plt.subplots(1, len(series), figsize=(width * len(series), height), squeeze=False)
+    for axis, (key, (steps, values)) in zip(axes[0], series.items()):
+        axis.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2)
+        axis.set_title(f"{stage}: {key}", fontsize=9)
+        axis.set_xlabel("step", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    name = f"{stage}_{'_'.join(series)}.png"
+    figure.savefig(out_dir / name, dpi=PLOT_DPI)
+    plt.close(figure)
+    return [name]
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+def round_figure(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """A float rounded to `digits` significant digits (5.431552783862965 -> 5.432), or to a whole number when it
+    has more digits before the point (123456.7 -> 123457.0); anything else as it is."""
+    if not isinstance(value, float) or not math.isfinite(value) or value == 0.0:
+        return value
+    return round(value, max(0, digits - 1 - math.floor(math.log10(abs(value)))))
 
 
-def render_markdown(report: dict[str, Any], statuses: dict[str, dict[str, Any]] | None = None) -> str:
-    """The report card as markdown; `statuses` (from latest.json) adds this run's ran/cached and seconds."""
+def format_figure(value: Any) -> str:
+    """A figure for people: floats to `SIGNIFICANT_DIGITS` significant digits, big numbers with separators."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    value = round_figure(value)
+    if abs(value) >= 10**SIGNIFICANT_DIGITS:
+        return f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{SIGNIFICANT_DIGITS}g}"
+
+
+def embedded_png(path: Path) -> str:
+    """A PNG file as a `data:` URI, so markdown shows it where the file cannot be reached (the Prefect UI)."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def render_markdown(
+    report: dict[str, Any], statuses: dict[str, dict[str, Any]] | None = None, plots_dir: Path | None = None
+) -> str:
+    """The report card as markdown; `statuses` (from latest.json) adds this run's ran/cached and seconds.
+
+    Plots are linked by file name (the markdown sits beside them), or, with `plots_dir`, embedded from there
+    as base64 images.
+    """
     lines = [
         "# zero-chatgpt report card",
         "",
@@ -88,15 +123,15 @@ def render_markdown(report: dict[str, Any], statuses: dict[str, dict[str, Any]] 
     for stage, entry in report["stages"].items():
         run = (statuses or {}).get(stage, {})
         key = KEY_METRICS.get(stage)
-        key_text = f"{key} = {_format(entry['metrics'].get(key))}" if key in entry["metrics"] else ""
+        key_text = f"{key} = {format_figure(entry['metrics'].get(key))}" if key in entry["metrics"] else ""
         seconds = run.get("seconds", entry["seconds"])
         lines.append(
-            f"| {stage} | {run.get('status', 'built')} | {_format(seconds)} | {key_text} | "
+            f"| {stage} | {run.get('status', 'built')} | {format_figure(seconds)} | {key_text} | "
             f"`{entry['fingerprint'][:12]}` |"
         )
     lines += ["", "## Metrics", ""]
     for stage, entry in report["stages"].items():
-        shown = ", ".join(f"{k} = {_format(v)}" for k, v in entry["metrics"].items())
+        shown = ", ".join(f"{k} = {format_figure(v)}" for k, v in entry["metrics"].items())
         lines.append(f"- **{stage}**: {shown}")
     lines += ["", "## Lineage", ""]
     for stage, entry in report["stages"].items():
@@ -104,7 +139,7 @@ def render_markdown(report: dict[str, Any], statuses: dict[str, dict[str, Any]] 
         lines.append(f"- **{stage}** `{entry['fingerprint'][:12]}` <- {inputs}")
     if report["plots"]:
         lines += ["", "## Curves", ""]
-        lines += [f"![{name}]({name})" for name in report["plots"]]
+        lines += [f"![{name}]({embedded_png(plots_dir / name) if plots_dir else name})" for name in report["plots"]]
     return "\n".join(lines) + "\n"
 
 

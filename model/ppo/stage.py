@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import PpoConfig
@@ -60,7 +59,7 @@ from zero_chatgpt.model.ppo.update import UpdateSettings, ppo_update
 from zero_chatgpt.model.pretrain import RandomWindows
 from zero_chatgpt.model.reward_model import load_reward_model
 from zero_chatgpt.model.training import MetricsLog, TrainBackend, autocast, autocast_dtype, make_backend
-from zero_chatgpt.progress import report_progress
+from zero_chatgpt.progress import ProgressBar
 from zero_chatgpt.stage_files import RLHF_PROMPTS, read_chat_rows
 from zero_chatgpt.tokenizer.chat_encoding import encode_prompts, end_of_turn_id, pad_id
 
@@ -402,15 +401,7 @@ def ppo(
             before["reward"],
         )
 
-    progress = tqdm(
-        total=cfg.optim.max_steps,
-        initial=start_step,
-        desc="ppo",
-        unit="step",
-        mininterval=2.0,
-        leave=False,
-        disable=not is_main_process,
-    )
+    progress = ProgressBar("ppo", cfg.optim.max_steps, initial=start_step, enabled=is_main_process)
     for step in range(start_step, cfg.optim.max_steps):
         started = time.perf_counter()
         with autocast(torch_device, amp_dtype):
@@ -455,10 +446,9 @@ def ppo(
             kl_coef = adaptive_kl_coef(kl_coef, record["kl"], cfg.target_kl, len(experience), cfg.kl_horizon)
         history.append(record)
         log.write(record)
-        progress.update(1)
-        progress.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}", refresh=False)
-        if is_main_process:
-            report_progress(step + 1, cfg.optim.max_steps)
+        # PPO's tokens/s counts the answer tokens sampled: rollouts are most of a step's time.
+        sampled_tokens = round(record["response_length"] * cfg.rollout_batch_size)
+        progress.update(1, tokens=sampled_tokens, reward=record["reward"], kl=record["kl"])
         if is_main_process and ((step + 1) % LOG_EVERY_STEPS == 0 or step == start_step):  # the bar shows every step
             logger.info(
                 "ppo step %d/%d reward %.4f kl %.3f entropy %.3f length %.1f clip %.3f vloss %.4f (%.1fs)",
