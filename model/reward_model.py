@@ -9,6 +9,8 @@ transformer in `base_model` and the scalar head in `score`.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +20,8 @@ from zero_chatgpt.model.base_model import check_finite_weights
 from zero_chatgpt.model.generation import position_kwargs, positions_from_mask
 from zero_chatgpt.model.lora import unwrapped
 from zero_chatgpt.tokenizer.chat_encoding import end_of_turn_id, pad_id
+
+logger = logging.getLogger(__name__)
 
 
 def reward_pad_id(tokenizer) -> int:
@@ -68,11 +72,42 @@ def load_reward_model(
     """
     pad = saved_pad_id(model_dir) if pad_id is None else int(pad_id)
     options = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=1, pad_token_id=pad, trust_remote_code=trust_remote_code, **options
-    )
+    # transformers reports the new head and the dropped LM head as a warning table on every load from a causal
+    # LM; those two are expected, so the report is replaced by a warning about anything else.
+    with _quiet_load_report():
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=1,
+            pad_token_id=pad,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **options,
+        )
+    unexpected_gaps = [key for key in info.get("missing_keys", ()) if not _is_head(key)]
+    if unexpected_gaps or info.get("mismatched_keys"):
+        logger.warning(
+            "%s: weights not in the checkpoint were initialised at random: %s%s",
+            model_dir,
+            ", ".join(sorted(unexpected_gaps)[:5]) or "none",
+            f"; size mismatches: {info['mismatched_keys'][:5]}" if info.get("mismatched_keys") else "",
+        )
     model.config.pad_token_id = pad
     return check_finite_weights(model, model_dir)
+
+
+def _is_head(key: str) -> bool:
+    return key.split(".")[0] in ("score", "classifier")
+
+
+@contextmanager
+def _quiet_load_report():
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    level = report_logger.level
+    report_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report_logger.setLevel(level)
 
 
 def backbone_and_head(reward_model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
