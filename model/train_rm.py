@@ -25,7 +25,9 @@ Output (in `out_dir`): a `*ForSequenceClassification` (one label, pad id set) + 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from zero_chatgpt.artifacts import write_json_atomic
 from zero_chatgpt.config import LoraSettings, OptimConfig, TrainRmConfig
 from zero_chatgpt.data_process.conversations import prompt_messages
 from zero_chatgpt.model.artifact_io import export_trained_model
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
+# Written into a finished reward model's dir when the judge is still to train (see `train_reward_model`).
+FINISHED_METRICS = "finished_metrics.json"
 Encoded = list[tuple[list[int], list[int]]]
 
 
@@ -381,7 +386,9 @@ def train_reward_model(
     `parallel` (from `model.launch`, one call per rank): every rank trains on its slice of each global
     batch of pairs, scores all held-out pairs and joins the export; rank 0 alone writes `out_dir`.
     Resume checkpoints go to `checkpoint_dir` (default `out_dir/checkpoints`; the judge's to a `-judge` sibling),
-    deleted at the end. Returns metrics: val_accuracy, val_loss, reward_margin (mean chosen - rejected score),
+    deleted at the end. With the judge, the reward model is built in a `-reward_model` sibling and moved into
+    `out_dir` once the judge is done, so a run killed while the judge trains does not train it again.
+    Returns metrics: val_accuracy, val_loss, reward_margin (mean chosen - rejected score),
     length_baseline_accuracy (all on the held-out pairs), train_pairs, train_pairs_by_source, val_pairs,
     multi_turn_pairs (training and held-out pairs whose prompt has earlier turns), init, frozen_layers,
     train_loss, steps, resumed_from, params, trainable_params; with the judge also judge_val_accuracy,
@@ -391,6 +398,7 @@ def train_reward_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / CHECKPOINTS
     torch_device = resolve_device(device)
+    is_main_process = parallel is None or parallel.is_main_process
     if cfg.lora.rank > 0 and getattr(parallel, "zero_stage", 0) == 3:
         raise ValueError(
             "train_rm with lora.rank > 0 cannot run under DeepSpeed ZeRO 3: merging the adapters for the export "
@@ -431,21 +439,31 @@ def train_reward_model(
         cfg.init,
         f", LoRA rank {cfg.lora.rank}" if cfg.lora.rank else "",
     )
-    rm_metrics = fit_reward_model(
-        init_dir,
-        tokenizer,
-        encode(rm_pairs),
-        val_batches,
-        cfg.optim,
-        cfg,
-        seed,
-        torch_device,
-        out_dir,
-        checkpoint_dir,
-        parallel,
-        dtype,
-        trust_remote_code,
-    )
+    # The checkpoints' dir outlives a killed run, the artifact dir does not: a reward model finished there waits
+    # for the judge to finish, and a rerun finds it.
+    rm_dir = checkpoint_dir.with_name(checkpoint_dir.name + "-reward_model") if judge_pairs else out_dir
+    rm_metrics = finished_metrics(rm_dir) if judge_pairs else None
+    if rm_metrics is not None:
+        logger.info("train_rm: the reward model in %s was finished before the restart: on to the judge", rm_dir)
+    else:
+        rm_dir.mkdir(parents=True, exist_ok=True)
+        rm_metrics = fit_reward_model(
+            init_dir,
+            tokenizer,
+            encode(rm_pairs),
+            val_batches,
+            cfg.optim,
+            cfg,
+            seed,
+            torch_device,
+            rm_dir,
+            checkpoint_dir,
+            parallel,
+            dtype,
+            trust_remote_code,
+        )
+        if judge_pairs and is_main_process:
+            write_json_atomic(rm_dir / FINISHED_METRICS, rm_metrics)
     metrics: dict[str, Any] = {
         **rm_metrics,
         "length_baseline_accuracy": length_baseline_accuracy(heldout_encoded),
@@ -487,6 +505,8 @@ def train_reward_model(
                 },
             }
         )
+        if is_main_process:
+            move_finished(rm_dir, out_dir)
     logger.info(
         "train_rm done: val_accuracy %.3f (longer-answer baseline %.3f), margin %.3f%s",
         metrics["val_accuracy"],
@@ -495,3 +515,17 @@ def train_reward_model(
         f"; independent judge {metrics['judge_val_accuracy']:.3f}" if judge_pairs else "",
     )
     return metrics
+
+
+def finished_metrics(model_dir: Path) -> dict[str, Any] | None:
+    """The metrics of the reward model finished in `model_dir` (`FINISHED_METRICS`), or None when there is none."""
+    marker = model_dir / FINISHED_METRICS
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
+def move_finished(model_dir: Path, out_dir: Path) -> None:
+    """Move a finished reward model's files from `model_dir` into `out_dir`, then drop the emptied dir."""
+    (model_dir / FINISHED_METRICS).unlink()
+    for path in model_dir.iterdir():
+        os.replace(path, out_dir / path.name)
+    model_dir.rmdir()

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from kill_and_resume import assert_same_history, assert_same_metrics, read_history, run_killed, run_to_end
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -22,7 +17,6 @@ from zero_chatgpt.config import PretrainConfig
 from zero_chatgpt.data_process.token_shards import ShardWriter, TokenShards, write_meta
 from zero_chatgpt.model.pretrain import consecutive_val_windows, pretrain, unigram_entropy
 
-REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["<unk>", "<s>", "</s>"]
 EOS_ID = 2
 METRIC_KEYS = {
@@ -140,67 +134,36 @@ def test_shards_with_a_larger_vocab_than_the_tokenizer_are_rejected(data, tmp_pa
         pretrain(tiny_config(max_steps=1), data["shards"], tmp_path / "small_tokenizer", tmp_path / "out", seed=0)
 
 
-CHILD = textwrap.dedent("""
-    import json, logging, os, sys, time
-    from pathlib import Path
-    import zero_chatgpt.model.pretrain as stage
-    from zero_chatgpt.config import PretrainConfig
-
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
-    shards, tokenizer, out_dir, config_json = sys.argv[1:5]
-    slow_s = float(os.environ.get("STEP_SLEEP_S", "0"))
-    if slow_s:  # widen the window in which the parent can kill us between checkpoints
-        window_loss = stage.causal_lm_window_loss
-        def slow_loss(model, batch):
-            time.sleep(slow_s)
-            return window_loss(model, batch)
-        stage.causal_lm_window_loss = slow_loss
+def run_pretrain(shard_dir: str, tokenizer_dir: str, out_dir: str, config_json: str) -> dict:
+    """`pretrain` with JSON arguments, so that a `kill_and_resume` child process can call it too."""
     cfg = PretrainConfig.model_validate_json(config_json)
-    metrics = stage.pretrain(cfg, Path(shards), Path(tokenizer), Path(out_dir), seed=0, device="cpu")
-    print("METRICS " + json.dumps(metrics))
-""")
-
-
-def run_child(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return pretrain(cfg, Path(shard_dir), Path(tokenizer_dir), Path(out_dir), seed=0, device="cpu")
 
 
 def test_pretrain_resumes_after_sigkill(data, tmp_path):
+    """Killed past the checkpoint at step 10 and rerun into the same out dir (which holds its checkpoints by
+    default), it continues from step 10 and ends where an uninterrupted run ends, its metrics history rewritten
+    past the checkpoint. The flow's case, a fresh out dir on every attempt: tests/test_resume_after_kill.py."""
     cfg = tiny_config(max_steps=40, checkpoint_every=10, eval_every=10)
-    args = [str(data["shards"]), str(data["tokenizer"]), str(tmp_path / "out"), cfg.model_dump_json()]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "STEP_SLEEP_S": "0.05", "OMP_NUM_THREADS": "1"}
+    arguments = {
+        "shard_dir": str(data["shards"]),
+        "tokenizer_dir": str(data["tokenizer"]),
+        "config_json": cfg.model_dump_json(),
+    }
+    target = f"{__name__}:run_pretrain"
+    out_dir = tmp_path / "out"
 
-    first = run_child(args, env)
-    checkpoint = tmp_path / "out" / "checkpoints" / "latest.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first_log = first.communicate()[0]
-    assert checkpoint.exists() and first.returncode == -signal.SIGKILL, first_log
+    output = run_killed(target, {**arguments, "out_dir": str(out_dir)}, out_dir / "metrics.jsonl", after_step=15)
+    assert (out_dir / "checkpoints" / "latest.pt").is_file(), output
 
-    second = run_child(args, {**env, "STEP_SLEEP_S": "0"})
-    second_log = second.communicate(timeout=300)[0]
-    assert second.returncode == 0, second_log
-    assert "resuming from step " in second_log
-    resumed = json.loads(second_log.split("METRICS ", 1)[1])
-    assert resumed["resumed_from"] > 0 and resumed["steps"] == 40
+    resumed, output = run_to_end(target, {**arguments, "out_dir": str(out_dir)})
+    assert "resuming from step 10 " in output
+    assert resumed["resumed_from"] == 10 and resumed["steps"] == 40
 
-    straight = pretrain(cfg, data["shards"], data["tokenizer"], tmp_path / "straight", seed=0, device="cpu")
-    assert set(resumed) == set(straight) == METRIC_KEYS
-    # Same data order and RNG after resume: the runs agree (up to float noise of a fresh process).
-    assert resumed["tokens_seen"] == straight["tokens_seen"]
-    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], rel=1e-3)
-    steps = [
-        json.loads(line)["step"]
-        for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
-        if "loss" in json.loads(line)
-    ]
-    assert steps == list(range(1, 41))
+    straight = run_pretrain(**arguments, out_dir=str(tmp_path / "straight"))
+    assert set(straight) == METRIC_KEYS
+    # Same data order and RNG after resume: the runs agree.
+    assert_same_metrics(resumed, straight)
+    history = read_history(out_dir / "metrics.jsonl")
+    assert [record["step"] for record in history if "loss" in record] == list(range(1, 41))
+    assert_same_history(history, read_history(tmp_path / "straight" / "metrics.jsonl"))
