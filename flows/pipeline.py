@@ -2,23 +2,28 @@
 
 Each stage is a cached Prefect task (see `tasks/`); this flow resolves the config once (so a bad key fails
 before any work), runs the stages up to `until`, and writes `<root>/latest.json` as each stage finishes.
+The parameters are typed (`flow_parameters`), so Prefect refuses a misspelled preset, stage or config key when
+a run is created. Importing this module loads no torch: the stage tasks import their libraries when they run.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: a served run gets the flow function pickled by value, with only the
+# globals its code uses, so its parameter types must be objects in its annotations, not names to look up.
 import hashlib
+import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
 from zero_chatgpt.artifacts import read_manifest, write_json_atomic
-from zero_chatgpt.config import STAGES, ConfigError, PipelineConfig, load_config, route_stages
+from zero_chatgpt.config import STAGES, ConfigError, PipelineConfig, config_to_yaml, load_config, route_stages
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
+from zero_chatgpt.flow_parameters import PipelineConfigOverrides, PresetName, StageName, overrides_dict, run_name
 from zero_chatgpt.flow_runs import watched_flow_run
 from zero_chatgpt.model.base_model import resolve_configured_base_model
 from zero_chatgpt.run_table import PrefectTableArtifact, StageTable, failures_recorded
@@ -74,9 +79,11 @@ class PipelineRun:
         started = time.perf_counter()
         force = name in self.force
         refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
-        state = stage_task.with_options(result_storage=self.storage, refresh_cache=refresh)(
-            config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True
-        )
+        # Named like the artifact folder it builds (`<stage>/<fingerprint[:12]>`), so the UI's task run leads there.
+        fingerprint = stage_task.stage_spec.fingerprint(self.config, upstream, str(self.root))
+        state = stage_task.with_options(
+            result_storage=self.storage, refresh_cache=refresh, task_run_name=f"{name} {fingerprint[:12]}"
+        )(config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True)
         record = state.result()  # raises the stage's own error when it failed
         seconds = time.perf_counter() - started
         status = "cached" if state.name == "Cached" else record.get("status", "ran")
@@ -103,26 +110,51 @@ def _result_storage(root: Path) -> LocalFileSystem:
     return storage
 
 
-def _stage_names(value: str | list[str] | None, what: str) -> list[str]:
-    if value is None:
-        return []
-    names = [part.strip() for part in value.split(",")] if isinstance(value, str) else list(value)
-    unknown = [name for name in names if name not in PIPELINE_STAGES]
-    if unknown:
-        raise ConfigError(f"{what}: unknown stage(s) {unknown}; stages of this pipeline: {list(PIPELINE_STAGES)}")
-    return names
+def _flow_run_name() -> str:
+    """`tiny→ppo force=sft`: the run's preset, last stage and forced stages, read from its parameters."""
+    from prefect.runtime import flow_run
+
+    given = inspect.signature(zero_chatgpt.fn).bind(**flow_run.parameters)
+    given.apply_defaults()
+    return run_name(**{name: value for name, value in given.arguments.items() if name != "root"})
 
 
-@flow(name="zero-chatgpt", description="Raw text to an aligned chat model, one cached stage at a time.")
+@flow(
+    name="zero-chatgpt",
+    description="Raw text to an aligned chat model, one cached stage at a time.",
+    flow_run_name=_flow_run_name,
+)
 def zero_chatgpt(
-    preset: str = "tiny",
-    overrides: dict[str, Any] | None = None,
+    preset: PresetName = "tiny",
+    preset_file: str | None = None,
+    overrides: PipelineConfigOverrides | None = None,
     root: str = "runs",
-    until: str | None = None,
-    force: list[str] | str | None = None,
+    until: StageName | None = None,
+    force: list[StageName] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the pipeline for `preset` (+ nested `overrides`) into `root`, up to `until`, rerunning `force`."""
-    typed_config = load_config(preset, overrides)
+    """Run the pipeline for a preset (plus overrides) into `root`, up to `until`, rebuilding the `force` stages.
+
+    Stages whose config and inputs are unchanged are reused from `root`; the resolved config is published as
+    the run's `zero-chatgpt-config` artifact.
+
+    Args:
+        preset: A preset shipped in `configs/` (tiny: a CPU run of minutes on the built-in demo corpus).
+        preset_file: A YAML config file on the machine that runs the flow, used instead of `preset` (it may say
+            `base: tiny` and set only what differs).
+        overrides: Config values that replace the preset's, by section (e.g. pretrain, optim, max_steps); lists
+            are replaced whole. Unknown keys are refused when the run is created.
+        root: The artifact directory on the machine that runs the flow; stages cached there are reused.
+        until: The last stage to run (empty: the whole route).
+        force: Stages rebuilt even when their artifact exists (the stages after them rerun only if their
+            inputs change).
+    """
+    typed_config = load_config(preset_file or preset, overrides_dict(overrides))
+    # Published before the checks below, so a run that fails them still shows what it was asked to do.
+    create_markdown_artifact(
+        key="zero-chatgpt-config",
+        markdown=f"```yaml\n{config_to_yaml(typed_config)}```\n",
+        description="the resolved config of this run (preset and overrides merged)",
+    )
     # Every data source is opened and sampled now, so a wrong field or an unreadable file fails in seconds.
     check_configured_sources(typed_config)
     if typed_config.base_model.path:  # a missing model dir or an offline hub id fails now, naming it
@@ -130,18 +162,11 @@ def zero_chatgpt(
         # a multi-GB checkpoint a second time.
         resolve_configured_base_model(typed_config.base_model, source_hashes(str(Path(root).resolve())))
     config = typed_config.model_dump(mode="json")
-    until_names = _stage_names(until, "until")
     route = route_stages(typed_config)
-    off_route = [name for name in until_names + _stage_names(force, "force") if name not in route]
+    off_route = [name for name in [*([until] if until else []), *(force or [])] if name not in route]
     if off_route:
         raise ConfigError(f"stage(s) {off_route} are not on this run's route: {list(route)}")
-    run = PipelineRun(
-        config,
-        Path(root).resolve(),
-        until_names[0] if until_names else None,
-        set(_stage_names(force, "force")),
-        route,
-    )
+    run = PipelineRun(config, Path(root).resolve(), until, set(force or []), route)
     # A failed stage is shown failed in the stage table, with where its traceback is, before the error goes on.
     with watched_flow_run(run.root), failures_recorded(run.table, run.root / "logs"):
         print_table_header()
@@ -182,4 +207,4 @@ def _run_route(run: PipelineRun, typed_config: PipelineConfig) -> None:
         evaluate=evaluation,
     )
     if report is not None:
-        publish_report_task(report["path"], run.latest)
+        publish_report_task.with_options(task_run_name="publish_report")(report["path"], run.latest)

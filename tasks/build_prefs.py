@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.build_prefs import build_prefs
 from zero_chatgpt.tasks.stage import StageSpec, model_loading, run_stage, stage_task
 
 BUILD_PREFS = StageSpec(
@@ -22,6 +21,9 @@ def build_prefs_task(config: dict[str, Any], upstream: dict[str, dict], root: st
     """Pair reference answers (chosen) with the SFT model's own samples (rejected), plus user pairs (or user pairs
     alone: `samples_per_prompt: 0`); split them into training and held-out pairs and mine extra negatives for the
     training side."""
+    # Imported on call: it loads torch/transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.build_prefs import build_prefs
+
     cfg = PipelineConfig.model_validate(config)
     return run_stage(
         BUILD_PREFS,

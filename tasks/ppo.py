@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.ppo.stage import ppo
 from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
@@ -18,6 +17,9 @@ PPO = StageSpec("ppo", version="3", config_keys=("ppo", "base_model.dtype"), ups
 @stage_task(PPO)
 def ppo_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Optimise the SFT policy against the reward model with PPO (KL-penalised, resumable; several ranks if asked)."""
+    # Imported on call: it loads torch/transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.ppo.stage import ppo
+
     cfg = PipelineConfig.model_validate(config)
     shard = upstream.get("shard")
     inputs = {

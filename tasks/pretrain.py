@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.pretrain import pretrain
 from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
@@ -18,6 +17,9 @@ PRETRAIN = StageSpec("pretrain", version="2", config_keys=("pretrain",), upstrea
 def pretrain_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Pretrain the LLaMA-style decoder on the token shards, or continue pretraining a base model on them
     (resumes after a crash; several ranks if asked)."""
+    # Imported on call: it loads torch/transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.pretrain import pretrain
+
     cfg = PipelineConfig.model_validate(config)
     inputs = {"shard_dir": Path(upstream["shard"]["path"]), "tokenizer_dir": Path(upstream["train_tokenizer"]["path"])}
     if upstream.get("base_model") is not None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.sft import sft
 from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
@@ -21,6 +20,9 @@ SFT = StageSpec(
 @stage_task(SFT)
 def sft_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Fine-tune the pretrained model on chat conversations, loss on the assistant's tokens only."""
+    # Imported on call: it loads torch/transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.sft import sft
+
     cfg = PipelineConfig.model_validate(config)
     inputs = {
         "sft_sources": cfg.data.sft_sources,

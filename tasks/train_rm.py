@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.train_rm import train_reward_model
 from zero_chatgpt.tasks.stage import StageSpec, model_loading, stage_task
 from zero_chatgpt.tasks.training import run_training_stage
 
@@ -19,6 +18,9 @@ TRAIN_RM = StageSpec(
 @stage_task(TRAIN_RM)
 def train_rm_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Train the scalar-head reward model (and the independent judge) on the preference pairs."""
+    # Imported on call: it loads torch/transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.train_rm import train_reward_model
+
     cfg = PipelineConfig.model_validate(config)
     base = upstream.get("base_model")
     inputs = {

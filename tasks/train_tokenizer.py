@@ -7,7 +7,6 @@ from typing import Any
 
 from zero_chatgpt.config import PipelineConfig
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
-from zero_chatgpt.tokenizer.train import train_tokenizer
 
 TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_tokenizer",), upstream=("dedup",))
 
@@ -15,6 +14,9 @@ TRAIN_TOKENIZER = StageSpec("train_tokenizer", version="1", config_keys=("train_
 @stage_task(TRAIN_TOKENIZER)
 def train_tokenizer_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Train the sentencepiece BPE tokenizer and export it as a Hugging Face fast tokenizer."""
+    # Imported on call: it loads transformers, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.tokenizer.train import train_tokenizer
+
     cfg = PipelineConfig.model_validate(config)
     return run_stage(
         TRAIN_TOKENIZER,

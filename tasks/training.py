@@ -9,8 +9,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from zero_chatgpt.config import PipelineConfig
-from zero_chatgpt.model.distributed import needs_launcher
-from zero_chatgpt.model.launch import launch_stage
 from zero_chatgpt.tasks.stage import StageSpec, resume_dir, run_stage, stage_logger
 
 
@@ -27,6 +25,10 @@ def run_training_stage(
     """Build a training stage's artifact with `stage_fn(section, **inputs, out_dir=, seed=, device=,
     checkpoint_dir=)`: in this process, or — when `resources` asks for several ranks — through the launcher,
     whose ranks call the same function and whose output streams into this task's log."""
+    # Imported on call: they load torch, which the flow (and its first stages) must not wait for.
+    from zero_chatgpt.model.distributed import needs_launcher
+    from zero_chatgpt.model.launch import launch_stage
+
     cfg = PipelineConfig.model_validate(config)
     checkpoint_dir = resume_dir(spec, config, upstream, root)
 

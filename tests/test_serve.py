@@ -1,19 +1,28 @@
-"""The deployment path a user takes: `prefect server start`, `zero-chatgpt serve`, `prefect deployment run`."""
+"""The deployment path a user takes: `prefect server start`, `zero-chatgpt serve`, `prefect deployment run`.
+
+One real server and one serve are shared by the tests of this module (each takes a minute to start on a busy
+laptop); the tests read what they check back from the server's REST API.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 PREFECT = [sys.executable, "-m", "prefect"]
+SERVE = [sys.executable, "-m", "zero_chatgpt.cli", "serve"]
 
 
 def free_port() -> int:
@@ -43,7 +52,43 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-def test_deployment_run_completes_through_a_real_server(tmp_path):
+@dataclass
+class Served:
+    """A running `prefect server start` and `zero-chatgpt serve`, and how to reach them."""
+
+    env: dict[str, str]
+    api: str
+    root: Path
+    workdir: Path
+    serve_log: Path
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """GET (or POST `body` to) the REST API; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.api}{path}",
+            data=data,
+            headers={"Content-Type": "application/json"},
+            method="GET" if data is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def flow_run_count(self) -> int:
+        return self.call("/flow_runs/count", {})
+
+    def prefect(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*PREFECT, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def serve(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*SERVE, *args], env=env or self.env, capture_output=True, text=True, timeout=120, cwd=self.workdir
+        )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("served")
     port = free_port()
     env = {
         **os.environ,
@@ -73,7 +118,7 @@ def test_deployment_run_completes_through_a_real_server(tmp_path):
         wait_until(healthy, 180, "prefect server", server, server_log)
         root = tmp_path / "runs"
         serve = subprocess.Popen(
-            [sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(root)],
+            [*SERVE, "--root", str(root)],
             env=env,
             stdout=serve_log.open("w"),
             stderr=subprocess.STDOUT,
@@ -92,29 +137,87 @@ def test_deployment_run_completes_through_a_real_server(tmp_path):
             return inspect.returncode == 0
 
         wait_until(deployed, 180, "zero-chatgpt serve", serve, serve_log)
-        # `until` keeps this run to the data stages: the test is about the deployment path, not training.
-        run = subprocess.run(
-            [
-                *PREFECT,
-                "deployment",
-                "run",
-                "zero-chatgpt/full",
-                "--param",
-                "preset=tiny",
-                "--param",
-                "until=dedup",
-                "--watch",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, output + serve_log.read_text()[-3000:]
-        assert "completed" in output.lower(), output
-        assert (root / "latest.json").is_file(), serve_log.read_text()[-3000:]
+        yield Served(env, env["PREFECT_API_URL"], root, tmp_path, serve_log)
     finally:
         if serve is not None:
             stop(serve)  # serve first, then the server it talks to
         stop(server)
+
+
+def test_importing_the_flow_loads_neither_torch_nor_transformers():
+    # A deployment run imports the flow module before its first stage: torch alone would add seconds.
+    probe = "import sys, zero_chatgpt.flows.pipeline; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_deployment_run_completes_through_a_real_server(served):
+    # `until` keeps this run to the data stages: the test is about the deployment path, not training.
+    run = served.prefect(
+        "deployment",
+        "run",
+        "zero-chatgpt/full",
+        "--param",
+        "preset=tiny",
+        "--param",
+        "until=dedup",
+        "--params",
+        json.dumps({"overrides": {"clean": {"min_length": 5}}}),
+        "--watch",
+        timeout=900,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output + served.serve_log.read_text()[-3000:]
+    assert "completed" in output.lower(), output
+    latest = json.loads((served.root / "latest.json").read_text())
+    assert list(latest) == ["clean", "dedup"]
+
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+    assert served.call(f"/flow_runs/{flow_run_id}")["name"] == "tiny→dedup +1 override"
+    task_runs = served.call("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    assert sorted(run["name"] for run in task_runs) == sorted(
+        f"{stage} {entry['fingerprint'][:12]}" for stage, entry in latest.items()
+    )
+    artifacts = served.call(
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["zero-chatgpt-config"]}, "flow_run_id": {"any_": [flow_run_id]}}},
+    )
+    assert len(artifacts) == 1
+    assert "min_length: 5\n" in artifacts[0]["data"] and "max_steps:" in artifacts[0]["data"]
+
+
+@pytest.mark.parametrize(
+    "parameters, wrong",
+    [
+        ({"until": "pretrian"}, "pretrian"),
+        ({"preset": "tinyy"}, "tinyy"),
+        ({"force": ["sft", "ppoo"]}, "ppoo"),
+        ({"overrides": {"pretrain": {"optim": {"max_step": 5}}}}, "max_step"),
+        ({"overrides": {"pretrain": {"optim": {"max_steps": "many"}}}}, "many"),
+    ],
+)
+def test_a_wrong_parameter_is_refused_when_the_run_is_created(served, parameters, wrong):
+    before = served.flow_run_count()
+    run = served.prefect("deployment", "run", "zero-chatgpt/full", "--params", json.dumps(parameters))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert "validation" in output.lower() and wrong in output, output
+    assert served.flow_run_count() == before  # refused by the server: no run exists, so no stage can start
+
+
+def test_a_second_serve_is_refused_and_leaves_the_default_root_alone(served, tmp_path):
+    deployment = served.call("/deployments/name/zero-chatgpt/full")
+    assert deployment["parameters"] == {"root": str(served.root)}
+
+    # On this machine: the first serve holds the lock under PREFECT_HOME.
+    here = served.serve("--root", str(tmp_path / "elsewhere"))
+    assert here.returncode == 1
+    assert here.stderr.strip().count("\n") == 0 and "already being served by process" in here.stderr, here.stderr
+
+    # From another Prefect home (another machine, say): the server has seen the first serve poll just now.
+    other_home = {**served.env, "PREFECT_HOME": str(tmp_path / "other-prefect-home")}
+    there = served.serve("--root", str(tmp_path / "elsewhere"), env=other_home)
+    assert there.returncode == 1
+    assert there.stderr.strip().count("\n") == 0 and "being served from elsewhere" in there.stderr, there.stderr
+
+    assert served.call("/deployments/name/zero-chatgpt/full")["parameters"] == {"root": str(served.root)}

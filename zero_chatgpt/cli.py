@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from zero_chatgpt.config import ConfigError, config_to_yaml, load_config, overrides_from_set_options, preset_names
 from zero_chatgpt.prefect_settings import apply_prefect_defaults
@@ -29,15 +30,34 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _preset_argument(preset: str) -> str:
-    """Preset files are passed on as absolute paths, so the flow resolves them wherever it runs."""
+def _preset_parameters(preset: str) -> dict[str, str]:
+    """The flow's `preset` for a shipped preset, its `preset_file` (an absolute path, so the flow finds it wherever
+    it runs) for a YAML file."""
     path = Path(preset)
-    return str(path.resolve()) if path.suffix in (".yaml", ".yml") or path.is_file() else preset
+    return (
+        {"preset_file": str(path.resolve())}
+        if path.suffix in (".yaml", ".yml") or path.is_file()
+        else {"preset": preset}
+    )
+
+
+def _whole_lists(overrides: dict[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` with each list given whole, from the resolved config: `--set data.sources.0.limit=3` edits one
+    entry, but the flow's parameters take lists whole (that is what the UI form can show)."""
+    whole = {}
+    for key, value in overrides.items():
+        if isinstance(resolved.get(key), list):
+            whole[key] = resolved[key]
+        elif isinstance(value, dict) and isinstance(resolved.get(key), dict):
+            whole[key] = _whole_lists(value, resolved[key])
+        else:
+            whole[key] = value
+    return whole
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # Resolve the whole config here first: a bad key fails before Prefect or any stage starts.
-    load_config(args.preset, set_options=args.set_options)
+    resolved = load_config(args.preset, set_options=args.set_options)
     from zero_chatgpt.artifacts import read_manifest
     from zero_chatgpt.console import print_summary
     from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
@@ -50,8 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown stage {name!r}; stages of this pipeline: {list(PIPELINE_STAGES)}")
     root = Path(args.root).resolve()
     latest = zero_chatgpt(
-        preset=_preset_argument(args.preset),
-        overrides=overrides_from_set_options(args.set_options),
+        **_preset_parameters(args.preset),
+        overrides=_whole_lists(overrides_from_set_options(args.set_options), resolved.model_dump(mode="json")),
         root=str(root),
         until=args.until,
         force=args.force or None,
@@ -63,9 +83,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from zero_chatgpt.flows.pipeline import zero_chatgpt
+    from zero_chatgpt.serving import ServeRefused, serve_pipeline
 
-    zero_chatgpt.serve(name=args.name, parameters={"root": str(Path(args.root).resolve())})
+    try:
+        serve_pipeline(args.name, args.root)
+    except ServeRefused as refusal:
+        print(f"zero-chatgpt serve: {refusal}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -205,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve flow `zero-chatgpt` as deployment `full`")
     serve.add_argument("--name", default="full", help="deployment name (default: full)")
-    serve.add_argument("--root", default="runs", help="default artifact root of deployment runs")
+    serve.add_argument(
+        "--root",
+        default=None,
+        help="default artifact root of deployment runs (default: the deployment's current one, else ./runs)",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     chat = commands.add_parser("chat", help="chat with a trained model (streams tokens; reads stdin until EOF)")
