@@ -286,8 +286,9 @@ def test_a_reward_model_that_returns_nan_stops_ppo_with_its_name(dirs, tmp_path)
     broken = tmp_path / "rm-nan"
     shutil.copytree(dirs["rm"], broken)
     model = load_reward_model(broken)
+    # Finite weights (NaN weights are refused at load) whose scores overflow float32.
     with torch.no_grad():
-        model.score.weight.fill_(float("nan"))
+        model.score.weight.fill_(3.0e38)
     model.save_pretrained(broken)
     with pytest.raises(NonFiniteError, match="reward model's scores are NaN or infinite; check the train_rm"):
         ppo(ppo_config(), dirs["sft"], broken, tmp_path / "ppo", seed=0, device="cpu")
