@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -194,38 +195,75 @@ def test_broken_jsonl_rows_are_quarantined_and_no_good_row_is_lost(tmp_path):
     assert sorted(row["line"] for row in rejected if row["rule"] == "quarantine") == [7, 8, 9, 10, 11]
 
 
-def test_report_card_and_metric_table_are_published_to_prefect(tiny_root):
+def published_by_runs_of(root: Path, artifact_filter) -> dict[str, dict[str, object]]:
+    """The artifacts matching `artifact_filter` that flow runs of `root` created: {flow run id: {key: artifact}}."""
     from prefect.client.orchestration import get_client
+
+    by_run: dict[str, dict[str, object]] = {}
+    with get_client(sync_client=True) as client:
+        for artifact in client.read_artifacts(artifact_filter=artifact_filter):
+            if client.read_flow_run(artifact.flow_run_id).parameters.get("root") == str(root):
+                by_run.setdefault(str(artifact.flow_run_id), {})[artifact.key] = artifact
+    return by_run
+
+
+def table_rows(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def test_report_card_and_metric_table_are_published_to_prefect(tiny_root):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from zero_chatgpt.report import round_figure
 
     root, latest, _ = tiny_root
     report = json.loads((Path(latest["report"]["path"]) / "report.json").read_text(encoding="utf-8"))
     assert set(report["stages"]) == set(PIPELINE_STAGES) - {"report"}
     keys = ["zero-chatgpt-report-card", "zero-chatgpt-stage-metrics"]
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-        runs_of_this_root = {}
-        for artifact in artifacts:
-            flow_run = client.read_flow_run(artifact.flow_run_id)
-            if flow_run.parameters.get("root") == str(root):
-                runs_of_this_root.setdefault(artifact.flow_run_id, {})[artifact.key] = artifact
+    runs_of_this_root = published_by_runs_of(root, ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
     assert runs_of_this_root, "no report artifacts belong to a flow run of this root"
     published = next(iter(runs_of_this_root.values()))
     assert set(published) == set(keys)
-    assert "report card" in published["zero-chatgpt-report-card"].data
-    table = published["zero-chatgpt-stage-metrics"].data
-    table = json.loads(table) if isinstance(table, str) else table
+    card = published["zero-chatgpt-report-card"].data
+    assert "report card" in card
+    # Every curve travels inside the card (the UI cannot reach local files), and no figure shows 16 digits.
+    assert card.count("](data:image/png;base64,") == len(report["plots"]) >= 4
+    decimals = re.findall(r"\d+\.\d+", re.sub(r"\(data:image/png;base64,[^)]*\)", "", card))
+    assert decimals and all(len(number.replace(".", "").lstrip("0")) <= 4 for number in decimals), decimals
+    table = table_rows(published["zero-chatgpt-stage-metrics"])
     assert {row["stage"] for row in table} == set(PIPELINE_STAGES) - {"report"}
+    assert all(round_figure(row[column]) == row[column] for row in table for column in ("seconds", "value"))
 
 
-def test_training_stages_publish_progress_artifacts(tiny_root):
-    from prefect.client.orchestration import get_client
+def test_training_and_sampling_stages_publish_keyed_progress_with_their_figures(tiny_root):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 
-    with get_client(sync_client=True) as client:
-        progress = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
-    finished = {artifact.description for artifact in progress if artifact.data == 100}
-    assert {"pretrain progress", "sft progress", "train_rm progress"} <= finished, finished
+    root, latest, _ = tiny_root
+    runs = published_by_runs_of(root, ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    (progress,) = [by_key for by_key in runs.values() if by_key]  # the cached rerun trains nothing
+    long_stages = ("pretrain", "sft", "build_prefs", "train_rm", "ppo", "evaluate")
+    assert {f"progress-{stage.replace('_', '-')}" for stage in long_stages} <= set(progress), set(progress)
+    for stage in long_stages:
+        artifact = progress[f"progress-{stage.replace('_', '-')}"]
+        assert artifact.data == 100 and artifact.description.startswith(f"{stage}: "), artifact.description
+        assert "ETA" in artifact.description and "/s" in artifact.description, artifact.description
+    assert "loss" in progress["progress-pretrain"].description and "tokens/s" in progress["progress-sft"].description
+    assert "reward" in progress["progress-ppo"].description
+    assert " prompt " in progress["progress-evaluate"].description
+
+
+def test_the_run_stage_table_lists_every_stage_of_the_route_with_its_artifact(tiny_root):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    root, latest, _ = tiny_root
+    runs = published_by_runs_of(root, ArtifactFilter(key=ArtifactFilterKey(any_=["run-stages"])))
+    assert runs, "no stage table belongs to a flow run of this root"
+    for by_key in runs.values():  # the first run and, when it ran before this test, the cached rerun
+        rows = table_rows(by_key["run-stages"])
+        assert [row["stage"] for row in rows] == list(PIPELINE_STAGES)
+        assert {row["status"] for row in rows} <= {"done", "cached"}, rows
+        assert [row["artifact"] for row in rows] == [latest[stage]["path"] for stage in PIPELINE_STAGES]
+        assert by_key["run-stages"].description.startswith(f"{len(rows)} of {len(rows)} stages finished")
 
 
 def test_a_new_demo_generator_version_changes_the_fingerprint_of_every_stage_reading_a_demo_source(monkeypatch):

@@ -76,6 +76,8 @@ def test_the_description_names_step_figures_rate_and_eta():
     assert report.describe() == "train step 40/200 · loss 3.412 · val_loss 3.5 · 1,234 tokens/s · ETA 2m10s"
     sampling = ProgressReport(12, 48, "sampling answers", "prompt", {"units_per_s": 2.5})
     assert sampling.describe() == "sampling answers prompt 12/48 · 2.5 prompts/s"
+    mining = ProgressReport(1000, 2000, "mining", "prompt", {"units_per_s": 1953.2})
+    assert mining.describe() == "mining prompt 1,000/2,000 · 1,953 prompts/s"
     assert [format_duration(s) for s in (45, 130, 3 * 3600 + 300)] == ["45s", "2m10s", "3h05m"]
 
 

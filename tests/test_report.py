@@ -81,9 +81,10 @@ def test_figures_round_to_four_significant_digits():
         0.0,
         3,
     ]
-    assert [format_figure(v) for v in (5.431552783862965, 12345.6, 1234, None, "x")] == [
+    assert [format_figure(v) for v in (5.431552783862965, 12345.6, 7571.2, 1234, None, "x")] == [
         "5.432",
         "12,346",
+        "7,571",
         "1,234",
         "",
         "x",

@@ -50,7 +50,8 @@ class ProgressReport:
         if tokens_per_s is not None:
             parts.append(f"{tokens_per_s:,.0f} tokens/s")
         elif units_per_s is not None:
-            parts.append(f"{units_per_s:.3g} {self.unit}s/s")
+            rate = f"{units_per_s:,.0f}" if units_per_s >= 100 else f"{units_per_s:.3g}"
+            parts.append(f"{rate} {self.unit}s/s")
         if eta_s is not None:
             parts.append(f"ETA {format_duration(eta_s)}")
         return " · ".join(parts)

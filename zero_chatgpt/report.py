@@ -98,7 +98,7 @@ def format_figure(value: Any) -> str:
     value = round_figure(value)
     if abs(value) >= 10**SIGNIFICANT_DIGITS:
         return f"{value:,.0f}"
-    return f"{value:,}" if isinstance(value, int) else f"{value:.{SIGNIFICANT_DIGITS}g}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.{SIGNIFICANT_DIGITS}g}"
 
 
 def embedded_png(path: Path) -> str:
