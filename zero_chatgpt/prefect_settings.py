@@ -13,6 +13,8 @@ DEFAULTS = {
     # The stages' own loggers (`zero_chatgpt.*`: a context cut, quarantined rows, byte-fallback shares) reach the
     # run's logs in the Prefect UI, not only the terminal that started it.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "zero_chatgpt",
+    # ... and outside a run (a script or test calling a stage function) those loggers just log locally.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # `zero-chatgpt serve` asks the server for new runs this often (Prefect's default, 10 s, is most of the wait
     # between `prefect deployment run` and the first stage; bench/first_stage.py).
     "PREFECT_RUNNER_POLL_FREQUENCY": "2",
