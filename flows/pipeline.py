@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
-from zero_chatgpt.artifacts import read_manifest, write_json_atomic
+from zero_chatgpt.artifacts import artifact_dir, content_digest, is_complete, read_manifest, write_json_atomic
 from zero_chatgpt.config import STAGES, ConfigError, PipelineConfig, config_to_yaml, load_config, route_stages
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
@@ -100,6 +100,63 @@ class PipelineRun:
         get_run_logger().info("stage %s %s in %.1fs -> %s", name, status, seconds, record["path"])
         return record
 
+    def publish_report(self, report: dict[str, str]) -> None:
+        """The report card and metric table as artifacts of this Prefect run."""
+        publish_report_task.with_options(task_run_name="publish_report")(report["path"], self.latest)
+
+
+class StageWouldRun(Exception):
+    """Raised by `CachedRouteWalk` at the first stage that has no reusable artifact."""
+
+
+class CachedRouteWalk:
+    """The route walked without Prefect: each stage's fingerprint from its upstream records, and its artifact
+    checked as a run would check it (`is_complete`). Raises `StageWouldRun` at the first stage a run would have
+    to build; when none does, `latest` holds every stage as cached. See `cached_route`."""
+
+    def __init__(self, config: dict[str, Any], root: Path, until: str | None, force: set[str], route: tuple[str, ...]):
+        self.config, self.root, self.force = config, root, force
+        self.planned = route[: route.index(until) + 1] if until else route
+        self.verify = config["run"]["verify"]
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def stage(self, stage_task: Any, **upstream: dict[str, str] | None) -> dict[str, str] | None:
+        name = stage_task.name
+        if name not in self.planned:
+            return None
+        if name in self.force:
+            raise StageWouldRun(name)
+        upstream = {key: record for key, record in upstream.items() if record is not None}
+        fp = stage_task.stage_spec.fingerprint(self.config, upstream, str(self.root))
+        path = artifact_dir(self.root, name, fp)
+        if not is_complete(path, fp, self.verify):
+            raise StageWouldRun(name)
+        self.latest[name] = {"path": str(path), "status": "cached", "seconds": 0.0, "fingerprint": fp}
+        return {"stage": name, "path": str(path), "fingerprint": fp, "content": content_digest(read_manifest(path))}
+
+    def publish_report(self, report: dict[str, str]) -> None:
+        """Nothing to publish: the run that built the report published it."""
+
+
+def cached_route(
+    typed_config: PipelineConfig, root: str | Path, until: str | None = None, force: list[str] | tuple = ()
+) -> dict[str, dict[str, Any]] | None:
+    """The `latest.json` entries of a run whose every stage (up to `until`) would be reused from `root`, else None.
+
+    Answers in seconds, without a Prefect server, what a full run would answer after starting one: a rerun that
+    has nothing to do (inspecting a finished root, `--until` a stage already built) need not pay for Prefect.
+    Source files and a base model are fingerprinted as in a run, so an edited input is never taken as cached.
+    """
+    route = route_stages(typed_config)
+    if any(name not in route for name in [*([until] if until else []), *force]):
+        return None  # the flow names the mistake
+    walk = CachedRouteWalk(typed_config.model_dump(mode="json"), Path(root).resolve(), until, set(force), route)
+    try:
+        _run_route(walk, typed_config)
+    except StageWouldRun:
+        return None
+    return walk.latest
+
 
 def _result_storage(root: Path) -> LocalFileSystem:
     """Prefect results and cache records live under the root, so a root is one self-contained cache."""
@@ -127,10 +184,10 @@ def _flow_run_name() -> str:
 def zero_chatgpt(
     preset: PresetName = "tiny",
     preset_file: str | None = None,
-    overrides: PipelineConfigOverrides | None = None,
+    overrides: PipelineConfigOverrides = PipelineConfigOverrides(),  # noqa: B008 (a schema default, never mutated)
     root: str = "runs",
-    until: StageName | None = None,
-    force: list[StageName] | None = None,
+    until: StageName = STAGES[-1],
+    force: list[StageName] = [],  # noqa: B006 (a schema default, never mutated)
 ) -> dict[str, dict[str, Any]]:
     """Run the pipeline for a preset (plus overrides) into `root`, up to `until`, rebuilding the `force` stages.
 
@@ -144,7 +201,7 @@ def zero_chatgpt(
         overrides: Config values that replace the preset's, by section (e.g. pretrain, optim, max_steps); lists
             are replaced whole. Unknown keys are refused when the run is created.
         root: The artifact directory on the machine that runs the flow; stages cached there are reused.
-        until: The last stage to run (empty: the whole route).
+        until: The last stage to run (report: the whole route).
         force: Stages rebuilt even when their artifact exists (the stages after them rerun only if their
             inputs change).
     """
@@ -174,7 +231,7 @@ def zero_chatgpt(
     return run.latest
 
 
-def _run_route(run: PipelineRun, typed_config: PipelineConfig) -> None:
+def _run_route(run: "PipelineRun | CachedRouteWalk", typed_config: PipelineConfig) -> None:
     """The stages of this config's route, in order (see `config.route_stages`)."""
     # Three routes to the model SFT starts from: pretraining from scratch, a base model as it is, or a base
     # model pretrained further on the corpus (tokenised with its own tokenizer).
@@ -207,4 +264,4 @@ def _run_route(run: PipelineRun, typed_config: PipelineConfig) -> None:
         evaluate=evaluation,
     )
     if report is not None:
-        publish_report_task.with_options(task_run_name="publish_report")(report["path"], run.latest)
+        run.publish_report(report)

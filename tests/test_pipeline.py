@@ -115,6 +115,33 @@ def test_second_run_is_fully_cached_and_runs_no_stage_body(tiny_root, monkeypatc
     assert seconds < first_seconds / 2, (seconds, first_seconds)
 
 
+def test_a_run_with_nothing_to_build_is_answered_without_prefect(tiny_root, tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import zero_chatgpt.flows.pipeline as pipeline
+
+    root = copy_root(tiny_root, tmp_path)
+    config = load_config("tiny", set_options=FAST)
+    latest = pipeline.cached_route(config, root)
+    assert list(latest) == list(PIPELINE_STAGES) and set(statuses(latest).values()) == {"cached"}
+    assert {s: e["fingerprint"] for s, e in latest.items()} == {s: e["fingerprint"] for s, e in tiny_root[1].items()}
+    assert list(pipeline.cached_route(config, root, until="dedup")) == ["clean", "dedup"]
+    assert pipeline.cached_route(config, root, force=["sft"]) is None
+    assert pipeline.cached_route(load_config("tiny", set_options=[*FAST, "ppo.optim.max_steps=3"]), root) is None
+
+    def flow_must_not_start(**parameters):
+        raise AssertionError("the flow started although every stage was cached")
+
+    (root / "latest.json").unlink()
+    monkeypatch.setattr(pipeline, "zero_chatgpt", flow_must_not_start)
+    with temporary_settings(updates={PREFECT_API_URL: None}):  # no server configured: the CLI's fast path
+        assert main(["run", "--preset", "tiny", "--root", str(root), *[f"--set={s}" for s in FAST]]) == 0
+    assert json.loads((root / "latest.json").read_text(encoding="utf-8")) == latest
+
+    shutil.rmtree(latest["ppo"]["path"])
+    assert pipeline.cached_route(config, root) is None
+
+
 def test_changing_a_clean_rule_reruns_clean_and_everything_after(tiny_root, tmp_path):
     root = copy_root(tiny_root, tmp_path)
     latest, _ = run_cli(root, *[f"--set={s}" for s in FAST], "--set", "clean.min_length=120")

@@ -58,9 +58,15 @@ def _whole_lists(overrides: dict[str, Any], resolved: dict[str, Any]) -> dict[st
 def _cmd_run(args: argparse.Namespace) -> int:
     # Resolve the whole config here first: a bad key fails before Prefect or any stage starts.
     resolved = load_config(args.preset, set_options=args.set_options)
-    from zero_chatgpt.artifacts import read_manifest
+    from prefect.settings import PREFECT_API_URL
+
+    from zero_chatgpt.artifacts import read_manifest, write_json_atomic
     from zero_chatgpt.console import print_summary
-    from zero_chatgpt.flows.pipeline import PIPELINE_STAGES, zero_chatgpt  # Prefect is imported only when needed
+    from zero_chatgpt.flows.pipeline import (  # Prefect is imported only when needed
+        PIPELINE_STAGES,
+        cached_route,
+        zero_chatgpt,
+    )
     from zero_chatgpt.prefect_settings import terminal_logs_without_tracebacks
 
     terminal_logs_without_tracebacks()  # this command prints the failure in one line and keeps the traceback
@@ -69,13 +75,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if name is not None and name not in PIPELINE_STAGES:
             raise ConfigError(f"unknown stage {name!r}; stages of this pipeline: {list(PIPELINE_STAGES)}")
     root = Path(args.root).resolve()
-    latest = zero_chatgpt(
-        **_preset_parameters(args.preset),
-        overrides=_whole_lists(overrides_from_set_options(args.set_options), resolved.model_dump(mode="json")),
-        root=str(root),
-        until=args.until,
-        force=args.force or None,
-    )
+    # Without a configured server every run starts a temporary one; a run with nothing to build skips it.
+    latest = None if PREFECT_API_URL.value() else cached_route(resolved, root, args.until, args.force)
+    if latest is not None:
+        write_json_atomic(root / "latest.json", latest)
+        print(f"every stage is cached in {root}: nothing to run, so no Prefect server was started")
+    else:
+        latest = zero_chatgpt(
+            **_preset_parameters(args.preset),
+            overrides=_whole_lists(overrides_from_set_options(args.set_options), resolved.model_dump(mode="json")),
+            root=str(root),
+            **({"until": args.until} if args.until else {}),
+            force=args.force,
+        )
     metrics = {stage: (read_manifest(entry["path"]) or {}).get("metrics", {}) for stage, entry in latest.items()}
     print_summary(latest, metrics, root)
     print(f"latest: {root / 'latest.json'}")

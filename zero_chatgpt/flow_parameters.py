@@ -90,7 +90,7 @@ def run_name(
 ) -> str:
     """A flow run's name from its parameters: `tiny→ppo force=sft +2 overrides`, readable in the run list."""
     name = _file_stem(preset_file) if preset_file else str(preset)
-    if until:
+    if until and until != STAGES[-1]:  # up to the last stage is the whole route
         name += f"→{until}"
     if force:
         name += f" force={','.join(force)}"
