@@ -8,7 +8,9 @@ here once.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +74,7 @@ def export_trained_model(
     main process writes the tokenizer and deletes the checkpoints.
     """
     if parallel is None:
+        _name_deepspeeds_accelerator()
         model.save_pretrained(out_dir)
     else:
         parallel.save_pretrained(model, out_dir, checkpoint_dir)
@@ -79,3 +82,13 @@ def export_trained_model(
         tokenizer.save_pretrained(out_dir)
         # Optimizer state triples an artifact's size; the final weights were just saved on their own.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def _name_deepspeeds_accelerator() -> None:
+    """transformers imports DeepSpeed inside `save_pretrained` (to ask about ZeRO-3); on a machine without CUDA
+    DeepSpeed's accelerator probe then warns that it fell back to the CPU. Naming the CPU first keeps every save
+    quiet, as the launcher does for CPU ranks; a user's own DS_ACCELERATOR is left alone."""
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and "deepspeed" not in sys.modules and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
