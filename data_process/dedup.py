@@ -1,20 +1,27 @@
 """The `dedup` stage: exact duplicates by content hash, then near-duplicates by MinHash LSH.
 
-Four small steps, each over plain arrays:
-1. signatures: every input shard is cut into row ranges; a worker (`compute_signatures`, run through
-   `parallel_map`) reads its range and returns ids, lengths, content hashes and MinHash signatures.
-   Content hashes and signatures come from the same read, so the text is read once.
-2. exact: documents with equal content hashes form an exact group; only one representative per group goes on.
-3. near: LSH banding over the representatives' signatures gives candidate pairs; pairs whose estimated Jaccard
-   reaches the threshold are joined with union-find into clusters.
-4. filter: in each cluster the longest text is kept (ties: the smallest id). Kept rows are written in input
-   order; `clusters.parquet` records, for every input id, its cluster, whether it was kept and why not.
+Four small steps; the flow process keeps a few numbers per document in numpy arrays, never a Python object per
+document, and never the signatures:
+1. signatures: every input shard is cut into runs of whole parquet row groups; a worker (`compute_signatures`,
+   run through `parallel_map`) reads its rows once, writes their MinHash signatures and LSH band keys as `.npy`
+   files into a scratch folder, and returns only text lengths, content hashes and id hashes.
+2. exact: documents with equal content hashes form an exact group; its first document stands for it in LSH.
+3. near: band by band, equal band keys give candidate pairs; pairs whose estimated Jaccard (signature rows read
+   back from disk) reaches the threshold are joined, with the exact groups, into clusters by a numpy union-find.
+4. filter: in each cluster the longest text is kept (ties: the smallest id; ids are read back only for documents
+   in clusters). Kept rows are written in input order; `clusters.parquet` records, for every input id, its
+   cluster, whether it was kept and why not, one input shard at a time.
+
+`near_duplicate_clusters` runs the same maths over an in-memory iterable of `(id, text)`, for library users.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +30,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
+from xxhash import xxh3_64_intdigest
 
 from zero_chatgpt.config import DedupConfig
 from zero_chatgpt.data_process.minhash import (
     MinHashParams,
+    band_keys,
+    bucket_pairs,
+    estimated_jaccard,
     near_duplicate_pairs,
+    pair_components,
     resolve_bands_rows,
     signatures_for_texts,
+    unique_pairs,
 )
 from zero_chatgpt.parallel import ParallelMap, serial_map
 
@@ -40,6 +53,11 @@ CLUSTERS_FILE = "clusters.parquet"
 REASON_KEPT = "unique"  # the one document kept from its cluster (alone or not)
 REASON_EXACT = "exact_dup"  # same text as another document of its cluster
 REASON_NEAR = "near_dup"  # Jaccard-similar to another document of its cluster
+REASONS = (REASON_KEPT, REASON_EXACT, REASON_NEAR)  # reason codes 0, 1, 2 in the numpy arrays
+# Scratch folder inside the output dir for the workers' signature files; removed before the stage returns. It
+# lives under the artifact root, which every worker already reads the clean shards from.
+SIGNATURES_DIR = "_signatures"
+_PAIRS_PER_CHECK = 65536  # candidate pairs whose signature rows are read back at once (2 x 32 MiB at 128 perms)
 _OUTPUT_SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
 _CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("cluster_id", pa.int64()), ("kept", pa.bool_()), ("reason", pa.string())]
@@ -51,23 +69,36 @@ _CLUSTERS_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class SignatureJob:
-    """Rows [row_start, row_stop) of one parquet shard and how to sign them; small, so it pickles cheaply."""
+    """Rows [row_start, row_stop) of one parquet shard, whole row groups, how to sign them and where the
+    signatures go; small, so it pickles cheaply."""
 
     path: str
     row_start: int
     row_stop: int
     params: MinHashParams
+    bands: int
+    rows: int
+    output_prefix: str
+
+    @property
+    def signatures_file(self) -> str:
+        """(n, num_perm) uint32 signatures of the job's rows."""
+        return self.output_prefix + ".signatures.npy"
+
+    @property
+    def band_keys_file(self) -> str:
+        """(bands, n) uint64 LSH keys of the job's rows, one contiguous row per band."""
+        return self.output_prefix + ".band_keys.npy"
 
 
 @dataclass
-class SignatureResult:
-    """What a worker returns for its rows (n of them)."""
+class SignatureSummary:
+    """What a worker returns for its n rows: a few numbers per document (the signatures stay on disk)."""
 
-    ids: list[str]
     text_lengths: np.ndarray  # (n,) int64, characters
     content_hashes: np.ndarray  # (n, 2) uint64: a 128-bit BLAKE2b digest of the UTF-8 text
-    char_shingled: np.ndarray  # (n,) bool: char n-grams were used (else word n-grams)
-    signatures: np.ndarray  # (n, num_perm) uint32
+    id_hashes: np.ndarray  # (n,) uint64: xxh3 of the id, to find repeated ids without holding every id
+    docs_char_shingled: int
 
 
 def params_from_config(cfg: DedupConfig, seed: int) -> MinHashParams:
@@ -97,13 +128,31 @@ def input_shards(clean_dir: Path) -> list[Path]:
     return shards
 
 
-def signature_jobs(shards: list[Path], params: MinHashParams, docs_per_job: int) -> list[SignatureJob]:
-    """Row ranges of at most `docs_per_job` rows over every shard, in input order."""
-    jobs = []
+def signature_jobs(
+    shards: list[Path], params: MinHashParams, docs_per_job: int, bands: int, rows: int, scratch_dir: Path
+) -> list[SignatureJob]:
+    """Runs of whole row groups of at most `docs_per_job` rows over every shard, in input order.
+
+    A row group is never split between jobs: parquet decodes a column a row group at a time, so a job that
+    wanted a quarter of a group would decode all of it. A group larger than `docs_per_job` is one job.
+    """
+    jobs: list[SignatureJob] = []
+
+    def add(path: Path, start: int, stop: int) -> None:
+        prefix = str(Path(scratch_dir) / f"job_{len(jobs):06d}")
+        jobs.append(SignatureJob(str(path), start, stop, params, bands, rows, prefix))
+
     for shard in shards:
-        num_rows = pq.ParquetFile(shard).metadata.num_rows
-        for start in range(0, num_rows, docs_per_job):
-            jobs.append(SignatureJob(str(shard), start, min(num_rows, start + docs_per_job), params))
+        metadata = pq.ParquetFile(shard).metadata
+        job_start = group_start = 0
+        for index in range(metadata.num_row_groups):
+            group_stop = group_start + metadata.row_group(index).num_rows
+            if group_start > job_start and group_stop - job_start > docs_per_job:
+                add(shard, job_start, group_start)
+                job_start = group_start
+            group_start = group_stop
+        if group_start > job_start:
+            add(shard, job_start, group_start)
     return jobs
 
 
@@ -133,75 +182,135 @@ def content_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def compute_signatures(job: SignatureJob) -> SignatureResult:
-    """Worker: read one row range and sign it (module-level, so process pools can pickle it)."""
+def _save_atomically(path: str, array: np.ndarray) -> None:
+    """A retried job rewrites its files; a reader never sees half of one."""
+    partial = path + ".partial.npy"
+    np.save(partial, array)
+    os.replace(partial, path)
+
+
+def compute_signatures(job: SignatureJob) -> SignatureSummary:
+    """Worker: read one run of row groups, write its signatures and band keys, return the small per-document
+    numbers (module-level, so process pools can pickle it)."""
     table = read_rows(job.path, job.row_start, job.row_stop, ["id", "text"])
     for name in ("id", "text"):
         if table.column(name).null_count:
             raise _first_null_error(job.path, job.row_start, table.column(name), name)
     ids = table.column("id").to_pylist()
     texts = table.column("text").to_pylist()
-    digests = b"".join(map(content_hash, texts))
+    del table
     signatures, char_shingled = signatures_for_texts(texts, job.params)
-    return SignatureResult(
-        ids=ids,
+    _save_atomically(job.signatures_file, signatures)
+    _save_atomically(job.band_keys_file, band_keys(signatures, job.bands, job.rows))
+    digests = b"".join(map(content_hash, texts))
+    return SignatureSummary(
         text_lengths=np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)),
         content_hashes=np.frombuffer(digests, dtype=np.uint64).reshape(len(texts), 2).copy(),
-        char_shingled=char_shingled,
-        signatures=signatures,
+        id_hashes=np.fromiter((xxh3_64_intdigest(i.encode("utf-8")) for i in ids), dtype=np.uint64, count=len(ids)),
+        docs_char_shingled=int(char_shingled.sum()),
     )
 
 
-def _merge_results(jobs: list[SignatureJob], results: list[SignatureResult], num_perm: int) -> SignatureResult:
-    """One result for the whole corpus, in input order; duplicate ids are an error naming both rows."""
-    ids = [doc_id for result in results for doc_id in result.ids]
-    if len(set(ids)) != len(ids):
-        where: dict[str, str] = {}
-        for job, result in zip(jobs, results):
-            for offset, doc_id in enumerate(result.ids):
-                here = f"{job.path} row {job.row_start + offset}"
-                if doc_id in where:
-                    raise ValueError(f"duplicate document id {doc_id!r}: {where[doc_id]} and {here}")
-                where[doc_id] = here
+class SignatureStore:
+    """The signatures and band keys that the workers wrote, read back by document (its input position)."""
 
-    def stacked(name: str, empty: np.ndarray) -> np.ndarray:
-        parts = [getattr(result, name) for result in results]
-        return np.concatenate(parts) if parts else empty
+    def __init__(self, jobs: list[SignatureJob], num_perm: int) -> None:
+        self.jobs, self.num_perm = jobs, num_perm
+        self.starts = np.zeros(len(jobs) + 1, dtype=np.int64)
+        np.cumsum([job.row_stop - job.row_start for job in jobs], out=self.starts[1:])
 
-    return SignatureResult(
-        ids=ids,
-        text_lengths=stacked("text_lengths", np.empty(0, np.int64)),
-        content_hashes=stacked("content_hashes", np.empty((0, 2), np.uint64)),
-        char_shingled=stacked("char_shingled", np.empty(0, bool)),
-        signatures=stacked("signatures", np.empty((0, num_perm), np.uint32)),
-    )
+    @property
+    def num_docs(self) -> int:
+        return int(self.starts[-1])
+
+    def band_keys(self, band: int) -> np.ndarray:
+        """The keys of one band for every document, shape (num_docs,) uint64."""
+        keys = np.empty(self.num_docs, dtype=np.uint64)
+        for job, start, stop in zip(self.jobs, self.starts[:-1], self.starts[1:]):
+            keys[start:stop] = np.load(job.band_keys_file, mmap_mode="r")[band]
+        return keys
+
+    def signature_rows(self, docs: np.ndarray) -> np.ndarray:
+        """Signatures of the given documents, shape (len(docs), num_perm) uint32, in the order given."""
+        rows = np.empty((docs.shape[0], self.num_perm), dtype=np.uint32)
+        job_of = np.searchsorted(self.starts, docs, side="right") - 1
+        order = np.argsort(job_of, kind="stable")
+        boundaries = np.flatnonzero(np.diff(job_of[order])) + 1
+        for where in np.split(order, boundaries):
+            if where.size:
+                job = int(job_of[where[0]])
+                signatures = np.load(self.jobs[job].signatures_file, mmap_mode="r")
+                rows[where] = signatures[docs[where] - self.starts[job]]
+        return rows
+
+
+# ------------------------------------------------------------------------------------ the corpus layout
+
+
+class ShardLayout:
+    """Where each document (by input position) lives: which shard and which row of it."""
+
+    def __init__(self, shards: list[Path]) -> None:
+        self.shards = shards
+        self.starts = np.zeros(len(shards) + 1, dtype=np.int64)
+        np.cumsum([pq.ParquetFile(shard).metadata.num_rows for shard in shards], out=self.starts[1:])
+
+    def where(self, doc: int) -> str:
+        shard = int(np.searchsorted(self.starts, doc, side="right")) - 1
+        return f"{self.shards[shard]} row {doc - int(self.starts[shard])}"
+
+    def read_ids(self, docs: np.ndarray) -> list[str]:
+        """The ids of the given documents (sorted input positions), reading only the id column of their shards."""
+        ids: list[str] = []
+        shard_of = np.searchsorted(self.starts, docs, side="right") - 1
+        for shard in np.unique(shard_of).tolist():
+            local = docs[shard_of == shard] - self.starts[shard]
+            column = pq.read_table(self.shards[shard], columns=["id"]).column("id")
+            ids.extend(column.take(pa.array(local)).to_pylist())
+        return ids
+
+
+def check_unique_ids(id_hashes: np.ndarray, layout: ShardLayout) -> None:
+    """Raise naming both rows when an id repeats. Equal id hashes are checked against the ids themselves, so
+    only the few documents whose hashes collide have their ids read."""
+    order = np.argsort(id_hashes, kind="stable")
+    same = id_hashes[order[1:]] == id_hashes[order[:-1]]
+    if not same.any():
+        return
+    suspects = np.unique(np.concatenate([order[1:][same], order[:-1][same]]))
+    first_seen: dict[str, int] = {}
+    for doc, doc_id in zip(suspects.tolist(), layout.read_ids(suspects)):
+        if doc_id in first_seen:
+            raise ValueError(
+                f"duplicate document id {doc_id!r}: {layout.where(first_seen[doc_id])} and {layout.where(doc)}"
+            )
+        first_seen[doc_id] = doc
 
 
 # ----------------------------------------------------------------------------- steps 2-3: exact, near
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving; `roots()` labels every element by its set's root."""
+def exact_groups(content_hashes: np.ndarray) -> np.ndarray:
+    """For each document, the first document (input order) with the same content hash: shape (n,) int64."""
+    num_docs = content_hashes.shape[0]
+    order = np.lexsort((content_hashes[:, 1], content_hashes[:, 0]))  # stable: equal texts stay in input order
+    sorted_hashes = content_hashes[order]
+    starts_group = np.ones(num_docs, dtype=bool)
+    starts_group[1:] = (sorted_hashes[1:] != sorted_hashes[:-1]).any(axis=1)
+    del sorted_hashes
+    first = np.empty(num_docs, dtype=np.int64)
+    first[order] = order[starts_group][np.cumsum(starts_group) - 1]
+    return first
 
-    def __init__(self, size: int) -> None:
-        self.parent = list(range(size))
 
-    def find(self, item: int) -> int:
-        parent = self.parent
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    def union(self, first: int, second: int) -> None:
-        root_first, root_second = self.find(first), self.find(second)
-        if root_first != root_second:
-            # Attach the larger root under the smaller: the result does not depend on pair order.
-            low, high = sorted((root_first, root_second))
-            self.parent[high] = low
-
-    def roots(self) -> np.ndarray:
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
+def verified_pairs(store: SignatureStore, candidates: np.ndarray, threshold: float) -> np.ndarray:
+    """The candidate pairs whose estimated Jaccard reaches `threshold`, reading signature rows chunk by chunk."""
+    keep = np.zeros(candidates.shape[0], dtype=bool)
+    for start in range(0, candidates.shape[0], _PAIRS_PER_CHECK):
+        part = candidates[start : start + _PAIRS_PER_CHECK]
+        similarity = estimated_jaccard(store.signature_rows(part[:, 0]), store.signature_rows(part[:, 1]))
+        keep[start : start + _PAIRS_PER_CHECK] = similarity >= threshold
+    return candidates[keep]
 
 
 @dataclass
@@ -210,65 +319,79 @@ class Clustering:
 
     cluster_id: np.ndarray  # (n,) int64, clusters numbered by the input position of their kept document
     kept: np.ndarray  # (n,) bool
-    reason: list[str]
+    reason_code: np.ndarray  # (n,) uint8, an index into REASONS
     candidate_pairs: int
     near_pairs: int
+    duplicate_clusters: int
+
+    def count(self, reason: str) -> int:
+        return int(np.count_nonzero(self.reason_code == REASONS.index(reason)))
 
 
-def keep_priority(ids: list[str], text_lengths: np.ndarray) -> np.ndarray:
-    """Rank of each document under the keep rule, shape (n,) int64: 0 = longest text, ties by smallest id."""
-    id_order = np.argsort(np.array(ids, dtype=object), kind="stable")
-    id_rank = np.empty(len(ids), dtype=np.int64)
-    id_rank[id_order] = np.arange(len(ids))
-    order = np.lexsort((id_rank, -text_lengths))
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[order] = np.arange(len(ids))
-    return rank
+def _keep_choice(
+    nodes: np.ndarray, root: np.ndarray, exact_first: np.ndarray, lengths: np.ndarray, ids: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Among the members of duplicate clusters (`nodes`, with their component `root`): which one each cluster
+    keeps (longest text, ties by smallest id), and which members are the best of their exact group.
+    Returns (kept_member, exact_best), both bool of shape (len(nodes),)."""
+    member_lengths = lengths[nodes].tolist()
+    by_cluster = sorted(range(len(ids)), key=lambda i: (root[i], -member_lengths[i], ids[i]))
+    kept_member = np.zeros(len(ids), dtype=bool)
+    previous = None
+    for i in by_cluster:
+        kept_member[i] = root[i] != previous
+        previous = root[i]
+    # Equal texts have equal lengths, so the best of an exact group is its smallest id.
+    member_group = exact_first[nodes].tolist()
+    exact_best = np.zeros(len(ids), dtype=bool)
+    previous = None
+    for i in sorted(range(len(ids)), key=lambda i: (member_group[i], ids[i])):
+        exact_best[i] = member_group[i] != previous
+        previous = member_group[i]
+    return kept_member, exact_best
 
 
-def _best_per_group(groups: np.ndarray, rank: np.ndarray, num_groups: int) -> np.ndarray:
-    """Index of the best-ranked document of each group, shape (num_groups,)."""
-    best_rank = np.full(num_groups, len(rank), dtype=np.int64)
-    np.minimum.at(best_rank, groups, rank)
-    return np.argsort(rank)[best_rank]
-
-
-def cluster_documents(corpus: SignatureResult, threshold: float, bands: int, rows: int) -> Clustering:
-    """Exact groups by content hash, then LSH + union-find over one representative per exact group."""
-    num_docs = len(corpus.ids)
+def cluster_documents(
+    store: SignatureStore,
+    layout: ShardLayout,
+    lengths: np.ndarray,
+    content_hashes: np.ndarray,
+    threshold: float,
+    bands: int,
+) -> Clustering:
+    """Exact groups by content hash, then LSH over one representative per exact group, then union-find."""
+    num_docs = store.num_docs
     if num_docs == 0:
-        return Clustering(np.empty(0, np.int64), np.empty(0, bool), [], 0, 0)
-    rank = keep_priority(corpus.ids, corpus.text_lengths)
-    _, exact_group = np.unique(corpus.content_hashes, axis=0, return_inverse=True)
-    exact_group = exact_group.ravel()
-    exact_best = _best_per_group(exact_group, rank, int(exact_group.max()) + 1)
-    representatives = np.sort(exact_best)  # input order
+        return Clustering(np.empty(0, np.int64), np.empty(0, bool), np.empty(0, np.uint8), 0, 0, 0)
+    exact_first = exact_groups(content_hashes)
+    representatives = np.flatnonzero(exact_first == np.arange(num_docs))
     logger.info("dedup: %d docs, %d distinct texts", num_docs, representatives.shape[0])
 
-    pairs, num_candidates = near_duplicate_pairs(corpus.signatures[representatives], threshold, bands, rows)
-    sets = UnionFind(representatives.shape[0])
-    for first, second in tqdm(pairs.tolist(), desc="dedup: union-find", unit="pair", disable=len(pairs) < 100_000):
-        sets.union(first, second)
-    _, representative_cluster = np.unique(sets.roots(), return_inverse=True)
+    band_pairs = (
+        representatives[bucket_pairs(store.band_keys(band)[representatives])]
+        for band in tqdm(range(bands), desc="dedup: LSH bands", unit="band", disable=num_docs < 1_000_000)
+    )
+    candidates = unique_pairs(band_pairs, num_docs)
+    near = verified_pairs(store, candidates, threshold)
+    copies = np.flatnonzero(exact_first != np.arange(num_docs))
+    edges = np.concatenate([near, np.stack([exact_first[copies], copies], axis=1)])
+    nodes, root = pair_components(edges)
 
-    local_index = np.full(num_docs, -1, dtype=np.int64)
-    local_index[representatives] = np.arange(representatives.shape[0])
-    doc_cluster = representative_cluster.ravel()[local_index[exact_best[exact_group]]]
-    num_clusters = int(doc_cluster.max()) + 1
-    kept_doc = _best_per_group(doc_cluster, rank, num_clusters)
+    kept = np.ones(num_docs, dtype=bool)
+    reason_code = np.zeros(num_docs, dtype=np.uint8)
+    kept_member, exact_best = _keep_choice(nodes, root, exact_first, lengths, layout.read_ids(nodes))
+    kept[nodes] = kept_member
+    reason_code[nodes[~kept_member & ~exact_best]] = REASONS.index(REASON_EXACT)
+    reason_code[nodes[~kept_member & exact_best]] = REASONS.index(REASON_NEAR)
 
-    # Number clusters by where their kept document sits in the input, so ids read in input order.
-    cluster_number = np.empty(num_clusters, dtype=np.int64)
-    cluster_number[np.argsort(kept_doc, kind="stable")] = np.arange(num_clusters)
-    kept = np.zeros(num_docs, dtype=bool)
-    kept[kept_doc] = True
-    is_representative = np.zeros(num_docs, dtype=bool)
-    is_representative[representatives] = True
-    reason = [
-        REASON_KEPT if k else (REASON_NEAR if r else REASON_EXACT)
-        for k, r in zip(kept.tolist(), is_representative.tolist())
-    ]
-    return Clustering(cluster_number[doc_cluster], kept, reason, num_candidates, int(pairs.shape[0]))
+    # Number clusters by where their kept document sits in the input: the kept documents' ranks.
+    cluster_id = np.cumsum(kept, dtype=np.int64) - 1
+    component_roots, component_kept = root[kept_member], nodes[kept_member]  # one of each per cluster
+    by_root = np.argsort(component_roots)
+    cluster_id[nodes] = cluster_id[component_kept[by_root][np.searchsorted(component_roots[by_root], root)]]
+    return Clustering(
+        cluster_id, kept, reason_code, int(candidates.shape[0]), int(near.shape[0]), int(np.unique(root).shape[0])
+    )
 
 
 # ---------------------------------------------------------------------------------------- step 4: filter
@@ -294,6 +417,21 @@ def write_kept(shards: list[Path], kept: np.ndarray, out_dir: Path) -> list[str]
     return written
 
 
+def write_clusters(layout: ShardLayout, clustering: Clustering, path: Path) -> None:
+    """`clusters.parquet`: id, cluster_id, kept, reason for every input document, one input shard at a time."""
+    reasons = pa.array(REASONS, pa.string())
+    with pq.ParquetWriter(path, _CLUSTERS_SCHEMA) as writer:
+        for shard, start, stop in zip(layout.shards, layout.starts[:-1].tolist(), layout.starts[1:].tolist()):
+            codes = pa.array(clustering.reason_code[start:stop].astype(np.int8))
+            columns = {
+                "id": pq.read_table(shard, columns=["id"]).column("id").cast(pa.string()),
+                "cluster_id": clustering.cluster_id[start:stop],
+                "kept": clustering.kept[start:stop],
+                "reason": pa.DictionaryArray.from_arrays(codes, reasons).cast(pa.string()),
+            }
+            writer.write_table(pa.table(columns, schema=_CLUSTERS_SCHEMA))
+
+
 def dedup_corpus(
     cfg: DedupConfig, clean_dir: Path, out_dir: Path, seed: int, parallel_map: ParallelMap = serial_map
 ) -> dict[str, Any]:
@@ -303,36 +441,45 @@ def dedup_corpus(
     params = params_from_config(cfg, seed)
     bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
     shards = input_shards(clean_dir)
-    jobs = signature_jobs(shards, params, cfg.docs_per_shard)
-    logger.info(
-        "dedup: signing %d shards in %d jobs (num_perm=%d, bands=%d x rows=%d)",
-        len(shards),
-        len(jobs),
-        cfg.num_perm,
-        bands,
-        rows,
-    )
-    corpus = _merge_results(jobs, parallel_map(compute_signatures, jobs), cfg.num_perm)
-    clustering = cluster_documents(corpus, cfg.threshold, bands, rows)
+    layout = ShardLayout(shards)
+    scratch = out_dir / SIGNATURES_DIR
+    scratch.mkdir(exist_ok=True)
+    try:
+        jobs = signature_jobs(shards, params, cfg.docs_per_shard, bands, rows, scratch)
+        logger.info(
+            "dedup: signing %d shards in %d jobs (num_perm=%d, bands=%d x rows=%d)",
+            len(shards),
+            len(jobs),
+            cfg.num_perm,
+            bands,
+            rows,
+        )
+        summaries = parallel_map(compute_signatures, jobs)
+        id_hashes = np.concatenate([s.id_hashes for s in summaries]) if summaries else np.empty(0, np.uint64)
+        check_unique_ids(id_hashes, layout)
+        del id_hashes
+        lengths = np.concatenate([s.text_lengths for s in summaries]) if summaries else np.empty(0, np.int64)
+        content_hashes = (
+            np.concatenate([s.content_hashes for s in summaries]) if summaries else np.empty((0, 2), np.uint64)
+        )
+        docs_char_shingled = sum(s.docs_char_shingled for s in summaries)
+        del summaries
+        store = SignatureStore(jobs, cfg.num_perm)
+        clustering = cluster_documents(store, layout, lengths, content_hashes, cfg.threshold, bands)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
     files = write_kept(shards, clustering.kept, out_dir)
-    clusters = pa.table(
-        {"id": corpus.ids, "cluster_id": clustering.cluster_id, "kept": clustering.kept, "reason": clustering.reason},
-        schema=_CLUSTERS_SCHEMA,
-    )
-    pq.write_table(clusters, out_dir / CLUSTERS_FILE)
-
-    reasons = np.array(clustering.reason, dtype=object)
-    cluster_sizes = np.bincount(clustering.cluster_id) if len(corpus.ids) else np.empty(0, np.int64)
+    write_clusters(layout, clustering, out_dir / CLUSTERS_FILE)
     metrics = {
-        "docs_in": len(corpus.ids),
+        "docs_in": int(clustering.kept.shape[0]),
         "docs_out": int(clustering.kept.sum()),
-        "duplicate_clusters": int((cluster_sizes > 1).sum()),
-        "exact_duplicates": int((reasons == REASON_EXACT).sum()),
-        "near_duplicates": int((reasons == REASON_NEAR).sum()),
+        "duplicate_clusters": clustering.duplicate_clusters,
+        "exact_duplicates": clustering.count(REASON_EXACT),
+        "near_duplicates": clustering.count(REASON_NEAR),
         "candidate_pairs": clustering.candidate_pairs,
         "near_duplicate_pairs": clustering.near_pairs,
-        "docs_char_shingled": int(corpus.char_shingled.sum()),
+        "docs_char_shingled": docs_char_shingled,
         "num_perm": cfg.num_perm,
         "threshold": cfg.threshold,
         "bands": bands,
@@ -342,7 +489,7 @@ def dedup_corpus(
         "word_ngram": cfg.word_ngram,
         "cjk_char_share": cfg.cjk_char_share,
         "seed": seed,
-        "hash": "xxh32 per shingle, permutations (a*h+b) mod 2^32 with odd a",
+        "hash": "one-permutation MinHash: 64-bit multilinear shingle hash + splitmix64, optimal densification",
         "output_files": files,
     }
     logger.info(
@@ -354,3 +501,48 @@ def dedup_corpus(
         metrics["duplicate_clusters"],
     )
     return metrics
+
+
+# ------------------------------------------------------------------------------------- library entry point
+
+
+def near_duplicate_clusters(
+    docs: Iterable[tuple[str, str]], config: DedupConfig | None = None, seed: int = 0, batch_docs: int = 4096
+) -> list[list[str]]:
+    """Group near-duplicate documents: the ids of every cluster of two or more documents.
+
+    docs: `(id, text)` pairs, ids unique. config: the `dedup` section (threshold, num_perm, shingles, bands);
+    its defaults when None. Exact copies are near-duplicates of similarity 1, so they cluster too. Members are
+    listed in input order, clusters by their first member; the result depends only on the inputs and `seed`.
+
+        >>> text = "Near-duplicate detection keeps one copy of each document that was crawled twice."
+        >>> near_duplicate_clusters([("a", text), ("b", text + " Share this page."), ("c", "Another text.")])
+        [['a', 'b']]
+
+    Everything stays in memory: the ids, and `num_perm` uint32 values per document (512 bytes at 128).
+    """
+    cfg = config or DedupConfig()
+    params = params_from_config(cfg, seed)
+    bands, rows = resolve_bands_rows(cfg.threshold, cfg.num_perm, cfg.bands, cfg.rows)
+    ids: list[str] = []
+    batch: list[str] = []
+    parts: list[np.ndarray] = []
+    for doc_id, text in docs:
+        ids.append(doc_id)
+        batch.append(text)
+        if len(batch) == batch_docs:
+            parts.append(signatures_for_texts(batch, params)[0])
+            batch = []
+    if batch:
+        parts.append(signatures_for_texts(batch, params)[0])
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = next(doc_id for doc_id in ids if doc_id in seen or seen.add(doc_id))
+        raise ValueError(f"duplicate document id {repeated!r}")
+    if not ids:
+        return []
+    pairs, _ = near_duplicate_pairs(np.concatenate(parts), cfg.threshold, bands, rows)
+    nodes, root = pair_components(pairs)
+    order = np.lexsort((nodes, root))
+    boundaries = np.flatnonzero(np.diff(root[order])) + 1
+    return [[ids[i] for i in nodes[members].tolist()] for members in np.split(order, boundaries) if members.size]

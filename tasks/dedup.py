@@ -10,7 +10,7 @@ from zero_chatgpt.data_process.dedup import dedup_corpus
 from zero_chatgpt.tasks.parallel import prefect_map
 from zero_chatgpt.tasks.stage import StageSpec, run_stage, stage_task
 
-DEDUP = StageSpec("dedup", version="1", config_keys=("dedup",), upstream=("clean",))
+DEDUP = StageSpec("dedup", version="2", config_keys=("dedup",), upstream=("clean",))
 
 
 @stage_task(DEDUP)

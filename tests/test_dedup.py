@@ -10,23 +10,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from xxhash import xxh32_intdigest
+from xxhash import xxh3_64_intdigest
 
 from zero_chatgpt.config import DedupConfig
+from zero_chatgpt.data_process import minhash
 from zero_chatgpt.data_process.dedup import (
     CLUSTERS_FILE,
+    SIGNATURES_DIR,
     compute_signatures,
     dedup_corpus,
+    near_duplicate_clusters,
     params_from_config,
     read_rows,
     signature_jobs,
 )
 from zero_chatgpt.data_process.minhash import (
     MinHashParams,
-    minhash_from_hashes,
-    permutation_coefficients,
+    densification_probes,
+    pair_components,
     resolve_bands_rows,
-    shingle_hashes,
+    shingle_multipliers,
     shingles,
     shingles_with_kind,
     signatures_for_texts,
@@ -67,9 +70,9 @@ def build_corpus(seed: int = 7) -> list[dict[str, str]]:
     def add(text: str, source: str) -> None:
         rows.append({"id": f"{source}-{len(rows):03d}", "text": text, "source": source})
 
-    # (light edits: J about 0.9 to the base and 0.85 between variants; heavy edits: J about 0.6)
+    # (char 5-gram Jaccard: light edits about 0.9 to the base and 0.85 between variants; heavy edits about 0.6)
     for language, make, join, pool, size, light_edits, heavy_edits in (
-        ("en", _en_doc, " ".join, _EN_VOCAB, 160, 2, 13),
+        ("en", _en_doc, " ".join, _EN_VOCAB, 160, 2, 30),
         ("zh", _zh_doc, "".join, _ZH_CHARS, 240, 2, 12),
     ):
         for _ in range(12):  # unrelated documents
@@ -125,39 +128,96 @@ def deduped(corpus, tmp_path_factory) -> tuple[dict, Path, Path]:
 # ---------------------------------------------------------------------------------------- signature maths
 
 
-def test_signature_equals_brute_force_minimum():
-    params = MinHashParams(num_perm=32, seed=3)
-    texts = ["the quick brown fox jumps over the lazy dog", "一二三四五六七八九十百千万", "short", ""]
-    a, b = permutation_coefficients(params.num_perm, params.seed)
-    signatures, _ = signatures_for_texts(texts, params)
-    for text, signature in zip(texts, signatures):
-        hashes = [xxh32_intdigest(piece) for piece in shingles(text, params)]
-        expected = [min((int(ak) * h + int(bk)) % (1 << 32) for h in hashes) for ak, bk in zip(a, b)]
-        assert signature.tolist() == expected
+def _mix(value: int) -> int:
+    value ^= value >> 30
+    value = (value * 0xBF58476D1CE4E5B9) % (1 << 64)
+    value ^= value >> 27
+    value = (value * 0x94D049BB133111EB) % (1 << 64)
+    return value ^ (value >> 31)
 
 
-def test_blocked_signatures_equal_whole_batch():
-    """Documents spanning permutation blocks get the same signature as with one big block."""
-    params = MinHashParams(num_perm=16, seed=1)
+def reference_signature(text: str, params: MinHashParams) -> list[int]:
+    """The signature of one document in plain Python, from the readable shingles and the documented maths."""
+    pieces, kind = shingles_with_kind(text, params)
+    char_m, word_m = shingle_multipliers(params)
+    multipliers = [int(m) for m in (char_m if kind == "char" else word_m)]
+    bins: dict[int, int] = {}
+    for piece in pieces:
+        tokens = (
+            [ord(c) for c in piece] if kind == "char" else [xxh3_64_intdigest(w.encode()) for w in piece.split(" ")]
+        )
+        value = _mix(sum(t * m for t, m in zip(tokens, multipliers)) % (1 << 64))
+        slot = ((value >> 32) * params.num_perm) >> 32
+        bins[slot] = min(bins.get(slot, 1 << 32), value & 0xFFFFFFFF)
+    probes = densification_probes(params.num_perm, params.seed).tolist()
+    signature = []
+    for slot in range(params.num_perm):
+        source = next((probe for probe in probes[slot] if probe in bins), min(bins))
+        signature.append(bins[slot] if slot in bins else bins[source])
+    return signature
+
+
+def test_signature_equals_plain_python_reference():
+    texts = [
+        "the quick brown fox jumps over the lazy dog",
+        "一二三四五六七八九十百千万",
+        "short",
+        "",
+        "Mixed 中文 and English  words\n here",
+        " ".join(_en_doc(random.Random(3), 200)),
+    ]
+    for params in (
+        MinHashParams(num_perm=32, seed=3, shingle="char"),
+        MinHashParams(num_perm=48, seed=4, shingle="auto", char_ngram=3, word_ngram=2),
+        MinHashParams(num_perm=16, seed=5, shingle="word"),
+    ):
+        signatures, _ = signatures_for_texts(texts, params)
+        for text, signature in zip(texts, signatures):
+            assert signature.tolist() == reference_signature(text, params), (text[:20], params)
+
+
+def test_chunked_signatures_equal_one_batch(monkeypatch):
+    """Documents signed in many small numpy chunks get the signatures of one big chunk; auto mixes both kinds."""
+    params = MinHashParams(num_perm=64, seed=1, shingle="auto")
     rng = random.Random(0)
     texts = [" ".join(_en_doc(rng, rng.randint(1, 40))) for _ in range(30)]
-    hashes = [shingle_hashes(text, params)[0] for text in texts]
-    a, b = permutation_coefficients(params.num_perm, params.seed)
-    assert np.array_equal(minhash_from_hashes(hashes, a, b, block=7), minhash_from_hashes(hashes, a, b, block=4096))
+    texts += ["".join(_zh_doc(rng, rng.randint(1, 60))) for _ in range(30)]
+    rng.shuffle(texts)
+    whole, kinds = signatures_for_texts(texts, params)
+    monkeypatch.setattr(minhash, "_TOKENS_PER_CHUNK", 50)
+    chunked, chunked_kinds = signatures_for_texts(texts, params)
+    assert np.array_equal(whole, chunked) and np.array_equal(kinds, chunked_kinds)
+    assert 0 < kinds.sum() < len(texts)
+    assert not (whole == minhash.EMPTY_BIN).all(axis=1).any()
 
 
 def test_auto_shingles_pick_chars_for_cjk_and_words_otherwise():
-    params = MinHashParams(char_ngram=2, word_ngram=2)
+    params = MinHashParams(char_ngram=2, word_ngram=2, shingle="auto")
     pieces, kind = shingles_with_kind("今天 天气很好", params)
-    assert kind == "char" and pieces[0] == "今天".encode("utf-32-le") and len(pieces) == 6  # the space stays
+    assert kind == "char" and pieces[0] == "今天" and len(pieces) == 6  # the space stays
     pieces, kind = shingles_with_kind("Hello  big\nWorld", params)
-    assert kind == "word" and pieces == [b"hello big", b"big world"]
+    assert kind == "word" and pieces == ["hello big", "big world"]
     assert shingles_with_kind("Hello world", MinHashParams(shingle="char"))[1] == "char"
     assert shingles_with_kind("你好世界", MinHashParams(shingle="word"))[1] == "word"
 
 
+def test_short_documents_estimate_jaccard_after_densification():
+    """Documents of a few dozen shingles leave most bins empty; densified signatures still track Jaccard."""
+    params = MinHashParams(num_perm=128, seed=2)
+    rng = random.Random(4)
+    errors = []
+    for _ in range(40):
+        base = _zh_doc(rng, 60)
+        variant = _substitute(rng, base, rng.randint(1, 4), _ZH_CHARS)
+        exact = jaccard(set(shingles("".join(base), params)), set(shingles("".join(variant), params)))
+        signatures, _ = signatures_for_texts(["".join(base), "".join(variant)], params)
+        errors.append(float((signatures[0] == signatures[1]).mean()) - exact)
+    assert abs(np.mean(errors)) < 0.03, "unbiased on average"
+    assert np.max(np.abs(errors)) < 0.2
+
+
 def test_estimated_jaccard_tracks_exact_jaccard():
-    params = MinHashParams(num_perm=256, seed=5)
+    params = MinHashParams(num_perm=256, seed=5, shingle="word")
     rng = random.Random(1)
     base = _en_doc(rng, 300)
     variant = base[:200] + _en_doc(rng, 100)
@@ -169,7 +229,10 @@ def test_estimated_jaccard_tracks_exact_jaccard():
 
 
 def test_bands_rows_derived_or_completed():
-    assert resolve_bands_rows(0.7, 128) == (14, 9)  # the S-curve optimum, as datasketch's MinHashLSH finds it
+    # The S-curve optimum with misses weighted 9:1 over extra candidates (candidates are checked afterwards).
+    assert resolve_bands_rows(0.7, 128) == (20, 6)
+    assert resolve_bands_rows(0.8, 128) == (14, 9)
+    assert minhash.optimal_bands_rows(0.7, 128, false_positive_weight=0.5) == (14, 9)  # datasketch's equal weights
     assert resolve_bands_rows(0.7, 128, bands=16) == (16, 8)
     assert resolve_bands_rows(0.7, 128, rows=5) == (25, 5)
     with pytest.raises(ValueError, match="dedup.bands"):
@@ -211,7 +274,7 @@ def test_near_duplicate_pairs_match_exact_jaccard(deduped, corpus):
     assert true_found / len(truth) >= 0.95, f"recall {true_found}/{len(truth)}"
     assert true_found / len(found) >= 0.95, f"precision {true_found}/{len(found)}"
     assert metrics["near_duplicates"] >= 20
-    assert metrics["docs_char_shingled"] == sum(row["source"] == "zh" for row in corpus)
+    assert metrics["docs_char_shingled"] == len(corpus)  # char n-grams for every language by default
 
 
 def test_exact_duplicates_removed(deduped, corpus):
@@ -259,9 +322,9 @@ def test_metrics_record_parameters(deduped):
     assert {k: metrics[k] for k in ("num_perm", "threshold", "bands", "rows", "shingle")} == {
         "num_perm": 128,
         "threshold": 0.7,
-        "bands": 14,
-        "rows": 9,
-        "shingle": "auto",
+        "bands": 20,
+        "rows": 6,
+        "shingle": "char",
     }
 
 
@@ -275,16 +338,40 @@ def test_same_input_gives_identical_output(deduped, tmp_path):
         assert pq.read_table(out_dir / name).equals(pq.read_table(tmp_path / name))
 
 
-def test_process_pool_signatures_equal_serial(deduped):
+def test_process_pool_signatures_equal_serial(deduped, tmp_path):
     clean_dir = deduped[1]
-    jobs = signature_jobs(sorted(clean_dir.glob("part_*.parquet")), params_from_config(DedupConfig(), SEED), 100)
-    assert len(jobs) == 3
-    serial = serial_map(compute_signatures, jobs)
-    pooled = process_pool_map(2)(compute_signatures, jobs)
-    for one, other in zip(serial, pooled):
-        assert one.ids == other.ids
-        assert np.array_equal(one.signatures, other.signatures)
+    shards, params = sorted(clean_dir.glob("part_*.parquet")), params_from_config(DedupConfig(), SEED)
+    outcomes = {}
+    for name, run in (("serial", serial_map), ("pooled", process_pool_map(2))):
+        (tmp_path / name).mkdir()
+        jobs = signature_jobs(shards, params, 100, 14, 9, tmp_path / name)
+        assert len(jobs) == 3
+        summaries = run(compute_signatures, jobs)
+        outcomes[name] = [
+            (summary, np.load(job.signatures_file), np.load(job.band_keys_file))
+            for summary, job in zip(summaries, jobs)
+        ]
+    for (one, one_sig, one_keys), (other, other_sig, other_keys) in zip(outcomes["serial"], outcomes["pooled"]):
+        assert np.array_equal(one.id_hashes, other.id_hashes)
         assert np.array_equal(one.content_hashes, other.content_hashes)
+        assert np.array_equal(one_sig, other_sig) and np.array_equal(one_keys, other_keys)
+        assert one_sig.dtype == np.uint32 and one_keys.shape == (14, one_sig.shape[0])
+
+
+def test_jobs_take_whole_row_groups(tmp_path):
+    """A job never decodes a row group another job also reads: row ranges end on row-group boundaries."""
+    table = pa.table({"id": [str(i) for i in range(100)], "text": ["x"] * 100, "source": ["s"] * 100})
+    pq.write_table(table, tmp_path / "part_00000.parquet", row_group_size=30)  # groups of 30, 30, 30, 10
+    jobs = signature_jobs([tmp_path / "part_00000.parquet"], MinHashParams(), 65, 14, 9, tmp_path)
+    assert [(job.row_start, job.row_stop) for job in jobs] == [(0, 60), (60, 100)]
+    jobs = signature_jobs([tmp_path / "part_00000.parquet"], MinHashParams(), 20, 14, 9, tmp_path)
+    assert [(job.row_start, job.row_stop) for job in jobs] == [(0, 30), (30, 60), (60, 90), (90, 100)]
+
+
+def test_scratch_signatures_are_removed(deduped):
+    out_dir = deduped[2]
+    assert not (out_dir / SIGNATURES_DIR).exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([CLUSTERS_FILE, *deduped[0]["output_files"]])
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -328,3 +415,67 @@ def test_row_ranges_across_jobs_give_the_same_clusters(corpus, deduped, tmp_path
     assert metrics["docs_in"] > 100  # so the shard is cut into two jobs
     expected = pq.read_table(deduped[2] / CLUSTERS_FILE).sort_by("id")
     assert pq.read_table(tmp_path / "out" / CLUSTERS_FILE).sort_by("id").equals(expected)
+
+
+# ------------------------------------------------------------------------------------ library entry point
+
+
+def test_entry_point_finds_the_stage_clusters(corpus, deduped):
+    """`near_duplicate_clusters` over (id, text) gives the duplicate clusters the stage wrote."""
+    clusters = near_duplicate_clusters(((row["id"], row["text"]) for row in corpus), DedupConfig(), seed=SEED)
+    position = {row["id"]: index for index, row in enumerate(corpus)}
+    assert all(len(cluster) > 1 for cluster in clusters)
+    assert all([position[i] for i in cluster] == sorted(position[i] for i in cluster) for cluster in clusters)
+    assert [position[cluster[0]] for cluster in clusters] == sorted(position[cluster[0]] for cluster in clusters)
+    written: dict[int, list[str]] = {}
+    for row in pq.read_table(deduped[2] / CLUSTERS_FILE).to_pylist():
+        written.setdefault(row["cluster_id"], []).append(row["id"])
+    expected = {frozenset(ids) for ids in written.values() if len(ids) > 1}
+    assert {frozenset(cluster) for cluster in clusters} == expected
+    assert len(expected) == deduped[0]["duplicate_clusters"]
+
+
+def test_entry_point_is_deterministic_and_order_free(corpus):
+    """Same input and seed: the same clusters; shuffled input: the same groups; another seed: the same groups on a
+    corpus whose planted pairs sit far from the threshold, from different signatures."""
+    docs = [(row["id"], row["text"]) for row in corpus]
+    first = near_duplicate_clusters(docs, seed=SEED)
+    assert near_duplicate_clusters(iter(docs), seed=SEED, batch_docs=7) == first
+    shuffled = docs[:]
+    random.Random(3).shuffle(shuffled)
+    as_sets = {frozenset(cluster) for cluster in first}
+    assert {frozenset(cluster) for cluster in near_duplicate_clusters(shuffled, seed=SEED)} == as_sets
+    assert {frozenset(cluster) for cluster in near_duplicate_clusters(docs, seed=SEED + 1)} == as_sets
+    params, other = MinHashParams(seed=SEED), MinHashParams(seed=SEED + 1)
+    texts = [text for _, text in docs[:5]]
+    assert np.array_equal(signatures_for_texts(texts, params)[0], signatures_for_texts(texts, params)[0])
+    assert not np.array_equal(signatures_for_texts(texts, params)[0], signatures_for_texts(texts, other)[0])
+
+
+def test_entry_point_edge_cases():
+    assert near_duplicate_clusters([]) == []
+    text = " ".join(_en_doc(random.Random(9), 80))
+    assert near_duplicate_clusters([("a", text), ("b", "")]) == []
+    assert near_duplicate_clusters([("a", text), ("b", text), ("c", ""), ("d", "")]) == [["a", "b"], ["c", "d"]]
+    with pytest.raises(ValueError, match="duplicate document id 'a'"):
+        near_duplicate_clusters([("a", "one"), ("b", "two"), ("a", "three")])
+
+
+def test_pair_components_label_by_smallest_member():
+    rng = random.Random(5)
+    pairs = [(rng.randrange(200), rng.randrange(200)) for _ in range(150)]
+    parent = list(range(200))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    nodes, root = pair_components(np.array(pairs))
+    assert nodes.tolist() == sorted({node for pair in pairs for node in pair})
+    assert root.tolist() == [min(m for m in nodes.tolist() if find(m) == find(n)) for n in nodes.tolist()]
+    reversed_nodes, reversed_root = pair_components(np.array(pairs[::-1])[:, ::-1])
+    assert np.array_equal(nodes, reversed_nodes) and np.array_equal(root, reversed_root)

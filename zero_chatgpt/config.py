@@ -244,7 +244,9 @@ class DedupConfig(Section):
 
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (signature length)")
     threshold: float = Field(0.7, gt=0.0, lt=1.0, description="Jaccard similarity that counts as a duplicate")
-    shingle: Literal["auto", "char", "word"] = Field("auto", description="auto: char n-grams for CJK text")
+    shingle: Literal["auto", "char", "word"] = Field(
+        "char", description="char: character n-grams for every text; auto: char n-grams only for CJK text, else words"
+    )
     cjk_char_share: float = Field(
         0.3, gt=0.0, le=1.0, description="auto shingles: char n-grams when this share of visible chars is CJK"
     )
