@@ -8,6 +8,14 @@ longer-answer baseline, PPO reward before/after with KL and its bound.
 
     python bench/align_families.py --root /tmp/align-bench                       # gpt2 llama, seeds 1234 7 99
     python bench/align_families.py --root /tmp/align-bench --families qwen2 bloom opt --seeds 1234
+    python bench/align_families.py --root /tmp/rm-2x2 --families gpt2 --style llama3 --until train_rm
+    python bench/align_families.py --root /tmp/rm-untied --families gpt2 --until train_rm \
+        --base-config tie_word_embeddings=False
+
+`--style` gives every family that tokenizer style instead of its own ("gpt2": no template, so ChatML is added;
+"llama3": a template of its own), to tell a family's architecture from its tokenizer; `--until` stops the runs
+after that stage (figures of later stages are then null); `--base-config` changes the tiny bases' configs. A base
+already in ROOT is reused as it is, so give each variant its own root.
 
 Prints a table and, last, one JSON line {family: {seed: {figure: value}}}.
 """
@@ -15,6 +23,7 @@ Prints a table and, last, one JSON line {family: {seed: {figure: value}}}.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -29,6 +38,8 @@ FIGURES = (
     ("sft", "base_val_loss"),
     ("train_rm", "val_accuracy"),
     ("train_rm", "length_baseline_accuracy"),
+    ("train_rm", "reward_margin"),
+    ("train_rm", "train_loss"),
     ("ppo", "reward_before"),
     ("ppo", "reward_after"),
     ("ppo", "kl"),
@@ -43,6 +54,15 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1234, 7, 99])
     parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE settings for every run")
     parser.add_argument("--width", type=int, default=32, help="hidden size of the tiny base models")
+    parser.add_argument("--style", choices=("gpt2", "llama3"), help="tokenizer style for every family")
+    parser.add_argument("--until", help="stop each run after this stage (e.g. train_rm)")
+    parser.add_argument(
+        "--base-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config attribute of the base models built (a Python literal: tie_word_embeddings=False)",
+    )
     args = parser.parse_args()
     if not shared_data_present():
         print("../shared/data is not present: nothing to measure", file=sys.stderr)
@@ -52,10 +72,14 @@ def main() -> int:
         base = args.root / f"{family}-base"
         if not base.is_dir():
             base.parent.mkdir(parents=True, exist_ok=True)
-            build_base(args.root, family, TEMPLATE_STYLE[family], width=args.width)
+            changes = {key: ast.literal_eval(value) for key, value in (item.split("=", 1) for item in args.base_config)}
+            build_base(args.root, family, args.style or TEMPLATE_STYLE[family], width=args.width, **changes)
         for seed in args.seeds:
-            stages = run_align(args.root / f"{family}-{seed}", base, seed=seed, extra=tuple(args.set))
-            figures = {f"{stage}.{key}": stages[stage]["metrics"].get(key) for stage, key in FIGURES}
+            stages = run_align(args.root / f"{family}-{seed}", base, seed=seed, extra=tuple(args.set), until=args.until)
+            figures = {
+                f"{stage}.{key}": stages[stage]["metrics"].get(key) if stage in stages else None
+                for stage, key in FIGURES
+            }
             figures.update({f"seconds.{stage}": entry["seconds"] for stage, entry in stages.items()})
             results.setdefault(family, {})[seed] = figures
             print(f"{family} seed {seed}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in figures.items()), flush=True)

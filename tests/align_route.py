@@ -59,17 +59,31 @@ def tokenizer_texts(limit: int = 3000) -> list[str]:
     return texts
 
 
-def build_base(tmp_path: Path, family: str, style: str, seed: int = 0, width: int = 32) -> Path:
+def build_base(tmp_path: Path, family: str, style: str, seed: int = 0, width: int = 32, **config_changes) -> Path:
     return save_base_model(
-        tmp_path / f"{family}-base", family, trained_tokenizer(style, tokenizer_texts()), seed, 256, width
+        tmp_path / f"{family}-base",
+        family,
+        trained_tokenizer(style, tokenizer_texts()),
+        seed,
+        256,
+        width,
+        **config_changes,
     )
 
 
 def run_align(
-    root: Path, base: Path, seed: int = 1234, sft_rows: int = 600, extra: tuple[str, ...] = ()
+    root: Path,
+    base: Path,
+    seed: int = 1234,
+    sft_rows: int = 600,
+    extra: tuple[str, ...] = (),
+    until: str | None = None,
 ) -> dict[str, dict]:
+    """Run the align preset on `base` into `root` (through `until`, None: every stage); each stage's latest.json
+    entry with its manifest's metrics."""
     settings = [f"base_model.path={base}", f"run.seed={seed}", *shared_sources(sft_rows), *ALIGN_SETTINGS, *extra]
-    assert main(["run", "--preset", "align", "--root", str(root), *[f"--set={s}" for s in settings]]) == 0
+    stop = ["--until", until] if until else []
+    assert main(["run", "--preset", "align", "--root", str(root), *stop, *[f"--set={s}" for s in settings]]) == 0
     latest = json.loads((root / "latest.json").read_text(encoding="utf-8"))
     return {
         stage: {**entry, "metrics": json.loads((Path(entry["path"]) / "manifest.json").read_text())["metrics"]}

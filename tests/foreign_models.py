@@ -69,11 +69,16 @@ def tiny_causal_lm(family: str, vocab_size: int = 320, seed: int = 0) -> torch.n
     return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size))
 
 
-def save_base_model(path, family: str, tokenizer, seed: int = 0, max_positions: int = 128, width: int = 32):
-    """A random-weight `family` model sized for `tokenizer`, saved with it as a Hugging Face base model dir."""
+def save_base_model(
+    path, family: str, tokenizer, seed: int = 0, max_positions: int = 128, width: int = 32, **config_changes
+):
+    """A random-weight `family` model sized for `tokenizer`, saved with it as a Hugging Face base model dir;
+    `config_changes` set config attributes (`tie_word_embeddings=False`, say) before the weights are drawn."""
     torch.manual_seed(seed)
     config = tiny_config(family, len(tokenizer), max_positions, width)
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    for name, value in config_changes.items():
+        setattr(config, name, value)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
