@@ -22,7 +22,8 @@ Rensa (RMinHash + RMinHashLSH), datasketch's batch API (MinHash.bulk + MinHashLS
 steps. A peer that is not installed is skipped with a message: `pip install -e .[bench]` installs them.
 
 `--stage-docs N1,N2` runs the whole stage (`dedup_corpus`, one process) on N1 and then N2 generated documents
-and prints peak RSS, CPU seconds and the RSS slope in bytes per document.
+(written first, as clean writes them) with one worker process, and prints the flow process's peak RSS, the
+worker's, CPU seconds and the flow process's RSS slope in bytes per document.
 """
 
 from __future__ import annotations
@@ -311,8 +312,9 @@ METHODS: dict[str, tuple[Callable[[list[tuple[str, str]]], Clusters], str | None
 
 
 def rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, MB (the kernel's high-water mark, VmHWM)."""
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
 
 
 def current_rss_mb() -> float:
@@ -377,29 +379,28 @@ def write_stage_corpus(num_docs: int, directory: Path) -> None:
         pq.write_table(table, directory / f"part_{shard:05d}.parquet")
 
 
-def child_stage(num_docs: int) -> dict:
+def one_worker_map(fn: Callable, items: list) -> list:
+    """Signature jobs in one worker process, so the child's own peak RSS is the flow process's alone."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        return list(pool.map(fn, items))
+
+
+def child_stage(clean_dir: str) -> dict:
     from zero_chatgpt.data_process.dedup import dedup_corpus
 
-    with tempfile.TemporaryDirectory() as tmp:
-        write_stage_corpus(num_docs, Path(tmp))
-        rss_before = current_rss_mb()
-        # Peak RSS so far includes writing the corpus: reset the high-water mark where the kernel allows it.
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-        except OSError:
-            pass
-        start = cpu_seconds()
-        metrics = dedup_corpus(DedupConfig(), Path(tmp), Path(tmp) / "out", seed=SEED)
-        cpu = cpu_seconds() - start
-    with open("/proc/self/status") as handle:
-        peak = next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM"))
+    rss_before = current_rss_mb()
+    start = cpu_seconds()
+    with tempfile.TemporaryDirectory() as out:
+        metrics = dedup_corpus(DedupConfig(), Path(clean_dir), Path(out), seed=SEED, parallel_map=one_worker_map)
     return {
-        "docs": num_docs,
-        "cpu_s": cpu,
-        "rss_mb": peak,
-        "rss_before_mb": rss_before,
+        "docs": metrics["docs_in"],
         "docs_out": metrics["docs_out"],
+        "cpu_s": cpu_seconds() - start,
+        "rss_mb": rss_mb(),
+        "rss_before_mb": rss_before,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
 
 
@@ -460,17 +461,22 @@ def compare_peers(args: argparse.Namespace) -> None:
 
 
 def stage_memory(sizes: list[int]) -> None:
-    rows = [in_child(["--child-stage", str(size)]) for size in sizes]
-    print(f"{'docs':>9}{'CPU s':>8}{'docs/CPU-s':>11}{'peak RSS MB':>12}{'RSS before MB':>14}")
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as clean_dir:
+            write_stage_corpus(size, Path(clean_dir))
+            rows.append(in_child(["--child-stage", clean_dir]))
+    print("the stage, one worker process; CPU s counts both processes; flow = the process that runs dedup_corpus")
+    print(f"{'docs':>9}{'CPU s':>8}{'docs/CPU-s':>11}{'flow peak MB':>13}{'flow before MB':>15}{'worker peak MB':>15}")
     for row in rows:
         print(
-            f"{row['docs']:>9}{row['cpu_s']:>8.1f}{row['docs'] / row['cpu_s']:>11.0f}"
-            f"{row['rss_mb']:>12.0f}{row['rss_before_mb']:>14.0f}"
+            f"{row['docs']:>9}{row['cpu_s']:>8.1f}{row['docs'] / row['cpu_s']:>11.0f}{row['rss_mb']:>13.0f}"
+            f"{row['rss_before_mb']:>15.0f}{row['worker_rss_mb']:>15.0f}"
         )
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
         slope = (last["rss_mb"] - first["rss_mb"]) * 2**20 / (last["docs"] - first["docs"])
-        print(f"peak RSS slope: {slope:.0f} bytes per document")
+        print(f"flow peak RSS slope: {slope:.0f} bytes per document")
     print(json.dumps(rows))
 
 
@@ -481,7 +487,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="first words of the methods to run, lower case (ours, rensa...)")
     parser.add_argument("--stage-docs", help="comma-separated corpus sizes for the stage memory run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-stage", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-stage", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -57,7 +57,8 @@ REASONS = (REASON_KEPT, REASON_EXACT, REASON_NEAR)  # reason codes 0, 1, 2 in th
 # Scratch folder inside the output dir for the workers' signature files; removed before the stage returns. It
 # lives under the artifact root, which every worker already reads the clean shards from.
 SIGNATURES_DIR = "_signatures"
-_PAIRS_PER_CHECK = 65536  # candidate pairs whose signature rows are read back at once (2 x 32 MiB at 128 perms)
+_PAIRS_PER_CHECK = 8192  # candidate pairs whose signature rows are read back at once (2 x 4 MiB at 128 perms)
+_ROWS_PER_BATCH = 5000  # rows per batch when copying kept rows; each batch becomes one output row group
 _OUTPUT_SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
 _CLUSTERS_SCHEMA = pa.schema(
     [("id", pa.string()), ("cluster_id", pa.int64()), ("kept", pa.bool_()), ("reason", pa.string())]
@@ -265,8 +266,10 @@ class ShardLayout:
         shard_of = np.searchsorted(self.starts, docs, side="right") - 1
         for shard in np.unique(shard_of).tolist():
             local = docs[shard_of == shard] - self.starts[shard]
-            column = pq.read_table(self.shards[shard], columns=["id"]).column("id")
+            column = pq.ParquetFile(self.shards[shard]).read(columns=["id"]).column("id")
             ids.extend(column.take(pa.array(local)).to_pylist())
+            del column
+            pa.default_memory_pool().release_unused()
         return ids
 
 
@@ -400,18 +403,23 @@ def cluster_documents(
 def write_kept(shards: list[Path], kept: np.ndarray, out_dir: Path) -> list[str]:
     """Write the kept rows of every input shard, in input order, as part_00000.parquet, ...; returns file names.
 
-    One output shard per input shard that keeps any row: input shards are already bounded in size by `clean`.
+    One output shard per input shard that keeps any row (input shards are already bounded in size by `clean`),
+    streamed in batches of `_ROWS_PER_BATCH` rows, each a row group of the output.
     """
     written, offset = [], 0
     for shard in tqdm(shards, desc="dedup: write", unit="shard", disable=len(shards) < 4):
-        table = pq.read_table(shard, columns=list(COLUMNS)).cast(_OUTPUT_SCHEMA)
-        mask = kept[offset : offset + table.num_rows]
-        offset += table.num_rows
-        if not mask.any():
-            continue
-        name = f"part_{len(written):05d}.parquet"
-        pq.write_table(table.filter(pa.array(mask)), out_dir / name)
-        written.append(name)
+        name, writer = f"part_{len(written):05d}.parquet", None
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=_ROWS_PER_BATCH, columns=list(COLUMNS)):
+            mask = kept[offset : offset + batch.num_rows]
+            offset += batch.num_rows
+            if mask.any():
+                writer = writer or pq.ParquetWriter(out_dir / name, _OUTPUT_SCHEMA)
+                writer.write_table(pa.Table.from_batches([batch.filter(pa.array(mask))]).cast(_OUTPUT_SCHEMA))
+        if writer is not None:
+            writer.close()
+            written.append(name)
+        # Arrow's allocator keeps freed buffers for reuse; hand them back so one shard's peak does not stay.
+        pa.default_memory_pool().release_unused()
     if offset != kept.shape[0]:
         raise RuntimeError(f"input shards changed while deduplicating: read {offset} rows, signed {kept.shape[0]}")
     return written
@@ -424,7 +432,7 @@ def write_clusters(layout: ShardLayout, clustering: Clustering, path: Path) -> N
         for shard, start, stop in zip(layout.shards, layout.starts[:-1].tolist(), layout.starts[1:].tolist()):
             codes = pa.array(clustering.reason_code[start:stop].astype(np.int8))
             columns = {
-                "id": pq.read_table(shard, columns=["id"]).column("id").cast(pa.string()),
+                "id": pq.ParquetFile(shard).read(columns=["id"]).column("id").cast(pa.string()),
                 "cluster_id": clustering.cluster_id[start:stop],
                 "kept": clustering.kept[start:stop],
                 "reason": pa.DictionaryArray.from_arrays(codes, reasons).cast(pa.string()),
