@@ -60,7 +60,7 @@ def keyword_hits(text: str, keywords: list[str]) -> int:
 
 
 def shingles(text: str, lang: str) -> set:
-    """Char 5-grams for Chinese, 3-grams of whitespace tokens for English (the dedup stage's defaults)."""
+    """Char 5-grams for Chinese, 3-grams of whitespace tokens for English (the dedup stage's `auto` shingles)."""
     text = " ".join(CITATION.sub("", text).split())
     if lang == "zh":
         return {text[i : i + 5] for i in range(len(text) - 4)}

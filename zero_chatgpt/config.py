@@ -250,8 +250,8 @@ class DedupConfig(Section):
     cjk_char_share: float = Field(
         0.3, gt=0.0, le=1.0, description="auto shingles: char n-grams when this share of visible chars is CJK"
     )
-    char_ngram: int = Field(5, ge=1, description="characters per shingle of CJK text")
-    word_ngram: int = Field(3, ge=1, description="words per shingle of other text")
+    char_ngram: int = Field(5, ge=1, description="characters per shingle (char shingles, and CJK text under auto)")
+    word_ngram: int = Field(3, ge=1, description="words per shingle (word shingles, and non-CJK text under auto)")
     bands: int | None = Field(None, ge=1, description="LSH bands; derived from threshold when unset")
     rows: int | None = Field(None, ge=1, description="LSH rows per band; derived from threshold when unset")
     docs_per_shard: int = Field(5000, ge=100, description="documents per signature task")
