@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import xxhash
@@ -50,16 +51,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.bin"
         for _ in range(args.repeats):
-            write_wall, write_cpu = timed(lambda: write(path, chunks))
-            hash_wall, hash_cpu = timed(lambda: hash_file(path))
+            write_wall, write_cpu = timed(partial(write, path, chunks))
+            hash_wall, hash_cpu = timed(partial(hash_file, path))
             results["after"].append((write_wall + hash_wall, write_cpu + hash_cpu, hash_wall))
             path.unlink()
-            digest = xxhash.xxh3_128()
-            results["while"].append((*timed(lambda: write(path, chunks, digest)), 0.0))
+            results["while"].append((*timed(partial(write, path, chunks, xxhash.xxh3_128())), 0.0))
             path.unlink()
     best = {way: min(runs, key=lambda run: run[1]) for way, runs in results.items()}
     size_gb = len(chunks) * CHUNK / 1e9
-    for way, (wall, cpu, hash_wall) in best.items():
+    for way, (wall, cpu, _) in best.items():
         print(f"hash {way:<5} writing: {wall:6.2f} s wall {cpu:6.2f} s CPU for {size_gb:.2f} GB")
     print(f"hashing after writing adds {best['after'][2]:.2f} s ({size_gb / max(best['after'][2], 1e-9):.1f} GB/s)")
     summary = {
