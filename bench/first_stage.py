@@ -21,42 +21,17 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+from zero_chatgpt import processes
+
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what}: not ready after {seconds}s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 async def run_timestamps(flow_run_id: str, seconds: float) -> dict[str, datetime]:
@@ -92,38 +67,26 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="zcg-first-stage-"))
-    port = free_port()
+    port = processes.free_port()
     os.environ.update(
         PREFECT_HOME=str(work / "prefect-home"),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
-    logs = {name: (work / f"{name}.log").open("w") for name in ("server", "serve")}
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=logs["server"],
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    server = processes.start_logged(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], work / "server.log"
     )
     serve = None
     try:
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 240, "prefect server")
-        serve = subprocess.Popen(
+        processes.wait_until(
+            lambda: processes.answers(f"http://127.0.0.1:{port}/api/health"), 240, "prefect server", server
+        )
+        serve = processes.start_logged(
             [sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(work / "runs")],
-            stdout=logs["serve"],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            work / "serve.log",
             cwd=work,
         )
-        wait_for(
+        processes.wait_until(
             lambda: (
                 subprocess.run([*PREFECT, "deployment", "inspect", "zero-chatgpt/full"], capture_output=True).returncode
                 == 0
@@ -150,8 +113,8 @@ def main() -> None:
         print(json.dumps({"median_seconds": medians, "runs": runs, "logs": str(work)}))
     finally:
         if serve is not None:
-            stop(serve)
-        stop(server)
+            processes.stop_group(serve)
+        processes.stop_group(server)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from zero_chatgpt import processes
 
 # Short training: the pictures are about what the UI shows, not about model quality.
 SHORT_RUN = {
@@ -39,12 +37,6 @@ SHORT_RUN = {
 FAILING_RUN = {**SHORT_RUN, "sft": {"optim": {"max_steps": 20, "lr": 1.0e9, "grad_clip": 0}}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
@@ -58,34 +50,11 @@ def chromium() -> str:
     return shutil.which("chromium") or sys.exit("apt-get did not install chromium")
 
 
-def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def wait_for(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # the server or deployment is not up yet
-            pass
-        time.sleep(1)
-    sys.exit(f"{what}: not ready after {seconds:.0f}s")
-
-
-def api_ready(api: str) -> bool:
-    with urllib.request.urlopen(f"{api}/health", timeout=5) as response:
-        return response.status == 200
+def deployed() -> bool:
+    try:
+        return bool(asyncio.run(deployment_id()))
+    except Exception:  # not served yet
+        return False
 
 
 async def deployment_id() -> str:
@@ -148,19 +117,21 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     browser = chromium()
 
-    port = free_port()
+    port = processes.free_port()
     home = Path(tempfile.mkdtemp(prefix="zero-chatgpt-ui-"))
     ui, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     os.environ.update(env)
-    server = start([sys.executable, "-m", "prefect", "server", "start", "--port", str(port)], env, out / "server.log")
+    server = processes.start_logged(
+        [sys.executable, "-m", "prefect", "server", "start", "--port", str(port)], out / "server.log", env
+    )
     serve = None
     try:
-        wait_for(lambda: api_ready(api), 180, "prefect server")
-        serve = start(
-            [sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(home / "runs")], env, out / "serve.log"
+        processes.wait_until(lambda: processes.answers(f"{api}/health"), 180, "prefect server", server)
+        serve = processes.start_logged(
+            [sys.executable, "-m", "zero_chatgpt.cli", "serve", "--root", str(home / "runs")], out / "serve.log", env
         )
-        wait_for(lambda: asyncio.run(deployment_id()), 180, "deployment zero-chatgpt/full")
+        processes.wait_until(deployed, 180, "deployment zero-chatgpt/full", serve)
         print("runs:")
         good = asyncio.run(run_and_wait(SHORT_RUN, args.timeout))
         failed = asyncio.run(run_and_wait(FAILING_RUN, args.timeout))
@@ -184,8 +155,8 @@ def main() -> int:
         screenshot(browser, f"{ui}/deployments/deployment/{deployment}/run", out / "parameters-form.png", 4200)
     finally:
         if serve is not None:
-            stop(serve)
-        stop(server)
+            processes.stop_group(serve)
+        processes.stop_group(server)
     return 0
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,35 +18,18 @@ from typing import Any
 
 import pytest
 
+from zero_chatgpt import processes
+
 PREFECT = [sys.executable, "-m", "prefect"]
 SERVE = [sys.executable, "-m", "zero_chatgpt.cli", "serve"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(check, seconds: float, what: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what}: process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if check():
-            return
-        time.sleep(1)
-    pytest.fail(f"{what}: not ready after {seconds}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    """`processes.wait_until`, failing the test with the tail of the process's log."""
+    try:
+        processes.wait_until(check, seconds, what, process)
+    except (TimeoutError, RuntimeError) as err:
+        pytest.fail(f"{err}:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -89,7 +69,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("served")
-    port = free_port()
+    port = processes.free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
@@ -98,33 +78,16 @@ def served(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=server_log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    server = processes.start_logged(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_log, env
     )
     serve = None
     try:
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, 180, "prefect server", server, server_log)
-        root = tmp_path / "runs"
-        serve = subprocess.Popen(
-            [*SERVE, "--root", str(root)],
-            env=env,
-            stdout=serve_log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=tmp_path,
+        wait_until(
+            lambda: processes.answers(f"http://127.0.0.1:{port}/api/health"), 180, "prefect server", server, server_log
         )
+        root = tmp_path / "runs"
+        serve = processes.start_logged([*SERVE, "--root", str(root)], serve_log, env, cwd=tmp_path)
 
         def deployed() -> bool:
             inspect = subprocess.run(
@@ -140,8 +103,8 @@ def served(tmp_path_factory):
         yield Served(env, env["PREFECT_API_URL"], root, tmp_path, serve_log)
     finally:
         if serve is not None:
-            stop(serve)  # serve first, then the server it talks to
-        stop(server)
+            processes.stop_group(serve)  # serve first, then the server it talks to
+        processes.stop_group(server)
 
 
 def test_importing_the_flow_loads_neither_torch_nor_transformers():
