@@ -6,15 +6,20 @@ filters, and names the first rule that drops a document.
 
 Output in `out_dir`:
 
-- `part_00000.parquet`, ...: columns `id`, `text`, `source` (strings), at most `docs_per_shard` rows each,
-  in source order, then file order, then line order;
+- `part_00000.parquet`, ...: columns `id`, `text`, `source` (strings), `docs_per_shard` rows each (the last
+  may hold fewer), in source order, then file order, then line order, in row groups of `ROW_GROUP_ROWS`;
 - `rejected.parquet`: columns `id`, `source`, `line` (int, null when unknown), `rule` (a cleaning rule or
   `quarantine`), `reason`, `text` (the raw row or text): every input row that is not in a part file.
 
 Ids are unique in the output: a row whose id an earlier good row (in that order) already used is
-quarantined as `duplicate_id`, never merged. Work is split per source file through `parallel_map`; each
-worker writes its own part files into `out_dir/_work/`, which are then renamed into the single
-`part_XXXXX` sequence.
+quarantined as `duplicate_id`, never merged.
+
+Work fans out through `parallel_map` twice. First every source file is cut into spans of lines (`plan_units`:
+a one-file corpus keeps every worker busy too), and each worker cleans one span into `out_dir/_work/` (kept rows
+as an Arrow file, rejected rows, ids). Then this process finds ids used twice and plans the parts, and each
+worker gathers one part's rows from those files and writes it. This process never holds the documents: its
+memory does not grow with the corpus beyond 8 bytes per document (an id hash), and the output is the same
+however the input was split.
 """
 
 from __future__ import annotations
@@ -32,16 +37,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from zero_chatgpt.config import CleanConfig, DemoCorpusConfig, TextSource
 from zero_chatgpt.data_process.sources import (
+    FileSpan,
     SourceError,
     describe_source,
     expand_source_files,
+    file_spans,
     is_quarantined,
     no_valid_rows_message,
+    read_span_rows,
     read_text_rows,
     reason_kind,
 )
@@ -63,8 +71,15 @@ REJECTED_SCHEMA = pa.schema(
 )
 REJECTED_FILE = "rejected.parquet"
 QUARANTINE_RULE = "quarantine"
+# Rows per parquet row group of the part files. Readers take slices (dedup signs 5,000-row jobs, shard tokenises
+# 1,000-document batches) and parquet decodes whole row groups: groups this small waste little on any slice.
+ROW_GROUP_ROWS = 1000
 _WORK_DIR = "_work"
 _REJECTED_FLUSH_ROWS = 10_000
+# A corpus is cut into about this many units (file spans), each between these sizes.
+_UNITS_PER_CORPUS = 128
+_MIN_UNIT_BYTES = 4 << 20
+_MAX_UNIT_BYTES = 256 << 20
 
 # ------------------------------------------------------------------------------------------- transforms
 
@@ -214,12 +229,13 @@ def clean_text(text: str, cfg: CleanConfig) -> CleanResult:
 
 @dataclass(frozen=True)
 class CleanUnit:
-    """One piece of work: one file of a source (or a whole source for demo, hf and `limit` sources)."""
+    """One piece of work: a span of one source file, or a whole source (demo, hf and `limit` sources)."""
 
     index: int
     source_index: int
     source: TextSource
-    files: tuple[str, ...] | None
+    files: tuple[str, ...] | None  # whole files, read in order (a `limit` source); None: the span, or no files
+    span: FileSpan | None
     demo: DemoCorpusConfig
     cfg: CleanConfig
     seed: int
@@ -228,6 +244,11 @@ class CleanUnit:
     def prefix(self) -> str:
         return f"u{self.index:05d}"
 
+    def describe(self) -> str:
+        if self.span is not None:
+            return f"{self.span.path} from line {self.span.first_line}"
+        return ",".join(self.files or ())
+
 
 @dataclass
 class UnitSummary:
@@ -235,7 +256,7 @@ class UnitSummary:
 
     index: int
     source_index: int
-    parts: list[dict[str, Any]] = field(default_factory=list)  # [{"file", "rows", "chars"}] in order
+    kept_file: str | None = None  # the kept rows, in input order, as an Arrow IPC file
     rejected_file: str | None = None
     ids_file: str | None = None
     docs_in: int = 0
@@ -246,78 +267,126 @@ class UnitSummary:
     quarantine_examples: list[dict[str, Any]] = field(default_factory=list)  # the first few, for error messages
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """One output part: consecutive kept rows `(kept file, first row, stop row)` of one or more units."""
+
+    path: str
+    pieces: tuple[tuple[str, int, int], ...]
+
+
 def _id_hash(doc_id: str) -> int:
     """A 64-bit digest of an id: duplicates are found by sorting numbers, not by holding every string."""
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-class _RejectedWriter:
-    """Streams rejected rows into one parquet file in batches."""
+class _RowGroupWriter:
+    """Streams rows or tables into one parquet file in row groups of exactly `rows_per_group` rows (the last may
+    be shorter), whatever sizes they arrive in: the file's bytes do not depend on how the work was split."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, schema: pa.Schema, rows_per_group: int = ROW_GROUP_ROWS) -> None:
+        self.path, self.schema, self.rows_per_group = path, schema, rows_per_group
         self.rows: list[dict[str, Any]] = []
+        self.tables: list[pa.Table] = []
+        self.buffered = 0
         self.count = 0
         self._writer: pq.ParquetWriter | None = None
 
-    def add(self, doc_id: str | None, source: str, line: int | None, rule: str, reason: str, text: str) -> None:
-        self.rows.append({"id": doc_id, "source": source, "line": line, "rule": rule, "reason": reason, "text": text})
-        self.count += 1
-        if len(self.rows) >= _REJECTED_FLUSH_ROWS:
-            self.flush()
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._added(1)
 
     def add_table(self, table: pa.Table) -> None:
-        """Append already-built rejected rows (a worker's file) without a round trip through Python dicts."""
-        self.flush()
-        self._write(table.cast(REJECTED_SCHEMA))
-        self.count += table.num_rows
+        self._rows_to_table()
+        self.tables.append(table.cast(self.schema))
+        self._added(table.num_rows)
 
-    def flush(self) -> None:
+    def _added(self, rows: int) -> None:
+        self.count += rows
+        self.buffered += rows
+        if self.buffered >= self.rows_per_group:
+            self._write(final=False)
+
+    def _rows_to_table(self) -> None:
         if self.rows:
-            self._write(pa.Table.from_pylist(self.rows, schema=REJECTED_SCHEMA))
+            self.tables.append(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows = []
 
-    def _write(self, table: pa.Table) -> None:
+    def _write(self, final: bool) -> None:
+        self._rows_to_table()
+        if not self.tables:
+            return
+        table = pa.concat_tables(self.tables).combine_chunks()
+        whole = table.num_rows if final else table.num_rows - table.num_rows % self.rows_per_group
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.path, REJECTED_SCHEMA)
-        self._writer.write_table(table)
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        if whole:
+            self._writer.write_table(table.slice(0, whole), row_group_size=self.rows_per_group)
+        rest = table.slice(whole)
+        self.tables, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
     def close(self) -> bool:
         """Finish the file; False when nothing was written (no file exists)."""
-        self.flush()
+        self._write(final=True)
         if self._writer is None:
             return False
         self._writer.close()
         return True
 
 
-def clean_unit(unit: CleanUnit) -> UnitSummary:
-    """Worker: read one unit's rows, clean them, write its part files and rejected rows under `work_dir`.
+class _KeptRowsWriter:
+    """Streams a unit's kept documents into an Arrow IPC file, which the part writers memory-map and slice."""
 
-    Besides the parts, writes `<prefix>_ids.parquet` with one row per good input row (`id`, `line`,
-    `kept`, `id_hash`) so the parent can find duplicate ids across all units without reading the texts.
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: dict[str, list[str]] = {name: [] for name in DOC_SCHEMA.names}
+        self._writer = pa.ipc.new_file(path, DOC_SCHEMA)
+
+    def add(self, doc_id: str, text: str, source: str) -> None:
+        self.columns["id"].append(doc_id)
+        self.columns["text"].append(text)
+        self.columns["source"].append(source)
+        if len(self.columns["id"]) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._writer.write_table(pa.table(self.columns, schema=DOC_SCHEMA))
+        for column in self.columns.values():
+            column.clear()
+
+    def close(self) -> None:
+        if self.columns["id"]:
+            self._flush()
+        self._writer.close()
+
+
+def _rejected_row(doc_id: str | None, row: dict[str, Any], rule: str, reason: str, text: str) -> dict[str, Any]:
+    return {"id": doc_id, "source": row["source"], "line": row["line"], "rule": rule, "reason": reason, "text": text}
+
+
+def clean_unit(unit: CleanUnit) -> UnitSummary:
+    """Worker: read one unit's rows, clean them, write its kept and rejected rows under `work_dir`.
+
+    Besides those, writes `<prefix>_ids.parquet` with one row per good input row (`id`, `line`, `kept`,
+    `id_hash`) so the parent can find duplicate ids across all units without reading the texts.
     """
     work = Path(unit.work_dir)
     summary = UnitSummary(unit.index, unit.source_index)
-    rejected = _RejectedWriter(work / f"{unit.prefix()}_rejected.parquet")
-    files = [Path(f) for f in unit.files] if unit.files is not None else None
-    rows = read_text_rows(unit.source, unit.demo, unit.seed, files=files, require_rows=False)
-    kept_rows: list[dict[str, str]] = []
+    rejected = _RowGroupWriter(work / f"{unit.prefix()}_rejected.parquet", REJECTED_SCHEMA, _REJECTED_FLUSH_ROWS)
+    if unit.span is not None:
+        rows = read_span_rows(unit.source, unit.span)
+    else:
+        files = [Path(f) for f in unit.files] if unit.files is not None else None
+        rows = read_text_rows(unit.source, unit.demo, unit.seed, files=files, require_rows=False)
+    kept = _KeptRowsWriter(work / f"{unit.prefix()}_kept.arrow")
     ids: dict[str, list[Any]] = {"id": [], "line": [], "kept": [], "id_hash": []}
-
-    def write_part() -> None:
-        name = f"{unit.prefix()}_part_{len(summary.parts):05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(kept_rows, schema=DOC_SCHEMA), work / name)
-        summary.parts.append({"file": name, "rows": len(kept_rows), "chars": sum(len(r["text"]) for r in kept_rows)})
-        kept_rows.clear()
-
     for row in rows:
         summary.docs_in += 1
         if is_quarantined(row):
             summary.quarantine_reasons[reason_kind(row["reason"])] += 1
             if len(summary.quarantine_examples) < 3:
                 summary.quarantine_examples.append({key: row[key] for key in ("source", "line", "reason")})
-            rejected.add(None, row["source"], row["line"], QUARANTINE_RULE, row["reason"], row["raw"])
+            rejected.add(_rejected_row(None, row, QUARANTINE_RULE, row["reason"], row["raw"]))
             continue
         summary.good_in += 1
         result = clean_text(row["text"], unit.cfg)
@@ -327,14 +396,12 @@ def clean_unit(unit: CleanUnit) -> UnitSummary:
         ids["id_hash"].append(_id_hash(row["id"]))
         if not result.kept:
             summary.dropped[result.rule] += 1
-            rejected.add(row["id"], row["source"], row["line"], result.rule, result.reason, row["text"])
+            rejected.add(_rejected_row(row["id"], row, result.rule, result.reason, row["text"]))
             continue
         summary.kept += 1
-        kept_rows.append({"id": row["id"], "text": result.text, "source": row["source"]})
-        if len(kept_rows) >= unit.cfg.docs_per_shard:
-            write_part()
-    if kept_rows:
-        write_part()
+        kept.add(row["id"], result.text, row["source"])
+    kept.close()
+    summary.kept_file = kept.path.name
     if rejected.close():
         summary.rejected_file = rejected.path.name
     if ids["id"]:
@@ -351,30 +418,49 @@ def clean_unit(unit: CleanUnit) -> UnitSummary:
     logger.info(
         "clean: %s %s: %d rows in, %d kept",
         describe_source(unit.source),
-        ",".join(unit.files) if unit.files else "",
+        unit.describe(),
         summary.docs_in,
         summary.kept,
     )
     return summary
 
 
+def _unit_bytes(sources: list[TextSource]) -> int:
+    """How many bytes of a file one unit reads: the corpus in about `_UNITS_PER_CORPUS` pieces, so every worker
+    of a big machine has work and a small corpus still splits across a few, within sane bounds per unit."""
+    total = sum(
+        path.stat().st_size
+        for source in sources
+        if source.kind not in ("demo", "hf")
+        for path in expand_source_files(source)
+    )
+    return int(min(_MAX_UNIT_BYTES, max(_MIN_UNIT_BYTES, total / _UNITS_PER_CORPUS)))
+
+
 def plan_units(
     sources: list[TextSource], demo: DemoCorpusConfig, cfg: CleanConfig, seed: int, work_dir: Path
 ) -> list[CleanUnit]:
-    """One unit per file of each local source; demo, hf and `limit` sources are one unit each.
+    """Every file of each local source cut into spans of about `_unit_bytes` (a one-file corpus too, so it uses
+    every worker); demo, hf and `limit` sources are one unit each.
 
     A `limit` caps the good rows of the whole source, so its files must be read in order by one worker.
     Missing paths raise `SourceError` here, before any work starts.
     """
+    span_bytes = _unit_bytes(sources)
     units: list[CleanUnit] = []
+
+    def add(source_index: int, files: tuple[str, ...] | None, span: FileSpan | None) -> None:
+        source = sources[source_index]
+        units.append(CleanUnit(len(units), source_index, source, files, span, demo, cfg, seed, str(work_dir)))
+
     for source_index, source in enumerate(sources):
-        files = [str(p) for p in expand_source_files(source)]
+        files = expand_source_files(source)
         if source.kind in ("demo", "hf") or source.limit is not None:
-            groups: list[tuple[str, ...] | None] = [tuple(files) if files else None]
-        else:
-            groups = [(f,) for f in files]
-        for group in groups:
-            units.append(CleanUnit(len(units), source_index, source, group, demo, cfg, seed, str(work_dir)))
+            add(source_index, tuple(map(str, files)) or None, None)
+            continue
+        for path in files:
+            for span in file_spans(source, path, span_bytes):
+                add(source_index, None, span)
     return units
 
 
@@ -389,11 +475,12 @@ def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, d
         return {}
     order = [s.index for s in summaries if s.index in tables]
     hashes = np.concatenate([tables[i].column("id_hash").to_numpy() for i in order])
+    starts = np.cumsum([0] + [tables[i].num_rows for i in order])
+    del tables  # the hashes are all this needs from now on
     _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     candidates = np.flatnonzero(counts[inverse] > 1)  # global positions sharing a hash with another row
     if candidates.size == 0:
         return {}
-    starts = np.cumsum([0] + [tables[i].num_rows for i in order])
     ids_files = {s.index: s.ids_file for s in summaries}
     seen: set[str] = set()
     duplicates: dict[int, dict[int, tuple[str, int]]] = {}
@@ -405,7 +492,7 @@ def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, d
         if unit_index not in loaded:
             table = pq.read_table(work / ids_files[unit_index])
             kept = table.column("kept").to_numpy(zero_copy_only=False)
-            # kept_before[i]: how many kept rows precede row i, i.e. row i's position among the unit's parts.
+            # kept_before[i]: how many kept rows precede row i, i.e. row i's position in the unit's kept file.
             loaded[unit_index] = (table, np.cumsum(kept) - kept)
         table, kept_before = loaded[unit_index]
         doc_id = table.column("id")[row].as_py()
@@ -416,36 +503,71 @@ def _find_duplicate_ids(summaries: list[UnitSummary], work: Path) -> dict[int, d
     return duplicates
 
 
-def _remove_duplicates(
-    summary: UnitSummary, duplicates: dict[int, tuple[str, int]], work: Path, rejected: _RejectedWriter
-) -> int:
-    """Rewrite the unit's parts without the duplicate rows, quarantining them; returns how many moved."""
-    moved = 0
-    part_start = 0  # kept-row ordinal of the part's first row
-    for part in summary.parts:
-        in_part = sorted(o - part_start for o in duplicates if part_start <= o < part_start + part["rows"])
-        first_ordinal, part_start = part_start, part_start + part["rows"]
-        if not in_part:
+def _read_kept(path: Path) -> pa.Table:
+    """A unit's kept rows, memory-mapped: slicing them reads only the rows asked for."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def _quarantine_duplicates(
+    summary: UnitSummary, duplicates: dict[int, tuple[str, int]], work: Path, rejected: _RowGroupWriter
+) -> None:
+    """Move the unit's kept rows that reuse an earlier id into the rejected rows."""
+    kept = _read_kept(work / summary.kept_file)
+    for ordinal in sorted(duplicates):
+        doc_id, line = duplicates[ordinal]
+        rejected.add(
+            {
+                "id": doc_id,
+                "source": kept.column("source")[ordinal].as_py(),
+                "line": line,
+                "rule": QUARANTINE_RULE,
+                "reason": f"duplicate_id: id {doc_id!r} was already used by an earlier row",
+                "text": kept.column("text")[ordinal].as_py(),
+            }
+        )
+    summary.kept -= len(duplicates)
+
+
+def plan_parts(
+    summaries: list[UnitSummary],
+    duplicates: dict[int, dict[int, tuple[str, int]]],
+    work: Path,
+    out_dir: Path,
+    docs_per_part: int,
+) -> list[PartJob]:
+    """The output parts: every unit's kept rows except duplicates, in unit order, `docs_per_part` rows a part
+    (the last may hold fewer). The parts are the same however the input was split into units."""
+    pieces: list[tuple[str, int, int]] = []  # consecutive surviving rows of one kept file
+    for summary in summaries:
+        if summary.kept_file is None:
             continue
-        table = pq.read_table(work / part["file"])
-        for row in in_part:
-            doc_id, line = duplicates[first_ordinal + row]
-            rejected.add(
-                doc_id,
-                table.column("source")[row].as_py(),
-                line,
-                QUARANTINE_RULE,
-                f"duplicate_id: id {doc_id!r} was already used by an earlier row",
-                table.column("text")[row].as_py(),
-            )
-        mask = np.ones(table.num_rows, dtype=bool)
-        mask[in_part] = False
-        table = table.filter(pa.array(mask))
-        pq.write_table(table, work / part["file"])
-        part["rows"] = table.num_rows
-        part["chars"] = sum(len(t) for t in table.column("text").to_pylist())
-        moved += len(in_part)
-    return moved
+        path, start = str(work / summary.kept_file), 0
+        for ordinal in sorted(duplicates.get(summary.index, {})):
+            pieces.append((path, start, ordinal))
+            start = ordinal + 1
+        pieces.append((path, start, summary.kept + len(duplicates.get(summary.index, {}))))
+    jobs: list[PartJob] = []
+    current: list[tuple[str, int, int]] = []
+    room = docs_per_part
+    for path, start, stop in pieces:
+        while stop > start:
+            take = min(room, stop - start)
+            current.append((path, start, start + take))
+            start, room = start + take, room - take
+            if room == 0:
+                jobs.append(PartJob(str(out_dir / f"part_{len(jobs):05d}.parquet"), tuple(current)))
+                current, room = [], docs_per_part
+    if current:
+        jobs.append(PartJob(str(out_dir / f"part_{len(jobs):05d}.parquet"), tuple(current)))
+    return jobs
+
+
+def write_part(job: PartJob) -> int:
+    """Worker: gather one part's rows from the units' kept files and write it; returns its characters."""
+    tables = [_read_kept(Path(path)).slice(start, stop - start) for path, start, stop in job.pieces]
+    table = pa.concat_tables(tables).combine_chunks()
+    pq.write_table(table, job.path, row_group_size=ROW_GROUP_ROWS)
+    return int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0)
 
 
 def clean_corpus(
@@ -478,7 +600,7 @@ def clean_corpus(
             raise SourceError(no_valid_rows_message(source, reasons, examples))
 
     duplicates = _find_duplicate_ids(summaries, work)
-    rejected = _RejectedWriter(out_dir / REJECTED_FILE)
+    rejected = _RowGroupWriter(out_dir / REJECTED_FILE, REJECTED_SCHEMA, _REJECTED_FLUSH_ROWS)
     quarantine_reasons: Counter = Counter()
     for summary in summaries:
         if summary.rejected_file:
@@ -486,13 +608,16 @@ def clean_corpus(
                 rejected.add_table(pa.Table.from_batches([batch]))
         quarantine_reasons.update(summary.quarantine_reasons)
         if summary.index in duplicates:
-            moved = _remove_duplicates(summary, duplicates[summary.index], work, rejected)
-            quarantine_reasons["duplicate_id"] += moved
-            summary.kept -= moved
+            _quarantine_duplicates(summary, duplicates[summary.index], work, rejected)
+            quarantine_reasons["duplicate_id"] += len(duplicates[summary.index])
     if not rejected.close():
         pq.write_table(REJECTED_SCHEMA.empty_table(), out_dir / REJECTED_FILE)
 
-    shards = _rename_parts(summaries, work, out_dir)
+    part_jobs = plan_parts(summaries, duplicates, work, out_dir, cfg.docs_per_shard)
+    part_chars = list(parallel_map(write_part, part_jobs))
+    if not part_jobs:
+        # Readers glob `part_*.parquet`; an empty shard keeps that working when every document was dropped.
+        pq.write_table(DOC_SCHEMA.empty_table(), out_dir / "part_00000.parquet")
     shutil.rmtree(work)
 
     dropped = {rule: sum(s.dropped[rule] for s in summaries) for rule in FILTERS}
@@ -502,8 +627,8 @@ def clean_corpus(
         "dropped": dropped,
         "quarantined": sum(quarantine_reasons.values()),
         "quarantine_reasons": dict(sorted(quarantine_reasons.items())),
-        "chars_out": sum(p["chars"] for s in summaries for p in s.parts),
-        "shards": shards,
+        "chars_out": sum(part_chars),
+        "shards": max(1, len(part_jobs)),
         "units": len(units),
         "sources": [
             {
@@ -527,15 +652,3 @@ def clean_corpus(
         metrics["quarantined"],
     )
     return metrics
-
-
-def _rename_parts(summaries: list[UnitSummary], work: Path, out_dir: Path) -> int:
-    """Move the workers' non-empty parts into one `part_XXXXX.parquet` sequence, in unit order."""
-    names = [part["file"] for s in summaries for part in s.parts if part["rows"] > 0]
-    for number, name in enumerate(tqdm(names, desc="clean: parts", disable=len(names) < 100)):
-        (work / name).rename(out_dir / f"part_{number:05d}.parquet")
-    if not names:
-        # Readers glob `part_*.parquet`; an empty shard keeps that working when every document was dropped.
-        pq.write_table(DOC_SCHEMA.empty_table(), out_dir / "part_00000.parquet")
-        return 1
-    return len(names)

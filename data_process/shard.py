@@ -51,10 +51,11 @@ class ShardJob:
 
 @dataclass
 class SplitTokens:
-    """Tokens of one split from one job: `tokens` (num_tokens,) int32, every document EOS-terminated;
-    `doc_lengths` (num_docs,) int64, tokens per document including its EOS."""
+    """Tokens of one split from one job: `tokens` (num_tokens,) in the shard dtype (`dtype_for_vocab`: what a
+    worker sends back is no wider than what is written), every document EOS-terminated; `doc_lengths`
+    (num_docs,) int64, tokens per document including its EOS."""
 
-    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
     doc_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
@@ -119,6 +120,7 @@ def tokenize_job(job: ShardJob) -> ShardJobResult:
     """Encode a batch in one call and EOS-terminate each document; empty documents are skipped and counted."""
     encoder = load_encoder(job.tokenizer_dir)
     eos = encoder.eos_id
+    dtype = dtype_for_vocab(encoder.vocab_size)
     keep = [i for i, text in enumerate(job.texts) if text]
     encoded = encoder.encode([job.texts[i] for i in keep])
     splits = {}
@@ -130,7 +132,10 @@ def tokenize_job(job: ShardJob) -> ShardJobResult:
                 flat.extend(ids)
                 flat.append(eos)
                 lengths.append(len(ids) + 1)
-        splits[split] = SplitTokens(np.array(flat, dtype=np.int32), np.array(lengths, dtype=np.int64))
+        tokens = np.array(flat, dtype=np.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(dtype).max):
+            raise ValueError(f"token id out of range for {dtype}: {int(tokens.min())}..{int(tokens.max())}")
+        splits[split] = SplitTokens(tokens.astype(dtype), np.array(lengths, dtype=np.int64))
     return ShardJobResult(splits=splits, empty_docs=len(job.texts) - len(keep))
 
 

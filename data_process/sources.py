@@ -24,6 +24,9 @@ Each reader yields, per input row, one of two dict shapes:
   text, always storable as UTF-8. Tell the two apart with `is_quarantined(row)` (good rows always carry `id`).
   Every text a good row carries is valid UTF-8 without NUL characters.
 
+A big file is read by several workers at once through `file_spans` (pieces cut at line ends, or at parquet row
+groups) and `read_span_rows`, which numbers lines exactly as a read of the whole file does.
+
 A bad row never stops a run; a source that matches no file, a file that is not text at all (an executable,
 an archive, UTF-16), or a source that yields no good row at all, raises `SourceError` naming the source and
 file. Files are read as bytes and decoded line by line, so one undecodable or over-long line costs that line
@@ -41,6 +44,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +105,8 @@ _BINARY_SIGNATURES = {
     b"\xff\xfe": "UTF-16 text (convert it to UTF-8)",
     b"\xfe\xff": "UTF-16 text (convert it to UTF-8)",
 }
+# Bytes read at a time when counting lines to cut a file into spans.
+_SCAN_BLOCK_BYTES = 1 << 20
 # Content hashes of source files within this process, when no cache file under a run root is given.
 _PROCESS_HASHES = FileHashCache()
 
@@ -259,6 +265,52 @@ def read_text_rows(
     `require_rows=False` turns off the "no good row at all" error for such partial reads.
     """
     return read_rows(source, demo, seed, files, require_rows)
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """A piece of one source file that a worker reads alone.
+
+    jsonl and text files: the lines starting in bytes [start, stop), the first numbered `first_line`.
+    parquet files: row groups [start, stop), the first row numbered `first_line`.
+    """
+
+    path: str
+    start: int
+    stop: int
+    first_line: int
+
+
+def file_spans(source: SourceBase, path: Path, span_bytes: int) -> list[FileSpan]:
+    """`path` cut into spans of about `span_bytes` each (parquet: uncompressed row-group bytes), in file order.
+
+    A line or a row group is never cut. Line files are scanned once here to count lines, so every span knows
+    the number of its first line.
+    """
+    if source.kind == "parquet":
+        return _parquet_spans(source, path, span_bytes)
+    if source.kind not in ("jsonl", "text"):
+        raise ValueError(f"{describe_source(source)}: only file sources are read in spans")
+    size = path.stat().st_size
+    spans, start, first_line = [], 0, 1
+    with open(path, "rb") as handle:
+        while start < size:
+            stop = _end_of_line_at(handle, min(start + span_bytes, size) - 1, size)
+            spans.append(FileSpan(str(path), start, stop, first_line))
+            first_line += _count_newlines(handle, start, stop)
+            start = stop
+    return spans or [FileSpan(str(path), 0, 0, 1)]
+
+
+def read_span_rows(source: TextSource, span: FileSpan) -> Iterator[dict[str, Any]]:
+    """Good and quarantined rows of one span of a text source's file, as `read_text_rows` gives them for the whole
+    file (same ids and line numbers). A source's `limit` does not apply: it needs the files read in order."""
+    path = Path(span.path)
+    if source.kind == "jsonl":
+        return _jsonl_rows(source, path, span)
+    if source.kind == "parquet":
+        return _parquet_rows(source, path, span)
+    return _text_rows(source, path, span)
 
 
 def read_sft_rows(
@@ -621,33 +673,61 @@ def _describe_value(value: Any) -> str:
     return f"a {type(value).__name__} ({_printable(str(value)[:40])!r})"
 
 
-def _bounded_lines(handle: Any, max_bytes: int) -> Iterator[tuple[bytes, int, bool]]:
-    """(line, its full length in bytes, whether it was cut) per line; a line over `max_bytes` is cut there and
-    the rest skipped without ever holding it in memory."""
-    while line := handle.readline(max_bytes + 1):
+def _end_of_line_at(handle: Any, position: int, size: int) -> int:
+    """The offset just past the line end at or after byte `position` (`size` when the file ends first)."""
+    handle.seek(position)
+    while block := handle.read(_SCAN_BLOCK_BYTES):
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return position + newline + 1
+        position += len(block)
+    return size
+
+
+def _count_newlines(handle: Any, start: int, stop: int) -> int:
+    handle.seek(start)
+    count, remaining = 0, stop - start
+    while remaining > 0 and (block := handle.read(min(_SCAN_BLOCK_BYTES, remaining))):
+        count += block.count(b"\n")
+        remaining -= len(block)
+    return count
+
+
+def _bounded_lines(handle: Any, max_bytes: int, stop: int | None = None) -> Iterator[tuple[bytes, int, bool]]:
+    """(line, its full length in bytes, whether it was cut) per line starting before byte `stop` (default: the
+    end); a line over `max_bytes` is cut there and the rest skipped without ever holding it in memory."""
+    position = handle.tell()
+    while (stop is None or position < stop) and (line := handle.readline(max_bytes + 1)):
         length = len(line)
         cut = length > max_bytes and not line.endswith(b"\n")
         while cut and (rest := handle.readline(1 << 20)):
             length += len(rest)
             if rest.endswith(b"\n"):
                 break
+        position += length
         yield line, length, cut
 
 
-def _decode_lines(source: SourceBase, path: Path) -> Iterator[tuple[int, bytes, str | None, tuple[str, str] | None]]:
-    """(1-based line number, raw bytes, decoded text or None, (reason kind, detail) or None) per line of a file.
+def _decode_lines(
+    source: SourceBase, path: Path, span: FileSpan | None = None
+) -> Iterator[tuple[int, bytes, str | None, tuple[str, str] | None]]:
+    """(1-based line number, raw bytes, decoded text or None, (reason kind, detail) or None) per line of a file,
+    or of one span of it.
 
     Refuses a file that is not text at all (see `_refuse_binary_file`) before reading it.
     """
     _refuse_binary_file(source, path)
-    size = path.stat().st_size
+    start, stop, first_line = (span.start, span.stop, span.first_line) if span else (0, None, 1)
+    size = (stop if stop is not None else path.stat().st_size) - start
     with (
         open(path, "rb") as handle,
         tqdm(
             total=size, unit="B", unit_scale=True, desc=path.name, disable=size < _PROGRESS_MIN_BYTES, mininterval=5
         ) as progress,
     ):
-        for number, (raw, length, cut) in enumerate(_bounded_lines(handle, MAX_LINE_BYTES), start=1):
+        handle.seek(start)
+        lines = _bounded_lines(handle, MAX_LINE_BYTES, stop)
+        for number, (raw, length, cut) in enumerate(lines, start=first_line):
             progress.update(length)
             if cut:
                 yield number, raw[:_RAW_MAX_CHARS], None, ("line_too_long", f"{length} bytes > {MAX_LINE_BYTES}")
@@ -666,9 +746,9 @@ def _decode_lines(source: SourceBase, path: Path) -> Iterator[tuple[int, bytes, 
                 )
 
 
-def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
+def _jsonl_rows(source: SourceBase, path: Path, span: FileSpan | None = None) -> Iterator[dict[str, Any]]:
     name = _printable(str(path))
-    for number, raw, text, problem in _decode_lines(source, path):
+    for number, raw, text, problem in _decode_lines(source, path, span):
         if problem is not None:
             yield _quarantine(name, number, *problem, raw.decode("utf-8", errors="replace"))
             continue
@@ -683,11 +763,11 @@ def _jsonl_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
         yield _row_from_record(record, fields, source.id_field, name, number, f"{name}:{number}", text, _chat(source))
 
 
-def _text_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
+def _text_rows(source: SourceBase, path: Path, span: FileSpan | None = None) -> Iterator[dict[str, Any]]:
     """One document per non-empty line; blank lines are separators, not data."""
     name = _printable(str(path))
     (canonical,) = source_fields(source)  # only text sources can have kind `text`
-    for number, raw, text, problem in _decode_lines(source, path):
+    for number, raw, text, problem in _decode_lines(source, path, span):
         if problem is None and text.strip():
             problem = text_problem(text)
         if problem is not None:
@@ -698,15 +778,35 @@ def _text_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
         yield {"id": f"{name}:{number}", "source": name, "line": number, canonical: text}
 
 
-def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
+def _open_parquet(source: SourceBase, path: Path) -> Any:
+    """`pq.ParquetFile(path)`, or a `SourceError` naming the source and file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    name = _printable(str(path))
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
-        raise SourceError(f"{describe_source(source)}: {name} is not a readable parquet file: {err}") from None
+        raise SourceError(
+            f"{describe_source(source)}: {_printable(str(path))} is not a readable parquet file: {err}"
+        ) from None
+
+
+def _parquet_spans(source: SourceBase, path: Path, span_bytes: int) -> list[FileSpan]:
+    """Consecutive row groups of about `span_bytes` uncompressed bytes each."""
+    metadata = _open_parquet(source, path).metadata
+    spans, start, first_row, rows, size = [], 0, 1, 0, 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        rows, size = rows + group.num_rows, size + group.total_byte_size
+        if size >= span_bytes or index == metadata.num_row_groups - 1:
+            spans.append(FileSpan(str(path), start, index + 1, first_row))
+            start, first_row, rows, size = index + 1, first_row + rows, 0, 0
+    return spans or [FileSpan(str(path), 0, 0, 1)]
+
+
+def _parquet_rows(source: SourceBase, path: Path, span: FileSpan | None = None) -> Iterator[dict[str, Any]]:
+    name = _printable(str(path))
+    parquet = _open_parquet(source, path)
     wanted = list(source_fields(source).values()) + ([source.id_field] if source.id_field else [])
     present = set(parquet.schema_arrow.names)
     # hh preference rows may carry their prompt inside both transcripts instead of in a column of its own.
@@ -718,16 +818,14 @@ def _parquet_rows(source: SourceBase, path: Path) -> Iterator[dict[str, Any]]:
             f"{describe_source(source)}: {name} has no column(s) {missing}; columns are {sorted(present)}"
         )
     fields = source_fields(source)
-    number = 0
-    with tqdm(
-        total=parquet.metadata.num_rows,
-        unit="rows",
-        desc=path.name,
-        mininterval=5,
-        disable=parquet.metadata.num_rows < 200_000,
-    ) as progress:
+    groups = range(span.start, span.stop) if span else range(parquet.metadata.num_row_groups)
+    number = span.first_line - 1 if span else 0
+    total_rows = sum(parquet.metadata.row_group(index).num_rows for index in groups)
+    with tqdm(total=total_rows, unit="rows", desc=path.name, mininterval=5, disable=total_rows < 200_000) as progress:
         for batch in parquet.iter_batches(
-            batch_size=_PARQUET_BATCH_ROWS, columns=[c for c in dict.fromkeys(wanted) if c in present]
+            batch_size=_PARQUET_BATCH_ROWS,
+            row_groups=list(groups),
+            columns=[c for c in dict.fromkeys(wanted) if c in present],
         ):
             for record, problem in _batch_records(batch):
                 number += 1

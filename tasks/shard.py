@@ -17,18 +17,17 @@ SHARD = StageSpec("shard", version="1", config_keys=("shard",), upstream=("dedup
 def shard_task(config: dict[str, Any], upstream: dict[str, dict], root: str, force: bool = False) -> dict:
     """Tokenise the deduplicated corpus into train/val `.bin` shards."""
     cfg = PipelineConfig.model_validate(config)
-    return run_stage(
-        SHARD,
-        config,
-        upstream,
-        root,
-        force,
-        lambda out_dir: shard_corpus(
-            cfg.shard,
-            Path(upstream["dedup"]["path"]),
-            Path(upstream["train_tokenizer"]["path"]),
-            out_dir,
-            cfg.run.seed,
-            prefect_map(cfg.resources, "shard"),
-        ),
-    )
+
+    def build(out_dir: Path) -> dict:
+        # One pool of workers for every wave of batches, not one per wave.
+        with prefect_map(cfg.resources, "shard") as parallel_map:
+            return shard_corpus(
+                cfg.shard,
+                Path(upstream["dedup"]["path"]),
+                Path(upstream["train_tokenizer"]["path"]),
+                out_dir,
+                cfg.run.seed,
+                parallel_map,
+            )
+
+    return run_stage(SHARD, config, upstream, root, force, build)

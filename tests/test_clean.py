@@ -222,7 +222,7 @@ def test_parquet_text_and_glob_sources_in_deterministic_order(tmp_path):
     assert_identity(metrics)
 
 
-def test_shards_hold_at_most_docs_per_shard_and_workers_run_in_processes(tmp_path):
+def test_parts_hold_docs_per_shard_across_files_and_workers_run_in_processes(tmp_path):
     path = write_lines(
         tmp_path / "many.jsonl", [json.dumps({"text": f"{EN_GOOD} Number {i}."}).encode() for i in range(250)]
     )
@@ -234,11 +234,56 @@ def test_shards_hold_at_most_docs_per_shard_and_workers_run_in_processes(tmp_pat
         sources, DemoCorpusConfig(), CleanConfig(docs_per_shard=100), out, 0, parallel_map=process_pool_map(2)
     )
     parts = sorted(out.glob("part_*.parquet"))
-    assert [p.name for p in parts] == [f"part_{i:05d}.parquet" for i in range(4)]
-    assert [pq.read_metadata(p).num_rows for p in parts] == [100, 100, 50, 30]
+    assert [p.name for p in parts] == [f"part_{i:05d}.parquet" for i in range(3)]
+    # Parts are filled in input order whatever file a row came from; only the last one is short.
+    assert [pq.read_metadata(p).num_rows for p in parts] == [100, 100, 80]
     docs, _ = read_output(out)
     assert [d["id"] for d in docs] == [f"{path}:{i}" for i in range(1, 251)] + [f"{other}:{i}" for i in range(1, 31)]
-    assert metrics["docs_out"] == metrics["docs_in"] == 280 and metrics["shards"] == 4
+    assert metrics["docs_out"] == metrics["docs_in"] == 280 and metrics["shards"] == 3
+
+
+def test_a_one_file_corpus_is_cut_into_spans_and_the_output_does_not_depend_on_the_cut(tmp_path, monkeypatch):
+    import zero_chatgpt.data_process.clean as clean_module
+
+    rows = [json.dumps({"uid": f"d{i % 290}", "text": f"{ZH_GOOD}第{i}篇。"}, ensure_ascii=False) for i in range(300)]
+    rows[7], rows[150] = "{broken", json.dumps({"uid": "short", "text": "短。"}, ensure_ascii=False)
+    path = write_lines(tmp_path / "one.jsonl", [row.encode() for row in rows])
+    source = TextSource(kind="jsonl", path=str(path), id_field="uid")
+    whole, spans = tmp_path / "whole", tmp_path / "spans"
+    whole.mkdir()
+    spans.mkdir()
+    one_unit = clean_corpus([source], DemoCorpusConfig(), CleanConfig(docs_per_shard=120), whole, 0)
+    monkeypatch.setattr(clean_module, "_MIN_UNIT_BYTES", 2000)  # about 15 rows a unit
+    many_units = clean_corpus(
+        [source], DemoCorpusConfig(), CleanConfig(docs_per_shard=120), spans, 0, parallel_map=process_pool_map(2)
+    )
+    assert one_unit["units"] == 1 and many_units["units"] > 10
+    assert {k: v for k, v in one_unit.items() if k != "units"} == {k: v for k, v in many_units.items() if k != "units"}
+    for name in sorted(p.name for p in whole.glob("*.parquet")):
+        assert (whole / name).read_bytes() == (spans / name).read_bytes(), name
+    docs, rejected = read_output(spans)
+    # Ids d0..d9 come back on lines 291..300 (spans later): the first good row with an id owns it, so the broken
+    # line 8 does not, and d7 on line 298 is kept.
+    assert [d["id"] for d in docs] == [f"d{i}" for i in range(290) if i not in (7, 150)] + ["d7"]
+    duplicates = sorted(r["line"] for r in rejected if r["reason"].startswith("duplicate_id"))
+    assert duplicates == [line for line in range(291, 301) if line != 298]
+    assert {r["line"]: r["rule"] for r in rejected if not r["reason"].startswith("duplicate_id")} == {
+        8: "quarantine",
+        151: "min_length",
+    }
+
+
+def test_parts_are_written_in_row_groups_sized_for_slicing_readers(tmp_path):
+    from zero_chatgpt.data_process.clean import ROW_GROUP_ROWS
+
+    path = write_lines(
+        tmp_path / "many.jsonl",
+        [json.dumps({"text": f"{EN_GOOD} Number {i}."}).encode() for i in range(2 * ROW_GROUP_ROWS + 10)],
+    )
+    clean_corpus([TextSource(kind="jsonl", path=str(path))], DemoCorpusConfig(), CleanConfig(), tmp_path, 0)
+    metadata = pq.read_metadata(tmp_path / "part_00000.parquet")
+    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert groups == [ROW_GROUP_ROWS, ROW_GROUP_ROWS, 10]
 
 
 def test_duplicate_ids_are_quarantined_first_occurrence_wins(tmp_path):

@@ -12,14 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from zero_chatgpt.config import DemoCorpusConfig, PrefSource, QaSource, SftSource, TextSource
+from zero_chatgpt.data_process import sources
 from zero_chatgpt.data_process.sources import (
     SourceError,
     expand_source_files,
+    file_spans,
     is_quarantined,
     read_all_rows,
     read_pref_rows,
     read_qa_rows,
     read_sft_rows,
+    read_span_rows,
     read_text_rows,
     reason_kind,
     source_version,
@@ -79,6 +82,35 @@ def test_jsonl_good_and_quarantined_rows_with_lines_and_reasons(tmp_path):
     }
     assert "broken bytes" in next(r["raw"] for r in bad if r["line"] == 5)
     assert "'text'" in next(r["reason"] for r in bad if r["line"] == 3)
+
+
+@pytest.mark.parametrize("span_bytes", [1, 40, 150, 10**6])
+def test_a_file_read_in_spans_gives_the_rows_of_one_read(tmp_path, monkeypatch, span_bytes):
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 200)
+    lines = messy_jsonl(tmp_path / "m.jsonl").read_bytes().split(b"\n")[:-1]
+    lines[0] = b"\xef\xbb\xbf" + lines[0] + b"\r"  # a byte order mark and a Windows line end
+    lines.insert(3, json.dumps({"text": "x" * 500}).encode())  # cut and skipped, still one numbered line
+    jsonl = tmp_path / "spans.jsonl"
+    jsonl.write_bytes(b"\n".join(lines))  # no newline after the last line
+    text = write_lines(tmp_path / "plain.txt", [b"first line", b"", b"\x00binary", "第四行".encode(), b"fifth"])
+    for source in (TextSource(kind="jsonl", path=str(jsonl)), TextSource(kind="text", path=str(text))):
+        path = Path(source.path)
+        spans = file_spans(source, path, span_bytes)
+        assert spans[0].start == 0 and spans[-1].stop == path.stat().st_size
+        assert all(a.stop == b.start for a, b in zip(spans, spans[1:]))
+        assert [row for span in spans for row in read_span_rows(source, span)] == list(read_text_rows(source))
+
+
+def test_a_parquet_file_is_cut_into_spans_of_whole_row_groups(tmp_path):
+    path = tmp_path / "t.parquet"
+    texts = [f"document {i}" if i != 5 else None for i in range(23)]
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=4)
+    source = TextSource(kind="parquet", path=str(path))
+    spans = file_spans(source, path, span_bytes=1)
+    assert [(s.start, s.stop, s.first_line) for s in spans] == [(i, i + 1, 4 * i + 1) for i in range(6)]
+    rows = [row for span in spans for row in read_span_rows(source, span)]
+    assert rows == list(read_text_rows(source))
+    assert [row["line"] for row in rows] == list(range(1, 24)) and is_quarantined(rows[5])
 
 
 def test_id_field_used_and_bad_ids_quarantined(tmp_path):

@@ -24,6 +24,7 @@ from zero_chatgpt.tokenizer.chat import (
     SPECIAL_TOKENS,
     render_chat,
 )
+from zero_chatgpt.tokenizer.corpus import doc_hash_keys
 from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
 from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
 from zero_chatgpt.tokenizer.train import draw_sample, train_tokenizer, training_lines
@@ -173,6 +174,38 @@ def test_same_seed_same_tokenizer_other_seed_other_sample(toy_corpus, trained, t
     assert sum(map(len, first.sample)) == 20_000  # the cap holds exactly: the last document is cut
     assert first.sample != other.sample and first.heldout != other.heldout
     assert not set(first.heldout) & set(first.sample)
+
+
+@pytest.mark.parametrize(
+    ("max_sample_chars", "heldout_docs", "max_doc_chars"), [(20_000, 10, None), (5_000, 40, 300), (10**9, 200, None)]
+)
+def test_the_sample_is_the_first_documents_in_hash_order_whatever_the_parts(
+    toy_corpus, max_sample_chars, heldout_docs, max_doc_chars
+):
+    """draw_sample keeps only what it may still draw while it reads; the result is that of sorting everything."""
+    rows = [
+        (int(key), number, row, text)
+        for number, part in enumerate(sorted(toy_corpus.glob("part_*.parquet")))
+        for row, (key, text) in enumerate(
+            zip(
+                doc_hash_keys(5, pq.read_table(part).column("id").to_pylist()),
+                pq.read_table(part).column("text").to_pylist(),
+            )
+        )
+    ]
+    in_order = [text for *_, text in sorted(rows)]
+    num_heldout = min(heldout_docs, len(in_order) // 10)
+    expected, chars = [], 0
+    for text in in_order[num_heldout:]:
+        if chars >= max_sample_chars:
+            break
+        text = text[:max_doc_chars] if max_doc_chars else text
+        expected.append(text[: max_sample_chars - chars])
+        chars += len(expected[-1])
+    drawn = draw_sample(toy_corpus, 5, max_sample_chars, heldout_docs, max_doc_chars)
+    assert drawn.heldout == in_order[:num_heldout]
+    assert drawn.sample == expected
+    assert drawn.corpus_docs == len(in_order) == 240
 
 
 def test_training_lines_respect_byte_limit_and_keep_text():

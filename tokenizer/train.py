@@ -50,6 +50,38 @@ class CorpusSample:
     capped_docs: int = 0  # sample documents cut to `max_doc_chars`
 
 
+@dataclass
+class _Drawable:
+    """Documents of the corpus as parallel arrays, shape (n,) each: id hash key, part number, row in the part and
+    length in characters; `first_drawn` keeps them in draw order (key, then position)."""
+
+    keys: np.ndarray
+    parts: np.ndarray
+    rows: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Drawable:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def merged(self, other: _Drawable) -> _Drawable:
+        return _Drawable(*(np.concatenate(pair) for pair in zip(self.arrays(), other.arrays())))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.keys, self.parts, self.rows, self.lengths
+
+    def first_drawn(self, heldout_docs: int, max_sample_chars: int, max_doc_chars: int | None) -> _Drawable:
+        """Sorted in draw order and cut after the documents any larger corpus could still draw: the first
+        `heldout_docs`, then the sample's worth of characters (more documents only push later ones out)."""
+        # Ties on the hash (equal ids) fall back to position, so the order is total and reproducible.
+        order = np.lexsort((self.rows, self.parts, self.keys))
+        lengths = self.lengths[order][heldout_docs:]
+        if max_doc_chars is not None:
+            lengths = np.minimum(lengths, max_doc_chars)
+        keep = heldout_docs + int(np.searchsorted(np.cumsum(lengths), max_sample_chars, side="left")) + 1
+        return _Drawable(*(array[order[:keep]] for array in self.arrays()))
+
+
 def train_tokenizer(
     cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, seed: int, num_threads: int | None = None
 ) -> dict:
@@ -102,35 +134,36 @@ def draw_sample(
 
     The held-out set is `min(heldout_docs, 10% of the corpus)` documents. The sample takes documents, each cut
     to `max_doc_chars`, until `max_sample_chars`; the one that crosses the cap is cut to fit. Two passes over
-    the parts (ids and lengths, then only the chosen texts) keep memory at one part plus the sample.
+    the parts (ids and lengths, then only the chosen texts) keep memory at one part plus the sample: the first
+    pass keeps only the documents that can still be drawn, however big the corpus.
     """
     parts = corpus_parts(corpus_dir)
-    keys, part_index, row_index, lengths = [], [], [], []
+    drawable = _Drawable.empty()
+    num_docs = 0
     for number, path in enumerate(tqdm(parts, desc="tokenizer sample: ids", unit="part", leave=False)):
         table = read_checked_table(path, ("id", "text"))
-        ids = table.column("id").to_pylist()
-        keys.append(doc_hash_keys(seed, ids))
-        part_index.append(np.full(len(ids), number, dtype=np.int32))
-        row_index.append(np.arange(len(ids), dtype=np.int64))
-        lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64))
-    keys_all, parts_all, rows_all, lengths_all = (np.concatenate(a) for a in (keys, part_index, row_index, lengths))
-    # Ties on the hash (equal ids) fall back to position, so the order is total and reproducible.
-    order = np.lexsort((rows_all, parts_all, keys_all))
-    num_docs = int(order.size)
+        num_docs += table.num_rows
+        part = _Drawable(
+            keys=doc_hash_keys(seed, table.column("id").to_pylist()),
+            parts=np.full(table.num_rows, number, dtype=np.int32),
+            rows=np.arange(table.num_rows, dtype=np.int64),
+            lengths=pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64),
+        )
+        drawable = drawable.merged(part).first_drawn(heldout_docs, max_sample_chars, max_doc_chars)
     num_heldout = min(heldout_docs, num_docs // 10)
 
-    sample_lengths = lengths_all[order[num_heldout:]]
+    sample_lengths = drawable.lengths[num_heldout:]
     if max_doc_chars is not None:
         sample_lengths = np.minimum(sample_lengths, max_doc_chars)
     cumulative = np.cumsum(sample_lengths)
     num_sample = int(np.searchsorted(cumulative, max_sample_chars, side="left")) + 1
     num_sample = min(num_sample, num_docs - num_heldout)
-    chosen = order[: num_heldout + num_sample]
+    num_chosen = num_heldout + num_sample
 
     wanted: dict[int, list[tuple[int, int]]] = {}
-    for position, doc in enumerate(chosen):
-        wanted.setdefault(int(parts_all[doc]), []).append((int(rows_all[doc]), position))
-    texts: list[str] = [""] * len(chosen)
+    for position in range(num_chosen):
+        wanted.setdefault(int(drawable.parts[position]), []).append((int(drawable.rows[position]), position))
+    texts: list[str] = [""] * num_chosen
     for number, picks in tqdm(sorted(wanted.items()), desc="tokenizer sample: texts", unit="part", leave=False):
         column = pq.read_table(parts[number], columns=["text"]).column("text")
         chosen_texts = column.take(pa.array([row for row, _ in picks], type=pa.int64())).to_pylist()
