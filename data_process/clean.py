@@ -30,7 +30,7 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,7 +335,8 @@ class _RowGroupWriter:
 
 
 class _KeptRowsWriter:
-    """Streams a unit's kept documents into an Arrow IPC file, which the part writers memory-map and slice."""
+    """Streams a unit's kept documents into an Arrow IPC file in batches of `ROW_GROUP_ROWS` rows, which the part
+    writers read back a batch at a time."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -563,11 +564,30 @@ def plan_parts(
 
 
 def write_part(job: PartJob) -> int:
-    """Worker: gather one part's rows from the units' kept files and write it; returns its characters."""
-    tables = [_read_kept(Path(path)).slice(start, stop - start) for path, start, stop in job.pieces]
-    table = pa.concat_tables(tables).combine_chunks()
-    pq.write_table(table, job.path, row_group_size=ROW_GROUP_ROWS)
-    return int(pc.sum(pc.utf8_length(table.column("text"))).as_py() or 0)
+    """Worker: copy one part's rows from the units' kept files into it, a row group at a time; returns its
+    characters."""
+    part = _RowGroupWriter(Path(job.path), DOC_SCHEMA, ROW_GROUP_ROWS)
+    chars = 0
+    for path, start, stop in job.pieces:
+        for batch in _kept_batches(Path(path), start, stop):
+            chars += pc.sum(pc.utf8_length(batch.column("text"))).as_py() or 0
+            part.add_table(pa.Table.from_batches([batch]))
+    part.close()
+    return chars
+
+
+def _kept_batches(path: Path, start: int, stop: int) -> Iterator[pa.RecordBatch]:
+    """Rows [start, stop) of a kept file, reading only the batches that hold them (`_KeptRowsWriter` writes
+    batches of `ROW_GROUP_ROWS` rows, the last one shorter)."""
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(start // ROW_GROUP_ROWS, reader.num_record_batches):
+            batch_start = index * ROW_GROUP_ROWS
+            if batch_start >= stop:
+                break
+            batch = reader.get_batch(index)
+            first = max(start, batch_start)
+            yield batch.slice(first - batch_start, min(stop, batch_start + batch.num_rows) - first)
 
 
 def clean_corpus(

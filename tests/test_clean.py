@@ -249,14 +249,15 @@ def test_a_one_file_corpus_is_cut_into_spans_and_the_output_does_not_depend_on_t
     rows[7], rows[150] = "{broken", json.dumps({"uid": "short", "text": "短。"}, ensure_ascii=False)
     path = write_lines(tmp_path / "one.jsonl", [row.encode() for row in rows])
     source = TextSource(kind="jsonl", path=str(path), id_field="uid")
+    # Batches and row groups of 7 rows, so parts are gathered across many batches of many units' kept files (in
+    # this process: worker processes would not see the patch).
+    monkeypatch.setattr(clean_module, "ROW_GROUP_ROWS", 7)
     whole, spans = tmp_path / "whole", tmp_path / "spans"
     whole.mkdir()
     spans.mkdir()
     one_unit = clean_corpus([source], DemoCorpusConfig(), CleanConfig(docs_per_shard=120), whole, 0)
     monkeypatch.setattr(clean_module, "_MIN_UNIT_BYTES", 2000)  # about 15 rows a unit
-    many_units = clean_corpus(
-        [source], DemoCorpusConfig(), CleanConfig(docs_per_shard=120), spans, 0, parallel_map=process_pool_map(2)
-    )
+    many_units = clean_corpus([source], DemoCorpusConfig(), CleanConfig(docs_per_shard=120), spans, 0)
     assert one_unit["units"] == 1 and many_units["units"] > 10
     assert {k: v for k, v in one_unit.items() if k != "units"} == {k: v for k, v in many_units.items() if k != "units"}
     for name in sorted(p.name for p in whole.glob("*.parquet")):
