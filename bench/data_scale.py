@@ -196,11 +196,12 @@ def sample_tree(main: psutil.Process) -> TreeSample:
     return sample
 
 
-def run_phase(root: Path, stage: str) -> str:
-    """Where a run up to `stage` is: `startup` (Prefect server, source checks, cached stages before it), `stage`
-    once its build dir appears, `shutdown` once `latest.json` lists it."""
+def run_phase(root: Path, stage: str, since: float) -> str:
+    """Where a run up to `stage` started at `since` is: `startup` (Prefect server, source checks, cached stages
+    before it), `stage` once its build dir appears, `shutdown` once this run's `latest.json` lists it."""
+    latest = root / "latest.json"
     try:
-        finished = json.loads((root / "latest.json").read_text(encoding="utf-8"))
+        finished = json.loads(latest.read_text(encoding="utf-8")) if latest.stat().st_mtime >= since else {}
     except (OSError, ValueError):
         finished = {}
     if stage in finished:
@@ -226,6 +227,7 @@ def run_until(stage: str, preset: Path, root: Path, env: dict[str, str], log_pat
     phases = {phase: StageFigures() for phase in ("startup", stage, "shutdown")}
     children_before = _children_cpu()
     current, last, mark = "startup", TreeSample(), (0.0, 0.0, time.monotonic())
+    started = time.time()
     with log_path.open("w") as log:
         child = subprocess.Popen([*command, "--until", stage], env=env, stdout=log, stderr=subprocess.STDOUT)
         main = psutil.Process(child.pid)
@@ -233,7 +235,7 @@ def run_until(stage: str, preset: Path, root: Path, env: dict[str, str], log_pat
             sample = sample_tree(main)
             if sample.pids:
                 last = sample
-            phase = run_phase(root, stage)
+            phase = run_phase(root, stage, started)
             if phase != current:
                 # A stage over between two samples still gets the time since the last one.
                 mark = _book(phases[stage if phase == "shutdown" else current], last, mark)
