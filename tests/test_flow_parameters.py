@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -65,7 +67,8 @@ def test_the_cli_passes_a_preset_file_and_an_indexed_override_through_the_flow(t
     root = tmp_path / "root"
     command = ["run", "--preset", str(preset_file), "--set", "data.sources.0.limit=40", "--until", "clean"]
     assert main([*command, "--root", str(root)]) == 0
-    manifest = read_manifest(next((root / "clean").iterdir()))
+    # The artifact the run reports, not whatever `clean/` lists first (its lock file sits beside it).
+    manifest = read_manifest(json.loads((root / "latest.json").read_text(encoding="utf-8"))["clean"]["path"])
     assert manifest["config"]["clean"]["min_length"] == 7
     assert [source["limit"] for source in manifest["config"]["data.sources"]] == [40]
     assert manifest["metrics"]["docs_in"] == 40
