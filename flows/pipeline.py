@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 
-from zero_chatgpt.artifacts import artifact_dir, content_digest, is_complete, read_manifest, write_json_atomic
+from zero_chatgpt.artifacts import artifact_dir, content_digest, read_manifest, write_json_atomic
 from zero_chatgpt.config import STAGES, ConfigError, PipelineConfig, config_to_yaml, load_config, route_stages
 from zero_chatgpt.console import print_stage_row, print_table_header
 from zero_chatgpt.data_process.sources import check_configured_sources
@@ -37,7 +37,7 @@ from zero_chatgpt.tasks.pretrain import pretrain_task
 from zero_chatgpt.tasks.report import publish_report_task, report_task
 from zero_chatgpt.tasks.sft import sft_task
 from zero_chatgpt.tasks.shard import shard_task
-from zero_chatgpt.tasks.stage import needs_refresh, source_hashes
+from zero_chatgpt.tasks.stage import artifact_reusable, source_hashes
 from zero_chatgpt.tasks.train_rm import train_rm_task
 from zero_chatgpt.tasks.train_tokenizer import train_tokenizer_task
 
@@ -78,9 +78,10 @@ class PipelineRun:
         self.table.start(name)
         started = time.perf_counter()
         force = name in self.force
-        refresh = needs_refresh(stage_task.stage_spec, self.config, upstream, str(self.root), force)
+        spec = stage_task.stage_spec
+        fingerprint = spec.fingerprint(self.config, upstream, str(self.root))
+        refresh = force or not artifact_reusable(spec, fingerprint, self.config, self.root)
         # Named like the artifact folder it builds (`<stage>/<fingerprint[:12]>`), so the UI's task run leads there.
-        fingerprint = stage_task.stage_spec.fingerprint(self.config, upstream, str(self.root))
         state = stage_task.with_options(
             result_storage=self.storage, refresh_cache=refresh, task_run_name=f"{name} {fingerprint[:12]}"
         )(config=self.config, upstream=upstream, root=str(self.root), force=force, return_state=True)
@@ -111,13 +112,12 @@ class StageWouldRun(Exception):
 
 class CachedRouteWalk:
     """The route walked without Prefect: each stage's fingerprint from its upstream records, and its artifact
-    checked as a run would check it (`is_complete`). Raises `StageWouldRun` at the first stage a run would have
+    checked as a run would check it (`artifact_reusable`). Raises `StageWouldRun` at the first stage a run would have
     to build; when none does, `latest` holds every stage as cached. See `cached_route`."""
 
     def __init__(self, config: dict[str, Any], root: Path, until: str | None, force: set[str], route: tuple[str, ...]):
         self.config, self.root, self.force = config, root, force
         self.planned = route[: route.index(until) + 1] if until else route
-        self.verify = config["run"]["verify"]
         self.latest: dict[str, dict[str, Any]] = {}
 
     def stage(self, stage_task: Any, **upstream: dict[str, str] | None) -> dict[str, str] | None:
@@ -128,9 +128,9 @@ class CachedRouteWalk:
             raise StageWouldRun(name)
         upstream = {key: record for key, record in upstream.items() if record is not None}
         fp = stage_task.stage_spec.fingerprint(self.config, upstream, str(self.root))
-        path = artifact_dir(self.root, name, fp)
-        if not is_complete(path, fp, self.verify):
+        if not artifact_reusable(stage_task.stage_spec, fp, self.config, self.root):
             raise StageWouldRun(name)
+        path = artifact_dir(self.root, name, fp)
         self.latest[name] = {"path": str(path), "status": "cached", "seconds": 0.0, "fingerprint": fp}
         return {"stage": name, "path": str(path), "fingerprint": fp, "content": content_digest(read_manifest(path))}
 

@@ -4,8 +4,8 @@ A stage task receives the whole resolved config as a plain dict, the upstream re
 fingerprints only the config keys its spec names (so changing `pretrain` never reruns `clean`), each data
 source in them joined by its `source_version` (what about its content the config does not say: a file source's
 files with their content hashes, remembered in `<root>/.cache/source-hashes.json` by size and mtime). Prefect's
-cache key is that fingerprint; the flow asks Prefect to refresh it (`needs_refresh`) when the artifact dir no
-longer holds its manifest or the stage is forced, so the manifest on disk stays the source of truth.
+cache key is that fingerprint; the flow asks Prefect to refresh it when the stage is forced or the artifact dir no
+longer passes `artifact_reusable`, so the manifest on disk stays the source of truth.
 """
 
 from __future__ import annotations
@@ -63,10 +63,12 @@ class StageSpec:
 
     def fingerprint(self, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str | None = None) -> str:
         """The stage fingerprint for this config and these upstream artifacts."""
+        return self.fingerprint_of(self.config_section(config, root), upstream, int(config["run"]["seed"]))
+
+    def fingerprint_of(self, section: dict[str, Any], upstream: dict[str, dict[str, str]], seed: int) -> str:
+        """The stage fingerprint of an already resolved `config_section` (as `build_artifact` computes it)."""
         upstream_fps = {name: upstream_key(record) for name, record in upstream.items()}
-        return fingerprint(
-            self.name, self.version, self.config_section(config, root), upstream_fps, int(config["run"]["seed"])
-        )
+        return fingerprint(self.name, self.version, section, upstream_fps, seed)
 
 
 _HASH_CACHES: dict[str, FileHashCache] = {}
@@ -126,14 +128,11 @@ def _cache_key_for(spec: StageSpec) -> Callable[[TaskRunContext, dict[str, Any]]
     return cache_key
 
 
-def needs_refresh(
-    spec: StageSpec, config: dict[str, Any], upstream: dict[str, dict[str, str]], root: str, force: bool
-) -> bool:
-    """True when Prefect must not reuse a cached record: the stage is forced, or its artifact dir (the
-    source of truth) is gone or unfinished."""
-    fp = spec.fingerprint(config, upstream, root)
+def artifact_reusable(spec: StageSpec, fp: str, config: dict[str, Any], root: str | Path) -> bool:
+    """Whether the stage's artifact with fingerprint `fp` is finished and passes the run's `verify` check: the
+    source of truth a cached Prefect record must agree with before the flow lets Prefect reuse it."""
     verify = config.get("run", {}).get("verify", "sizes")
-    return force or not is_complete(artifact_dir(root, spec.name, fp), fp, verify)
+    return is_complete(artifact_dir(root, spec.name, fp), fp, verify)
 
 
 def stage_task(spec: StageSpec, **task_options: Any) -> Callable:
@@ -181,14 +180,16 @@ def run_stage(
         import torch  # only stages that train or generate care, and they have torch loaded already
 
         torch.set_num_threads(int(threads))
-    streams = MetricStreams.for_stage(config, root, spec.name, spec.fingerprint(config, upstream, root))
+    # Resolved once: it hashes every source file and the base model (from the hash cache when unchanged).
+    section, seed = spec.config_section(config, root), int(config["run"]["seed"])
+    streams = MetricStreams.for_stage(config, root, spec.name, spec.fingerprint_of(section, upstream, seed))
     with listening_to_progress(_ProgressArtifact(spec.name)), streaming_metrics(streams):
         result = build_artifact(
             stage=spec.name,
             version=spec.version,
-            config=spec.config_section(config, root),
+            config=section,
             upstream=upstream,
-            seed=int(config["run"]["seed"]),
+            seed=seed,
             root=root,
             body=body,
             force=force,
