@@ -6,8 +6,9 @@ document, and never the signatures:
    run through `parallel_map`) reads its rows once, writes their MinHash signatures and LSH band keys as `.npy`
    files into a scratch folder, and returns only text lengths, content hashes and id hashes.
 2. exact: documents with equal content hashes form an exact group; its first document stands for it in LSH.
-3. near: band by band, equal band keys give candidate pairs; pairs whose estimated Jaccard (signature rows read
-   back from disk) reaches the threshold are joined, with the exact groups, into clusters by a numpy union-find.
+3. near: a `parallel_map` job per band (`band_candidates`) reads that band's keys and writes the pairs of
+   representatives with equal keys; candidate pairs whose estimated Jaccard (signature rows read back from disk)
+   reaches the threshold are joined, with the exact groups, into clusters by a numpy union-find.
 4. filter: in each cluster the longest text is kept (ties: the smallest id; ids are read back only for documents
    in clusters). Kept rows are written in input order; `clusters.parquet` records, for every input id, its
    cluster, whether it was kept and why not, one input shard at a time.
@@ -213,7 +214,7 @@ def compute_signatures(job: SignatureJob) -> SignatureSummary:
 
 
 class SignatureStore:
-    """The signatures and band keys that the workers wrote, read back by document (its input position)."""
+    """The signatures and band keys that the workers wrote, by document (its input position)."""
 
     def __init__(self, jobs: list[SignatureJob], num_perm: int) -> None:
         self.jobs, self.num_perm = jobs, num_perm
@@ -223,13 +224,6 @@ class SignatureStore:
     @property
     def num_docs(self) -> int:
         return int(self.starts[-1])
-
-    def band_keys(self, band: int) -> np.ndarray:
-        """The keys of one band for every document, shape (num_docs,) uint64."""
-        keys = np.empty(self.num_docs, dtype=np.uint64)
-        for job, start, stop in zip(self.jobs, self.starts[:-1], self.starts[1:]):
-            keys[start:stop] = np.load(job.band_keys_file, mmap_mode="r")[band]
-        return keys
 
     def signature_rows(self, docs: np.ndarray) -> np.ndarray:
         """Signatures of the given documents, shape (len(docs), num_perm) uint32, in the order given."""
@@ -243,6 +237,27 @@ class SignatureStore:
                 signatures = np.load(self.jobs[job].signatures_file, mmap_mode="r")
                 rows[where] = signatures[docs[where] - self.starts[job]]
         return rows
+
+
+@dataclass(frozen=True)
+class BandJob:
+    """One LSH band: where every signature job's band keys are, which documents take part (one per exact group)
+    and where the band's candidate pairs go."""
+
+    band: int
+    band_keys_files: tuple[str, ...]  # the signature jobs' files, in input order
+    representatives_file: str
+    pairs_file: str
+
+
+def band_candidates(job: BandJob) -> int:
+    """Worker: pairs of representatives with equal keys in one band, written as (k, 2) int64 input positions;
+    returns k. A band's keys for every document cost 8 bytes each, here rather than in the flow process."""
+    keys = np.concatenate([np.load(path, mmap_mode="r")[job.band] for path in job.band_keys_files])
+    representatives = np.load(job.representatives_file)
+    pairs = representatives[bucket_pairs(keys[representatives])]
+    _save_atomically(job.pairs_file, pairs)
+    return int(pairs.shape[0])
 
 
 # ------------------------------------------------------------------------------------ the corpus layout
@@ -306,6 +321,21 @@ def exact_groups(content_hashes: np.ndarray) -> np.ndarray:
     return first
 
 
+def band_candidate_pairs(
+    store: SignatureStore, representatives: np.ndarray, bands: int, scratch: Path, parallel_map: ParallelMap
+) -> np.ndarray:
+    """Candidate pairs from every band (`band_candidates` jobs), unique, i < j."""
+    representatives_file = str(Path(scratch) / "representatives.npy")
+    _save_atomically(representatives_file, representatives)
+    key_files = tuple(job.band_keys_file for job in store.jobs)
+    jobs = [
+        BandJob(band, key_files, representatives_file, str(Path(scratch) / f"band_{band:04d}.pairs.npy"))
+        for band in range(bands)
+    ]
+    parallel_map(band_candidates, jobs)
+    return unique_pairs((np.load(job.pairs_file) for job in jobs), store.num_docs)
+
+
 def verified_pairs(store: SignatureStore, candidates: np.ndarray, threshold: float) -> np.ndarray:
     """The candidate pairs whose estimated Jaccard reaches `threshold`, reading signature rows chunk by chunk."""
     keep = np.zeros(candidates.shape[0], dtype=bool)
@@ -361,8 +391,11 @@ def cluster_documents(
     content_hashes: np.ndarray,
     threshold: float,
     bands: int,
+    scratch: Path,
+    parallel_map: ParallelMap = serial_map,
 ) -> Clustering:
-    """Exact groups by content hash, then LSH over one representative per exact group, then union-find."""
+    """Exact groups by content hash, then LSH over one representative per exact group (a `parallel_map` job
+    per band, files in `scratch`), then union-find."""
     num_docs = store.num_docs
     if num_docs == 0:
         return Clustering(np.empty(0, np.int64), np.empty(0, bool), np.empty(0, np.uint8), 0, 0, 0)
@@ -370,11 +403,7 @@ def cluster_documents(
     representatives = np.flatnonzero(exact_first == np.arange(num_docs))
     logger.info("dedup: %d docs, %d distinct texts", num_docs, representatives.shape[0])
 
-    band_pairs = (
-        representatives[bucket_pairs(store.band_keys(band)[representatives])]
-        for band in tqdm(range(bands), desc="dedup: LSH bands", unit="band", disable=num_docs < 1_000_000)
-    )
-    candidates = unique_pairs(band_pairs, num_docs)
+    candidates = band_candidate_pairs(store, representatives, bands, scratch, parallel_map)
     near = verified_pairs(store, candidates, threshold)
     copies = np.flatnonzero(exact_first != np.arange(num_docs))
     edges = np.concatenate([near, np.stack([exact_first[copies], copies], axis=1)])
@@ -473,7 +502,9 @@ def dedup_corpus(
         docs_char_shingled = sum(s.docs_char_shingled for s in summaries)
         del summaries
         store = SignatureStore(jobs, cfg.num_perm)
-        clustering = cluster_documents(store, layout, lengths, content_hashes, cfg.threshold, bands)
+        clustering = cluster_documents(
+            store, layout, lengths, content_hashes, cfg.threshold, bands, scratch, parallel_map
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

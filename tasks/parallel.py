@@ -39,22 +39,41 @@ def run_shard(fn: Callable[[Any], Any], item: Any) -> Any:
 
 
 class PrefectMap:
-    """A `parallel_map` running each item as a `<stage>-shard` task on the configured task runner."""
+    """A `parallel_map` running each item as a `<stage>-shard` task on the configured task runner.
+
+    Inside a `with` block the task runner (a thread pool feeding the worker processes, a Dask client or a Ray
+    connection, and any local cluster they start) starts at the first call and serves every later one: a local
+    Dask or Ray cluster takes seconds to start, and `shard` maps hundreds of batches.
+    """
 
     def __init__(self, resources: ResourcesConfig, stage: str) -> None:
         self.resources = resources
         self.stage = stage
         self.workers = resources.data_workers()
         self.processes = ProcessMap(self.workers) if resources.task_runner == "processes" else None
+        self._runner: TaskRunner | None = None
+        self._open: contextlib.ExitStack | None = None
+        self._depth = 0
 
     def __enter__(self) -> PrefectMap:
-        if self.processes is not None:
-            self.processes.__enter__()
+        self._depth += 1
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.processes is not None:
-            self.processes.__exit__(*exc_info)
+        self._depth -= 1
+        if self._depth == 0 and self._open is not None:
+            opened, self._open, self._runner = self._open, None, None
+            opened.__exit__(*exc_info)
+
+    def _started_runner(self) -> TaskRunner:
+        """The task runner, started on first use (a stage that maps nothing starts no cluster)."""
+        if self._runner is None:
+            with contextlib.ExitStack() as stack:
+                if self.processes is not None:
+                    stack.enter_context(self.processes)
+                self._runner = stack.enter_context(self._task_runner())
+                self._open = stack.pop_all()
+        return self._runner
 
     def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1 or (self.workers <= 1 and not self.resources.address):
@@ -70,12 +89,8 @@ class PrefectMap:
             gc.collect()
 
     def _run_tasks(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        with (
-            self,
-            self._task_runner(len(items)) as runner,
-            _workers_report_to_this_api(self.resources),
-            _outside_the_stage_transaction(),
-        ):
+        with self, _workers_report_to_this_api(self.resources), _outside_the_stage_transaction():
+            runner = self._started_runner()
             futures = [
                 runner.submit(
                     run_shard.with_options(name=f"{self.stage}-shard", task_run_name=f"{self.stage}-shard-{index}"),
@@ -89,10 +104,9 @@ class PrefectMap:
         """What the task calls: `fn` itself, or `fn` sent to a worker process."""
         return functools.partial(self.processes.run_one, fn) if self.processes is not None else fn
 
-    def _task_runner(self, items: int) -> TaskRunner:
-        workers = min(self.workers, items)
+    def _task_runner(self) -> TaskRunner:
         if self.resources.task_runner in ("processes", "threads"):
-            return ThreadPoolTaskRunner(max_workers=workers)
+            return ThreadPoolTaskRunner(max_workers=self.workers)
         if self.resources.task_runner == "dask":
             try:
                 from prefect_dask import DaskTaskRunner
@@ -100,12 +114,17 @@ class PrefectMap:
                 raise RuntimeError("resources.task_runner=dask needs `pip install prefect-dask`") from err
             if self.resources.address:
                 return DaskTaskRunner(address=self.resources.address)
-            return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
+            return DaskTaskRunner(
+                cluster_kwargs={"n_workers": self.workers, "threads_per_worker": 1, "dashboard_address": None}
+            )
         try:
             from prefect_ray import RayTaskRunner
         except ImportError as err:
             raise RuntimeError("resources.task_runner=ray needs `pip install prefect-ray`") from err
-        return RayTaskRunner(address=self.resources.address) if self.resources.address else RayTaskRunner()
+        if self.resources.address:
+            return RayTaskRunner(address=self.resources.address)
+        # A local Ray instance as wide as `workers`, without the dashboard (a web server nobody asked for).
+        return RayTaskRunner(init_kwargs={"num_cpus": self.workers, "include_dashboard": False})
 
 
 def prefect_map(resources: ResourcesConfig, stage: str) -> PrefectMap:

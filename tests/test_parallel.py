@@ -67,6 +67,25 @@ def test_a_dask_address_runs_the_same_shard_tasks_on_that_cluster(tmp_path):
     assert attempts == {0: 1, 1: 1, 2: 2, 3: 1}
 
 
+def test_a_failing_shard_is_retried_alone_on_a_local_ray_cluster(tmp_path):
+    pytest.importorskip("prefect_ray")
+    import ray
+    from ray import cloudpickle as ray_cloudpickle
+
+    ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray pickles with its own copy
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    try:
+        results = map_shards(str(calls), 4, {"task_runner": "ray", "workers": 2})
+    finally:
+        ray.shutdown()
+    assert [value for value, _ in results] == [0, 10, 20, 30]
+    assert all(pid != os.getpid() for _, pid in results), "shards must run in Ray's worker processes"
+    attempts = {shard: sum(1 for f in calls.iterdir() if f.name.startswith(f"{shard}-")) for shard in range(4)}
+    assert attempts == {0: 1, 1: 1, 2: 2, 3: 1}
+
+
 def dies_once(job: tuple[str, int]) -> int:
     """Times ten; the first attempt at shard 1 kills its worker process outright (as the OOM killer would)."""
     marker, shard = Path(job[0]), job[1]
@@ -123,14 +142,15 @@ def test_a_multi_file_source_runs_with_one_prefect_server(tmp_path, task_runner)
     """The CLI without PREFECT_API_URL starts one temporary server; its data workers must not start their own
     (they once did, and under load one timed out in shard). Runs clean to shard on four files, next to a busy
     process, and watches the run's process tree for servers and workers. Dask workers run Prefect tasks: they
-    report to that one server."""
+    report to that one server. (Ray's too; a local Ray instance is too heavy to start beside the busy process
+    on a 2-core CI machine, so `test_data_engines.py` runs Ray without the load.)"""
     import multiprocessing
     import subprocess
     import threading
 
     psutil = pytest.importorskip("psutil")
-    if task_runner == "dask":
-        pytest.importorskip("prefect_dask")
+    if task_runner != "processes":
+        pytest.importorskip(f"prefect_{task_runner}")
     data = tmp_path / "data"
     data.mkdir()
     words = random.Random(0)

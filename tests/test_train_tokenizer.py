@@ -26,8 +26,9 @@ from zero_chatgpt.tokenizer.chat import (
 )
 from zero_chatgpt.tokenizer.corpus import doc_hash_keys
 from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
+from zero_chatgpt.tokenizer.sample import draw_sample
 from zero_chatgpt.tokenizer.toy_corpus import toy_documents, write_corpus_parts
-from zero_chatgpt.tokenizer.train import draw_sample, train_tokenizer, training_lines
+from zero_chatgpt.tokenizer.train import train_tokenizer, training_lines
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -18,21 +18,18 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sentencepiece as spm
-from tqdm import tqdm
 
 from zero_chatgpt.config import TrainTokenizerConfig
+from zero_chatgpt.parallel import ParallelMap, serial_map
 from zero_chatgpt.tokenizer.chat import ENDOFTEXT, ENDOFTEXT_ID, IM_END, IM_START, PAD, PAD_ID, UNK, UNK_ID
-from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, is_chinese, read_checked_table
+from zero_chatgpt.tokenizer.corpus import is_chinese
 from zero_chatgpt.tokenizer.files import SP_MODEL_FILE
 from zero_chatgpt.tokenizer.hf_export import export_hf_tokenizer
+from zero_chatgpt.tokenizer.sample import draw_sample
 
 log = logging.getLogger(__name__)
 
@@ -40,61 +37,25 @@ log = logging.getLogger(__name__)
 RESERVED_PIECES = 5 + 256
 
 
-@dataclass
-class CorpusSample:
-    """Documents drawn for training (`sample`) and for measuring the result (`heldout`), in seeded order."""
-
-    sample: list[str]
-    heldout: list[str]
-    corpus_docs: int
-    capped_docs: int = 0  # sample documents cut to `max_doc_chars`
-
-
-@dataclass
-class _Drawable:
-    """Documents of the corpus as parallel arrays, shape (n,) each: id hash key, part number, row in the part and
-    length in characters; `first_drawn` keeps them in draw order (key, then position)."""
-
-    keys: np.ndarray
-    parts: np.ndarray
-    rows: np.ndarray
-    lengths: np.ndarray
-
-    @classmethod
-    def empty(cls) -> _Drawable:
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-    def merged(self, other: _Drawable) -> _Drawable:
-        return _Drawable(*(np.concatenate(pair) for pair in zip(self.arrays(), other.arrays())))
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        return self.keys, self.parts, self.rows, self.lengths
-
-    def first_drawn(self, heldout_docs: int, max_sample_chars: int, max_doc_chars: int | None) -> _Drawable:
-        """Sorted in draw order and cut after the documents any larger corpus could still draw: the first
-        `heldout_docs`, then the sample's worth of characters (more documents only push later ones out)."""
-        # Ties on the hash (equal ids) fall back to position, so the order is total and reproducible.
-        order = np.lexsort((self.rows, self.parts, self.keys))
-        lengths = self.lengths[order][heldout_docs:]
-        if max_doc_chars is not None:
-            lengths = np.minimum(lengths, max_doc_chars)
-        keep = heldout_docs + int(np.searchsorted(np.cumsum(lengths), max_sample_chars, side="left")) + 1
-        return _Drawable(*(array[order[:keep]] for array in self.arrays()))
-
-
 def train_tokenizer(
-    cfg: TrainTokenizerConfig, corpus_dir: Path, out_dir: Path, seed: int, num_threads: int | None = None
+    cfg: TrainTokenizerConfig,
+    corpus_dir: Path,
+    out_dir: Path,
+    seed: int,
+    num_threads: int | None = None,
+    parallel_map: ParallelMap = serial_map,
 ) -> dict:
     """Train on a seeded, capped sample of `corpus_dir`'s documents; write the tokenizer into `out_dir`.
 
     Returns metrics: `vocab_size`, `chars_per_token_zh` / `chars_per_token_en` (on held-out documents; None
     when the held-out set has no document of that language), `sample_chars`, `sample_docs`, ...
-    `num_threads` (sentencepiece trainer threads) changes speed only.
+    `num_threads` (sentencepiece trainer threads) and `parallel_map` (who reads the parts for the sample)
+    change speed only.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = draw_sample(Path(corpus_dir), seed, cfg.max_sample_chars, cfg.heldout_docs, cfg.max_doc_chars)
+    drawn = draw_sample(Path(corpus_dir), seed, cfg.max_sample_chars, cfg.heldout_docs, cfg.max_doc_chars, parallel_map)
     lines = list(training_lines(drawn.sample, cfg.max_sentence_length))
     kept_chars, coverage = character_vocabulary(lines, cfg)
     lines = without_rare_characters(lines, kept_chars)
@@ -125,59 +86,6 @@ def train_tokenizer(
     }
     log.info("tokenizer written to %s: %s", out_dir, metrics)
     return metrics
-
-
-def draw_sample(
-    corpus_dir: Path, seed: int, max_sample_chars: int, heldout_docs: int, max_doc_chars: int | None = None
-) -> CorpusSample:
-    """Order all documents by a seeded hash of their id; the first ones are held out, the next fill the sample.
-
-    The held-out set is `min(heldout_docs, 10% of the corpus)` documents. The sample takes documents, each cut
-    to `max_doc_chars`, until `max_sample_chars`; the one that crosses the cap is cut to fit. Two passes over
-    the parts (ids and lengths, then only the chosen texts) keep memory at one part plus the sample: the first
-    pass keeps only the documents that can still be drawn, however big the corpus.
-    """
-    parts = corpus_parts(corpus_dir)
-    drawable = _Drawable.empty()
-    num_docs = 0
-    for number, path in enumerate(tqdm(parts, desc="tokenizer sample: ids", unit="part", leave=False)):
-        table = read_checked_table(path, ("id", "text"))
-        num_docs += table.num_rows
-        part = _Drawable(
-            keys=doc_hash_keys(seed, table.column("id").to_pylist()),
-            parts=np.full(table.num_rows, number, dtype=np.int32),
-            rows=np.arange(table.num_rows, dtype=np.int64),
-            lengths=pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64),
-        )
-        drawable = drawable.merged(part).first_drawn(heldout_docs, max_sample_chars, max_doc_chars)
-    num_heldout = min(heldout_docs, num_docs // 10)
-
-    sample_lengths = drawable.lengths[num_heldout:]
-    if max_doc_chars is not None:
-        sample_lengths = np.minimum(sample_lengths, max_doc_chars)
-    cumulative = np.cumsum(sample_lengths)
-    num_sample = int(np.searchsorted(cumulative, max_sample_chars, side="left")) + 1
-    num_sample = min(num_sample, num_docs - num_heldout)
-    num_chosen = num_heldout + num_sample
-
-    wanted: dict[int, list[tuple[int, int]]] = {}
-    for position in range(num_chosen):
-        wanted.setdefault(int(drawable.parts[position]), []).append((int(drawable.rows[position]), position))
-    texts: list[str] = [""] * num_chosen
-    for number, picks in tqdm(sorted(wanted.items()), desc="tokenizer sample: texts", unit="part", leave=False):
-        column = pq.read_table(parts[number], columns=["text"]).column("text")
-        chosen_texts = column.take(pa.array([row for row, _ in picks], type=pa.int64())).to_pylist()
-        for (_, position), text in zip(picks, chosen_texts):
-            texts[position] = text
-
-    sample = texts[num_heldout:]
-    capped = sum(len(text) > max_doc_chars for text in sample) if max_doc_chars is not None else 0
-    if capped:
-        sample = [text[:max_doc_chars] for text in sample]
-    overflow = sum(map(len, sample)) - max_sample_chars
-    if overflow > 0:
-        sample[-1] = sample[-1][: len(sample[-1]) - overflow]
-    return CorpusSample(sample=sample, heldout=texts[:num_heldout], corpus_docs=num_docs, capped_docs=capped)
 
 
 def training_lines(docs: Iterable[str], max_bytes: int) -> Iterator[str]:
