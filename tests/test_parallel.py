@@ -269,3 +269,21 @@ def test_a_stage_task_does_not_keep_its_batches():
     """Prefect makes a task's transaction the child of the one around it, and the parent keeps its children with
     their parameters and results; shard tasks opt out, or a stage would hold every batch until it ends."""
     assert run_stage_mapping_in_waves(4) == 0
+
+
+def logs_a_warning(number: int) -> int:
+    import logging
+
+    logging.getLogger("zero_chatgpt.data_process.test_job").warning("job %d in process %d", number, os.getpid())
+    return number
+
+
+def test_what_a_worker_logs_is_logged_again_in_the_parent(caplog):
+    """Worker processes have no Prefect: their warnings reach the UI only if the parent logs them again."""
+    from zero_chatgpt.parallel import ProcessMap
+
+    with caplog.at_level("INFO", logger="zero_chatgpt"):
+        assert ProcessMap(2)(logs_a_warning, [1, 2, 3]) == [1, 2, 3]
+    said = [r.getMessage() for r in caplog.records if r.name == "zero_chatgpt.data_process.test_job"]
+    assert [message.split()[1] for message in said] == ["1", "2", "3"]
+    assert all(int(message.split()[-1]) != os.getpid() for message in said), "the jobs ran in worker processes"

@@ -12,6 +12,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from zero_chatgpt.config import TrainTokenizerConfig
+from zero_chatgpt.parallel import ProcessMap
 from zero_chatgpt.tokenizer.chat import (
     ENDOFTEXT,
     ENDOFTEXT_ID,
@@ -207,6 +208,18 @@ def test_the_sample_is_the_first_documents_in_hash_order_whatever_the_parts(
     assert drawn.heldout == in_order[:num_heldout]
     assert drawn.sample == expected
     assert drawn.corpus_docs == len(in_order) == 240
+
+
+def test_the_sample_is_the_same_from_small_row_groups_and_on_worker_processes(toy_corpus, tmp_path):
+    """Workers read parts a batch and a row group at a time; neither the batches nor the pool change the draw."""
+    regrouped = tmp_path / "regrouped"
+    regrouped.mkdir()
+    for part in sorted(toy_corpus.glob("part_*.parquet")):
+        pq.write_table(pq.read_table(part), regrouped / part.name, row_group_size=7)
+    expected = draw_sample(toy_corpus, 5, 20_000, 10, 300)
+    with ProcessMap(2) as parallel_map:
+        drawn = draw_sample(regrouped, 5, 20_000, 10, 300, parallel_map=parallel_map)
+    assert (drawn.sample, drawn.heldout, drawn.corpus_docs) == (expected.sample, expected.heldout, 240)
 
 
 def test_training_lines_respect_byte_limit_and_keep_text():

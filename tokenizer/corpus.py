@@ -27,13 +27,18 @@ def corpus_parts(corpus_dir: str | Path) -> list[Path]:
     return parts
 
 
-def read_checked_table(path: Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pa.Table:
-    """Columns of one parquet part; names the file (and row) of a missing column or a null value."""
-    columns = list(columns)
+def check_columns(path: Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> None:
+    """A clear error naming the file when a parquet part lacks one of `columns`."""
     schema_names = pq.read_schema(path).names
     missing = [c for c in columns if c not in schema_names]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {schema_names}")
+
+
+def read_checked_table(path: Path, columns: Iterable[str] = REQUIRED_COLUMNS) -> pa.Table:
+    """Columns of one parquet part; names the file (and row) of a missing column or a null value."""
+    columns = list(columns)
+    check_columns(path, columns)
     table = pq.read_table(path, columns=columns)
     for name in columns:
         column = table.column(name)

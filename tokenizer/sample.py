@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from zero_chatgpt.parallel import ParallelMap, serial_map
-from zero_chatgpt.tokenizer.corpus import corpus_parts, doc_hash_keys, read_checked_table
+from zero_chatgpt.tokenizer.corpus import check_columns, corpus_parts, doc_hash_keys
 
 # Parts whose candidates the parent holds at once: the merge keeps at most one sample's worth of documents.
 _PARTS_PER_WAVE = 64
+_ROWS_PER_BATCH = 4096  # rows a worker decodes at once (the dedup parts are written in 5,000-row groups)
 
 
 @dataclass
@@ -91,21 +92,43 @@ class PartTextsJob:
 
 
 def part_candidates(job: PartCandidatesJob) -> tuple[Drawable, int]:
-    """Worker: the documents of one part that could still be drawn, and how many documents the part has."""
-    table = read_checked_table(Path(job.path), ("id", "text"))
-    part = Drawable(
-        keys=doc_hash_keys(job.budget.seed, table.column("id").to_pylist()),
-        parts=np.full(table.num_rows, job.number, dtype=np.int32),
-        rows=np.arange(table.num_rows, dtype=np.int64),
-        lengths=pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64),
-    )
-    return part.first_drawn(job.budget), table.num_rows
+    """Worker: the documents of one part that could still be drawn, and how many documents the part has.
+
+    Reads the part a batch of rows at a time: a worker holds one batch of texts, not the part's."""
+    check_columns(Path(job.path), ("id", "text"))
+    drawable, num_rows = Drawable.empty(), 0
+    for batch in pq.ParquetFile(job.path).iter_batches(batch_size=_ROWS_PER_BATCH, columns=["id", "text"]):
+        ids, texts = batch.column("id"), batch.column("text")
+        for name, column in (("id", ids), ("text", texts)):
+            if column.null_count:
+                first = num_rows + column.is_null().to_pylist().index(True)
+                raise ValueError(f"{job.path}: a null `{name}` in row {first}")
+        batch_docs = Drawable(
+            keys=doc_hash_keys(job.budget.seed, ids.to_pylist()),
+            parts=np.full(batch.num_rows, job.number, dtype=np.int32),
+            rows=np.arange(num_rows, num_rows + batch.num_rows, dtype=np.int64),
+            lengths=pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64),
+        )
+        drawable = drawable.merged(batch_docs).first_drawn(job.budget)
+        num_rows += batch.num_rows
+    return drawable, num_rows
 
 
 def part_texts(job: PartTextsJob) -> list[str]:
-    """Worker: the texts of the given rows of one part, in the order asked."""
-    column = pq.read_table(job.path, columns=["text"]).column("text")
-    return column.take(pa.array(job.rows, type=pa.int64())).to_pylist()
+    """Worker: the texts of the given rows of one part, in the order asked, read a row group at a time."""
+    parquet = pq.ParquetFile(job.path)
+    wanted = np.asarray(job.rows, dtype=np.int64)
+    texts: list[str | None] = [None] * len(wanted)
+    group_start = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_stop = group_start + parquet.metadata.row_group(group).num_rows
+        here = np.flatnonzero((wanted >= group_start) & (wanted < group_stop))
+        if here.size:
+            column = parquet.read_row_group(group, columns=["text"]).column("text")
+            for position, text in zip(here, column.take(pa.array(wanted[here] - group_start)).to_pylist()):
+                texts[position] = text
+        group_start = group_stop
+    return texts
 
 
 def draw_sample(

@@ -7,14 +7,18 @@ items must pickle.
 
 Worker processes are plain Python started with `spawn`: each imports `fn`'s module and what that imports, never
 Prefect or the training stack, so a worker starts in under a second at ~80 MB. (Not `fork`: the parent runs
-Prefect's threads, and a forked child would inherit their locks mid-use.)
+Prefect's threads, and a forked child would inherit their locks mid-use.) What a job logs on the project's
+loggers travels back with its result and is logged again in the parent, where Prefect shows it under the job's
+task run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol, TypeVar
@@ -67,13 +71,13 @@ class ProcessMap:
             return serial_map(fn, items)
         with self:
             futures = [self._submit(fn, item)[1] for item in items]
-            return [cloudpickle.loads(future.result()) for future in futures]
+            return [_unpacked(future.result()) for future in futures]
 
     def run_one(self, fn: Callable[[Item], Result], item: Item) -> Result:
         """`fn(item)` in a worker process; a pool broken by a dead worker is replaced for the next call."""
         pool, future = self._submit(fn, item)
         try:
-            return cloudpickle.loads(future.result())
+            return _unpacked(future.result())
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
@@ -98,4 +102,39 @@ def process_pool_map(workers: int) -> ProcessMap:
 
 def _call_pickled(payload: bytes) -> bytes:
     fn, item = cloudpickle.loads(payload)
-    return cloudpickle.dumps(fn(item))
+    with _kept_log_records() as records:
+        result = fn(item)
+    return cloudpickle.dumps((result, records))
+
+
+def _unpacked(payload: bytes) -> object:
+    """A job's result; the log records it brought are logged here, on the loggers that made them."""
+    result, records = cloudpickle.loads(payload)
+    for name, level, message in records:
+        logging.getLogger(name).log(level, message)
+    return result
+
+
+class _RecordKeeper(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+@contextlib.contextmanager
+def _kept_log_records() -> Iterator[list[tuple[str, int, str]]]:
+    """(logger name, level, message) of what the project's loggers say at INFO and above in this block."""
+    project = logging.getLogger("zero_chatgpt")
+    keeper, level, propagate = _RecordKeeper(), project.level, project.propagate
+    project.addHandler(keeper)
+    project.setLevel(logging.INFO)
+    project.propagate = False  # the parent logs them; a worker printing them too would say everything twice
+    try:
+        yield keeper.records
+    finally:
+        project.removeHandler(keeper)
+        project.setLevel(level)
+        project.propagate = propagate
