@@ -58,6 +58,8 @@ REASONS = (REASON_KEPT, REASON_EXACT, REASON_NEAR)  # reason codes 0, 1, 2 in th
 # Scratch folder inside the output dir for the workers' signature files; removed before the stage returns. It
 # lives under the artifact root, which every worker already reads the clean shards from.
 SIGNATURES_DIR = "_signatures"
+# Documents per band job: its keys, positions and sort cost ~40 bytes each (~10 MB), whatever the corpus size.
+_DOCS_PER_BAND_JOB = 250_000
 _PAIRS_PER_CHECK = 8192  # candidate pairs whose signature rows are read back at once (2 x 4 MiB at 128 perms)
 _ROWS_PER_BATCH = 5000  # rows per batch when copying kept rows; each batch becomes one output row group
 _OUTPUT_SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
@@ -241,21 +243,37 @@ class SignatureStore:
 
 @dataclass(frozen=True)
 class BandJob:
-    """One LSH band: where every signature job's band keys are, which documents take part (one per exact group)
-    and where the band's candidate pairs go."""
+    """One slice of one LSH band: the documents whose band key falls in `partition` (key modulo `partitions`),
+    among the representatives (one per exact group); where every signature job's band keys are, and where the
+    slice's candidate pairs go. Equal keys share a slice, so the slices of a band find exactly its pairs."""
 
     band: int
+    partition: int
+    partitions: int
     band_keys_files: tuple[str, ...]  # the signature jobs' files, in input order
-    representatives_file: str
+    job_starts: tuple[int, ...]  # the input position of each signature job's first row
+    representatives_file: str  # sorted input positions
     pairs_file: str
 
 
 def band_candidates(job: BandJob) -> int:
-    """Worker: pairs of representatives with equal keys in one band, written as (k, 2) int64 input positions;
-    returns k. A band's keys for every document cost 8 bytes each, here rather than in the flow process."""
-    keys = np.concatenate([np.load(path, mmap_mode="r")[job.band] for path in job.band_keys_files])
-    representatives = np.load(job.representatives_file)
-    pairs = representatives[bucket_pairs(keys[representatives])]
+    """Worker: pairs of representatives with equal keys in one slice of one band, written as (k, 2) int64 input
+    positions; returns k. It holds the slice's keys (16 bytes per document of the slice), read one signature
+    job's file at a time, so its memory stays flat however big the corpus (`_DOCS_PER_BAND_JOB`)."""
+    keys, positions = [], []
+    representatives = np.load(job.representatives_file, mmap_mode="r")
+    for path, start in zip(job.band_keys_files, job.job_starts):
+        band = np.load(path, mmap_mode="r")[job.band]
+        low, high = np.searchsorted(representatives, [start, start + band.shape[0]])
+        here = np.array(representatives[low:high])
+        here_keys = band[here - start]
+        in_slice = here_keys % np.uint64(job.partitions) == np.uint64(job.partition)
+        keys.append(here_keys[in_slice])
+        positions.append(here[in_slice])
+        del band
+    del representatives  # closes the map: its pages no longer count to this process
+    slice_positions = np.concatenate(positions) if positions else np.empty(0, np.int64)
+    pairs = slice_positions[bucket_pairs(np.concatenate(keys))] if keys else np.empty((0, 2), np.int64)
     _save_atomically(job.pairs_file, pairs)
     return int(pairs.shape[0])
 
@@ -312,10 +330,12 @@ def exact_groups(content_hashes: np.ndarray) -> np.ndarray:
     """For each document, the first document (input order) with the same content hash: shape (n,) int64."""
     num_docs = content_hashes.shape[0]
     order = np.lexsort((content_hashes[:, 1], content_hashes[:, 0]))  # stable: equal texts stay in input order
-    sorted_hashes = content_hashes[order]
-    starts_group = np.ones(num_docs, dtype=bool)
-    starts_group[1:] = (sorted_hashes[1:] != sorted_hashes[:-1]).any(axis=1)
-    del sorted_hashes
+    starts_group = np.zeros(num_docs, dtype=bool)
+    starts_group[:1] = True
+    for column in range(content_hashes.shape[1]):  # a column at a time: 8 bytes per document, not 16
+        sorted_column = content_hashes[order, column]
+        starts_group[1:] |= sorted_column[1:] != sorted_column[:-1]
+        del sorted_column
     first = np.empty(num_docs, dtype=np.int64)
     first[order] = order[starts_group][np.cumsum(starts_group) - 1]
     return first
@@ -324,13 +344,24 @@ def exact_groups(content_hashes: np.ndarray) -> np.ndarray:
 def band_candidate_pairs(
     store: SignatureStore, representatives: np.ndarray, bands: int, scratch: Path, parallel_map: ParallelMap
 ) -> np.ndarray:
-    """Candidate pairs from every band (`band_candidates` jobs), unique, i < j."""
+    """Candidate pairs from every band (`band_candidates` jobs, a band cut into slices by key), unique, i < j."""
     representatives_file = str(Path(scratch) / "representatives.npy")
     _save_atomically(representatives_file, representatives)
+    partitions = max(1, -(-representatives.shape[0] // _DOCS_PER_BAND_JOB))
     key_files = tuple(job.band_keys_file for job in store.jobs)
+    starts = tuple(store.starts[:-1].tolist())
     jobs = [
-        BandJob(band, key_files, representatives_file, str(Path(scratch) / f"band_{band:04d}.pairs.npy"))
+        BandJob(
+            band,
+            partition,
+            partitions,
+            key_files,
+            starts,
+            representatives_file,
+            str(Path(scratch) / f"band_{band:04d}_{partition:04d}.pairs.npy"),
+        )
         for band in range(bands)
+        for partition in range(partitions)
     ]
     parallel_map(band_candidates, jobs)
     return unique_pairs((np.load(job.pairs_file) for job in jobs), store.num_docs)
@@ -438,7 +469,9 @@ def write_kept(shards: list[Path], kept: np.ndarray, out_dir: Path) -> list[str]
     written, offset = [], 0
     for shard in tqdm(shards, desc="dedup: write", unit="shard", disable=len(shards) < 4):
         name, writer = f"part_{len(written):05d}.parquet", None
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=_ROWS_PER_BATCH, columns=list(COLUMNS)):
+        # One thread: with threads Arrow decodes several row groups ahead (~70 MB more per shard here).
+        batches = pq.ParquetFile(shard).iter_batches(_ROWS_PER_BATCH, columns=list(COLUMNS), use_threads=False)
+        for batch in batches:
             mask = kept[offset : offset + batch.num_rows]
             offset += batch.num_rows
             if mask.any():
@@ -469,6 +502,26 @@ def write_clusters(layout: ShardLayout, clustering: Clustering, path: Path) -> N
             writer.write_table(pa.table(columns, schema=_CLUSTERS_SCHEMA))
 
 
+_NO_DOCS = {
+    "id_hashes": np.empty(0, np.uint64),
+    "text_lengths": np.empty(0, np.int64),
+    "content_hashes": np.empty((0, 2), np.uint64),
+}
+
+
+def _gathered(summaries: list[SignatureSummary], name: str, starts: np.ndarray) -> np.ndarray:
+    """One field of every job's summary as one array, each summary's copy dropped as soon as it is copied (a
+    concatenation would hold the field twice)."""
+    if not summaries:
+        return _NO_DOCS[name]
+    first = getattr(summaries[0], name)
+    out = np.empty((int(starts[-1]), *first.shape[1:]), dtype=first.dtype)
+    for index, summary in enumerate(summaries):
+        out[starts[index] : starts[index + 1]] = getattr(summary, name)
+        setattr(summary, name, None)
+    return out
+
+
 def dedup_corpus(
     cfg: DedupConfig, clean_dir: Path, out_dir: Path, seed: int, parallel_map: ParallelMap = serial_map
 ) -> dict[str, Any]:
@@ -492,19 +545,16 @@ def dedup_corpus(
             rows,
         )
         summaries = parallel_map(compute_signatures, jobs)
-        id_hashes = np.concatenate([s.id_hashes for s in summaries]) if summaries else np.empty(0, np.uint64)
-        check_unique_ids(id_hashes, layout)
-        del id_hashes
-        lengths = np.concatenate([s.text_lengths for s in summaries]) if summaries else np.empty(0, np.int64)
-        content_hashes = (
-            np.concatenate([s.content_hashes for s in summaries]) if summaries else np.empty((0, 2), np.uint64)
-        )
-        docs_char_shingled = sum(s.docs_char_shingled for s in summaries)
-        del summaries
         store = SignatureStore(jobs, cfg.num_perm)
+        docs_char_shingled = sum(s.docs_char_shingled for s in summaries)
+        check_unique_ids(_gathered(summaries, "id_hashes", store.starts), layout)
+        lengths = _gathered(summaries, "text_lengths", store.starts)
+        content_hashes = _gathered(summaries, "content_hashes", store.starts)
+        del summaries
         clustering = cluster_documents(
             store, layout, lengths, content_hashes, cfg.threshold, bands, scratch, parallel_map
         )
+        del lengths, content_hashes  # 24 bytes per document the writing below has no use for
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -99,10 +99,16 @@ def test_every_data_stage_on_a_local_ray_cluster_writes_the_process_runners_byte
     pytest.importorskip("prefect_ray")
     import ray
 
+    psutil = pytest.importorskip("psutil")
+
     # One local two-CPU Ray instance for the run (the runner joins it, as it would a cluster named by address).
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
     try:
         on_ray = run_data_half(tmp_path, corpus, "{task_runner: ray, workers: 2}")
+        # Ray keeps its workers alive, and a Prefect temporary server lives as long as the process that started
+        # it: any worker that had started one would still show it here, beside the tests' own server.
+        servers = [p for p in psutil.Process().children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
     finally:
         ray.shutdown()
+    assert len(servers) == 1, f"{len(servers)} Prefect servers: the tests' own and {len(servers) - 1} of Ray workers"
     assert_same_artifacts(on_processes, on_ray)

@@ -417,6 +417,19 @@ def test_row_ranges_across_jobs_give_the_same_clusters(corpus, deduped, tmp_path
     assert pq.read_table(tmp_path / "out" / CLUSTERS_FILE).sort_by("id").equals(expected)
 
 
+def test_bands_cut_into_key_slices_on_worker_processes_give_the_same_clusters(deduped, tmp_path, monkeypatch):
+    """A band split by key into many small jobs (so a job's memory stays flat on any corpus), run on a process
+    pool, finds the same pairs as one job per band."""
+    import zero_chatgpt.data_process.dedup as dedup_module
+
+    monkeypatch.setattr(dedup_module, "_DOCS_PER_BAND_JOB", 37)
+    with process_pool_map(2) as parallel_map:
+        metrics = dedup_corpus(DedupConfig(), deduped[1], tmp_path / "out", seed=SEED, parallel_map=parallel_map)
+    assert metrics["candidate_pairs"] == deduped[0]["candidate_pairs"] > 0
+    for name in (CLUSTERS_FILE, "part_00000.parquet"):
+        assert (tmp_path / "out" / name).read_bytes() == (deduped[2] / name).read_bytes(), name
+
+
 # ------------------------------------------------------------------------------------ library entry point
 
 

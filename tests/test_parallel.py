@@ -142,8 +142,8 @@ def test_a_multi_file_source_runs_with_one_prefect_server(tmp_path, task_runner)
     """The CLI without PREFECT_API_URL starts one temporary server; its data workers must not start their own
     (they once did, and under load one timed out in shard). Runs clean to shard on four files, next to a busy
     process, and watches the run's process tree for servers and workers. Dask workers run Prefect tasks: they
-    report to that one server. (Ray's too; a local Ray instance is too heavy to start beside the busy process
-    on a 2-core CI machine, so `test_data_engines.py` runs Ray without the load.)"""
+    report to that one server. (A local Ray instance is too heavy to start beside the busy process on a 2-core
+    CI machine: `test_data_engines.py` checks Ray's workers, without the load.)"""
     import multiprocessing
     import subprocess
     import threading
