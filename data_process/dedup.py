@@ -363,7 +363,8 @@ def band_candidate_pairs(
         for band in range(bands)
         for partition in range(partitions)
     ]
-    parallel_map(band_candidates, jobs)
+    # A corpus signed in one job is small: its bands cost less here than handing them to workers.
+    (parallel_map if len(store.jobs) > 1 else serial_map)(band_candidates, jobs)
     return unique_pairs((np.load(job.pairs_file) for job in jobs), store.num_docs)
 
 

@@ -13,7 +13,8 @@ import pytest
 from zero_chatgpt.artifacts import read_manifest
 from zero_chatgpt.cli import main
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Slow: three runs of the data half (~4 minutes on 2 cores), in the suite that runs beside the fast one.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 DATA_STAGES = ("clean", "dedup", "train_tokenizer", "shard")
 
