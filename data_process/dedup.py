@@ -6,9 +6,10 @@ document, and never the signatures:
    run through `parallel_map`) reads its rows once, writes their MinHash signatures and LSH band keys as `.npy`
    files into a scratch folder, and returns only text lengths, content hashes and id hashes.
 2. exact: documents with equal content hashes form an exact group; its first document stands for it in LSH.
-3. near: a `parallel_map` job per band (`band_candidates`) reads that band's keys and writes the pairs of
-   representatives with equal keys; candidate pairs whose estimated Jaccard (signature rows read back from disk)
-   reaches the threshold are joined, with the exact groups, into clusters by a numpy union-find.
+3. near: a `parallel_map` job per slice of a band (`band_candidates`: the band's keys that fall in one key
+   range) writes the pairs of representatives with equal keys; candidate pairs whose estimated Jaccard
+   (signature rows read back from disk) reaches the threshold are joined, with the exact groups, into clusters
+   by a numpy union-find.
 4. filter: in each cluster the longest text is kept (ties: the smallest id; ids are read back only for documents
    in clusters). Kept rows are written in input order; `clusters.parquet` records, for every input id, its
    cluster, whether it was kept and why not, one input shard at a time.
@@ -426,8 +427,8 @@ def cluster_documents(
     scratch: Path,
     parallel_map: ParallelMap = serial_map,
 ) -> Clustering:
-    """Exact groups by content hash, then LSH over one representative per exact group (a `parallel_map` job
-    per band, files in `scratch`), then union-find."""
+    """Exact groups by content hash, then LSH over one representative per exact group (`parallel_map` jobs
+    per band slice, files in `scratch`), then union-find."""
     num_docs = store.num_docs
     if num_docs == 0:
         return Clustering(np.empty(0, np.int64), np.empty(0, bool), np.empty(0, np.uint8), 0, 0, 0)
